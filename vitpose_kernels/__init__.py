@@ -1,0 +1,14 @@
+"""vitpose_kernels: fused Triton and CUDA kernels for ViTPose-style vision transformers.
+
+Ops (each with a pure-PyTorch reference that is the spec, and backend dispatch):
+window_attention, simple_decoder, decode_heatmaps, udp_targets. ``backends()`` tells which
+backends run on this machine and why the others do not; ``python -m vitpose_kernels.info``
+prints the report.
+"""
+from .dispatch import backends, explain
+from .ops import decode_heatmaps, simple_decoder, udp_targets, window_attention
+
+__version__ = "0.1.0"
+
+__all__ = ["window_attention", "simple_decoder", "decode_heatmaps", "udp_targets", "backends",
+           "explain", "__version__"]

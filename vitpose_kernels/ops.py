@@ -1,0 +1,80 @@
+"""The public functional front doors: validate once, pick a backend, run it."""
+from __future__ import annotations
+
+import torch
+
+from . import _validate, dispatch
+
+
+def window_attention(q, k, v, *, grid, window=None, shift=(0, 0), pool=False, num_global=0,
+                     rel_pos_h=None, rel_pos_w=None, scale=None, backend=None) -> torch.Tensor:
+    """Fused windowed attention over a row-major grid of tokens, with optional global tokens.
+
+    q, k, v: (B, H, N, D), any strides, N = num_global + Hg * Wg (global tokens first).
+    window=(wh, ww) splits the grid into cells (None: one cell, i.e. full attention); shift=(sh, sw)
+    moves the cell boundaries to sh + i*wh (Swin's shift, with masked pairs given zero weight);
+    pool=True adds, for every grid query, the means of k and v over each tile of the unshifted
+    tiling; global queries attend to all tokens and every grid query to all global tokens;
+    rel_pos_h (2*wh-1, D) / rel_pos_w (2*ww-1, D) add ViTDet/SAM's decomposed relative position.
+
+    Equivalent PyTorch code (the dense form of the spec; see vitpose_kernels.reference)::
+
+        allowed = mask[i, j]  # same cell, or j global, or i global, or j pooled (see README)
+        logits = scale * q @ cat([k, k_pooled]).T + rel_pos_bias   # rel_pos only inside cells
+        out = softmax(logits.masked_fill(~allowed, -inf)) @ cat([v, v_pooled])
+
+    backend: None picks the fastest backend that supports the inputs; "reference", "triton" or
+    "cuda" forces one (NotImplementedError listing its reasons if it cannot serve the call).
+    """
+    spec = _validate.window_attention_spec(q, k, v, grid=grid, window=window, shift=shift, pool=pool,
+                                           num_global=num_global, rel_pos_h=rel_pos_h,
+                                           rel_pos_w=rel_pos_w, scale=scale)
+    impl = dispatch.select("window_attention", backend, q.device, q, k, v, rel_pos_h, rel_pos_w, spec)
+    return impl.fn(q, k, v, rel_pos_h, rel_pos_w, spec)
+
+
+def simple_decoder(x, weight, bias=None, *, scale_factor=4, backend=None) -> torch.Tensor:
+    """ViTPose's simple decoder (Eq. 3): ReLU, bilinear upsampling, k x k convolution (k in 1, 3).
+
+    Equivalent PyTorch code::
+
+        up = F.interpolate(F.relu(x), scale_factor=scale_factor, mode="bilinear", align_corners=False)
+        return F.conv2d(up, weight, bias, padding=weight.shape[-1] // 2)
+    """
+    scale_factor = _validate.simple_decoder_args(x, weight, bias, scale_factor)
+    impl = dispatch.select("simple_decoder", backend, x.device, x, weight, bias, scale_factor)
+    return impl.fn(x, weight, bias, scale_factor)
+
+
+def decode_heatmaps(heatmaps, *, flip_heatmaps=None, flip_indices=None, input_size=(192, 256),
+                    bbox_centers=None, bbox_scales=None, method="udp", blur_kernel_size=11,
+                    backend=None):
+    """Heatmaps (B, K, H, W) -> keypoints (B, K, 2) float32 and scores (B, K) float32.
+
+    mmpose 1.x ``UDPHeatmap.decode`` for a whole batch: optional flip merge
+    ``(heatmaps + flip_back(flip_heatmaps)) / 2`` (channels reordered by flip_indices, width
+    mirrored), argmax (first index on ties) and max, DARK-UDP refinement (method="udp"; "argmax"
+    skips it), scaling to crop pixels ``loc / [W-1, H-1] * input_size`` with input_size = (W, H)
+    of the crop, and with bbox_centers/bbox_scales (B, 2) the transform back to image pixels
+    ``kp / input_size * scale + center - scale / 2``.
+    """
+    flip_indices, input_size, centers, scales = _validate.decode_heatmaps_args(
+        heatmaps, flip_heatmaps, flip_indices, input_size, bbox_centers, bbox_scales, method,
+        blur_kernel_size)
+    args = (heatmaps, flip_heatmaps, flip_indices, input_size, centers, scales, method, blur_kernel_size)
+    impl = dispatch.select("decode_heatmaps", backend, heatmaps.device, *args)
+    return impl.fn(*args)
+
+
+def udp_targets(keypoints, visible, *, heatmap_size=(48, 64), input_size=(192, 256), sigma=2.0,
+                backend=None):
+    """UDP Gaussian training targets, mmpose 1.x ``UDPHeatmap.encode``, batched.
+
+    keypoints (B, K, 2) in crop pixels, visible (B, K); heatmap_size and input_size are (W, H).
+    Returns heatmaps (B, K, H, W) float32 and weights (B, K) float32.
+    """
+    heatmap_size, input_size, sigma = _validate.udp_targets_args(keypoints, visible, heatmap_size,
+                                                                 input_size, sigma)
+    args = (keypoints, visible, heatmap_size, input_size, sigma)
+    impl = dispatch.select("udp_targets", backend, keypoints.device, *args)
+    return impl.fn(*args)

@@ -1,0 +1,18 @@
+"""The spec: one pure-PyTorch, differentiable, device-agnostic implementation of every op.
+
+Every other backend is tested against these functions (tests/parity.py). They take arguments
+already checked by vitpose_kernels._validate; call them through the public front door
+(`vitpose_kernels.window_attention(..., backend="reference")`) unless you are writing a backend.
+"""
+from .decode_heatmaps import decode_heatmaps
+from .simple_decoder import simple_decoder
+from .udp_targets import udp_targets
+from .window_attention import pooled_tokens, window_attention
+
+__all__ = ["window_attention", "pooled_tokens", "simple_decoder", "decode_heatmaps", "udp_targets"]
+
+from ..dispatch import register as _register
+
+for _op, _fn in (("window_attention", window_attention), ("simple_decoder", simple_decoder),
+                 ("decode_heatmaps", decode_heatmaps), ("udp_targets", udp_targets)):
+    _register(_op, "reference")(_fn)

@@ -1,0 +1,97 @@
+"""Reference decode_heatmaps: mmpose 1.x ``UDPHeatmap.decode`` for a whole batch, then the box
+back-transform. Float32 math throughout, whatever the input dtype."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+# OpenCV's fixed kernels for small sizes when sigma <= 0 (cv2.getGaussianKernel).
+_SMALL_GAUSSIAN = {
+    1: [1.0],
+    3: [0.25, 0.5, 0.25],
+    5: [0.0625, 0.25, 0.375, 0.25, 0.0625],
+    7: [0.03125, 0.109375, 0.21875, 0.28125, 0.21875, 0.109375, 0.03125],
+}
+
+
+def gaussian_kernel_1d(size: int) -> list[float]:
+    """The 1-D kernel cv2.GaussianBlur(ksize=(size, size), sigmaX=0) applies (sigma 2.0 for 11)."""
+    if size in _SMALL_GAUSSIAN:
+        return list(_SMALL_GAUSSIAN[size])
+    sigma = 0.3 * ((size - 1) * 0.5 - 1) + 0.8
+    w = [math.exp(-((i - (size - 1) / 2) ** 2) / (2 * sigma * sigma)) for i in range(size)]
+    total = sum(w)
+    return [x / total for x in w]
+
+
+def flip_back(flip_heatmaps: torch.Tensor, flip_indices: torch.Tensor) -> torch.Tensor:
+    """Heatmaps of mirrored crops back into the original frame: swap left/right channels, mirror x."""
+    return flip_heatmaps.index_select(1, flip_indices).flip(-1)
+
+
+def heatmap_argmax(heatmaps: torch.Tensor):
+    """Max value and (x, y) of the first maximum of each (B, K, H, W) map."""
+    B, K, H, W = heatmaps.shape
+    flat = heatmaps.reshape(B, K, H * W)
+    scores, idx = flat.max(dim=-1)
+    # torch.max does not promise the first index on ties; take the smallest index explicitly.
+    idx = torch.where(flat == scores[..., None], torch.arange(H * W, device=flat.device), H * W).amin(-1)
+    return torch.stack([idx % W, idx // W], dim=-1), scores
+
+
+def dark_udp_refine(heatmaps: torch.Tensor, locs: torch.Tensor, blur_kernel_size: int) -> torch.Tensor:
+    """One Newton step on the log of the blurred heatmap at the integer maximum (mmpose's
+    refine_keypoints_dark_udp). heatmaps (B, K, H, W) float32, locs (B, K, 2) integer -> float32."""
+    B, K, H, W = heatmaps.shape
+    g = torch.tensor(gaussian_kernel_1d(blur_kernel_size), dtype=torch.float32, device=heatmaps.device)
+    r = blur_kernel_size // 2
+    maps = heatmaps.reshape(B * K, 1, H, W)
+    blurred = F.conv2d(F.pad(maps, (r, r, r, r)), g.view(1, 1, 1, -1))
+    blurred = F.conv2d(blurred, g.view(1, 1, -1, 1))
+    # Rescale each blurred map to the original maximum (mmpose's gaussian_blur).
+    scale = maps.amax(dim=(2, 3), keepdim=True) / blurred.amax(dim=(2, 3), keepdim=True)
+    logm = torch.log(torch.clamp(blurred * scale, 1e-3, 50.0))
+    logm = F.pad(logm, (1, 1, 1, 1), mode="replicate").reshape(B, K, H + 2, W + 2)
+
+    x = locs[..., 0].long() + 1
+    y = locs[..., 1].long() + 1
+
+    def at(dy, dx):
+        return logm.reshape(B, K, -1).gather(2, ((y + dy) * (W + 2) + (x + dx))[..., None])[..., 0]
+
+    i_ = at(0, 0)
+    ix1, ix1_ = at(0, 1), at(0, -1)
+    iy1, iy1_ = at(1, 0), at(-1, 0)
+    ix1y1, ix1_y1_ = at(1, 1), at(-1, -1)
+    dx = 0.5 * (ix1 - ix1_)
+    dy = 0.5 * (iy1 - iy1_)
+    dxx = ix1 - 2 * i_ + ix1_
+    dyy = iy1 - 2 * i_ + iy1_
+    dxy = 0.5 * (ix1y1 - ix1 - iy1 + i_ + i_ - ix1_ - iy1_ + ix1_y1_)
+    eps = torch.finfo(torch.float32).eps
+    a, b, d = dxx + eps, dxy, dyy + eps  # Hessian + eps * I, symmetric
+    det = a * d - b * b
+    step_x = (d * dx - b * dy) / det
+    step_y = (a * dy - b * dx) / det
+    return locs.float() - torch.stack([step_x, step_y], dim=-1)
+
+
+def decode_heatmaps(heatmaps, flip_heatmaps, flip_indices, input_size, bbox_centers, bbox_scales,
+                    method, blur_kernel_size):
+    """See vitpose_kernels.decode_heatmaps (arguments already validated)."""
+    hm = heatmaps.float()
+    if flip_heatmaps is not None:
+        hm = (hm + flip_back(flip_heatmaps.float(), flip_indices)) * 0.5
+    B, K, H, W = hm.shape
+    locs, scores = heatmap_argmax(hm)
+    if method == "udp" and B > 0:
+        kp = dark_udp_refine(hm, locs, blur_kernel_size)
+    else:
+        kp = locs.float()
+    size = torch.tensor(input_size, dtype=torch.float32, device=hm.device)
+    kp = kp / torch.tensor([W - 1, H - 1], dtype=torch.float32, device=hm.device) * size
+    if bbox_centers is not None:
+        kp = kp / size * bbox_scales[:, None] + bbox_centers[:, None] - bbox_scales[:, None] * 0.5
+    return kp, scores
