@@ -5,10 +5,11 @@ window_attention, simple_decoder, decode_heatmaps, udp_targets. ``backends()`` t
 backends run on this machine and why the others do not; ``python -m vitpose_kernels.info``
 prints the report.
 """
-from .dispatch import backends, explain
-from .ops import decode_heatmaps, simple_decoder, udp_targets, window_attention
+from .dispatch import backends
+from .ops import decode_heatmaps, explain, simple_decoder, udp_targets, window_attention
+from .patch import PatchReport, patch, route_sdpa, unpatch
 
 __version__ = "0.1.0"
 
 __all__ = ["window_attention", "simple_decoder", "decode_heatmaps", "udp_targets", "backends",
-           "explain", "__version__"]
+           "explain", "patch", "unpatch", "route_sdpa", "PatchReport", "__version__"]

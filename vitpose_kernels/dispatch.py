@@ -121,12 +121,6 @@ def select(op: str, backend: str | None, device: torch.device, *args, **kwargs) 
     raise NotImplementedError(f"{op}: no backend can serve this call: {skipped}")
 
 
-def explain(op: str, *args, **kwargs) -> dict[str, list[str]]:
-    """Per backend, in priority order for the arguments' device, why it would not be used."""
-    _probe_machine()
-    return {name: reasons(op, name, *args, **kwargs) for name in BACKENDS}
-
-
 def backends(op: str | None = None) -> dict:
     """Per op, the backends on this machine and, for each that cannot run, the reasons.
 

@@ -26,11 +26,18 @@ def window_attention(q, k, v, *, grid, window=None, shift=(0, 0), pool=False, nu
     backend: None picks the fastest backend that supports the inputs; "reference", "triton" or
     "cuda" forces one (NotImplementedError listing its reasons if it cannot serve the call).
     """
+    args = _prepare_window_attention(q, k, v, grid=grid, window=window, shift=shift, pool=pool,
+                                     num_global=num_global, rel_pos_h=rel_pos_h, rel_pos_w=rel_pos_w,
+                                     scale=scale)
+    return dispatch.select("window_attention", backend, q.device, *args).fn(*args)
+
+
+def _prepare_window_attention(q, k, v, *, grid, window=None, shift=(0, 0), pool=False, num_global=0,
+                              rel_pos_h=None, rel_pos_w=None, scale=None):
     spec = _validate.window_attention_spec(q, k, v, grid=grid, window=window, shift=shift, pool=pool,
                                            num_global=num_global, rel_pos_h=rel_pos_h,
                                            rel_pos_w=rel_pos_w, scale=scale)
-    impl = dispatch.select("window_attention", backend, q.device, q, k, v, rel_pos_h, rel_pos_w, spec)
-    return impl.fn(q, k, v, rel_pos_h, rel_pos_w, spec)
+    return q, k, v, rel_pos_h, rel_pos_w, spec
 
 
 def simple_decoder(x, weight, bias=None, *, scale_factor=4, backend=None) -> torch.Tensor:
@@ -41,9 +48,12 @@ def simple_decoder(x, weight, bias=None, *, scale_factor=4, backend=None) -> tor
         up = F.interpolate(F.relu(x), scale_factor=scale_factor, mode="bilinear", align_corners=False)
         return F.conv2d(up, weight, bias, padding=weight.shape[-1] // 2)
     """
-    scale_factor = _validate.simple_decoder_args(x, weight, bias, scale_factor)
-    impl = dispatch.select("simple_decoder", backend, x.device, x, weight, bias, scale_factor)
-    return impl.fn(x, weight, bias, scale_factor)
+    args = _prepare_simple_decoder(x, weight, bias, scale_factor=scale_factor)
+    return dispatch.select("simple_decoder", backend, x.device, *args).fn(*args)
+
+
+def _prepare_simple_decoder(x, weight, bias=None, *, scale_factor=4):
+    return x, weight, bias, _validate.simple_decoder_args(x, weight, bias, scale_factor)
 
 
 def decode_heatmaps(heatmaps, *, flip_heatmaps=None, flip_indices=None, input_size=(192, 256),
@@ -58,12 +68,19 @@ def decode_heatmaps(heatmaps, *, flip_heatmaps=None, flip_indices=None, input_si
     of the crop, and with bbox_centers/bbox_scales (B, 2) the transform back to image pixels
     ``kp / input_size * scale + center - scale / 2``.
     """
+    args = _prepare_decode_heatmaps(heatmaps, flip_heatmaps=flip_heatmaps, flip_indices=flip_indices,
+                                    input_size=input_size, bbox_centers=bbox_centers,
+                                    bbox_scales=bbox_scales, method=method,
+                                    blur_kernel_size=blur_kernel_size)
+    return dispatch.select("decode_heatmaps", backend, heatmaps.device, *args).fn(*args)
+
+
+def _prepare_decode_heatmaps(heatmaps, *, flip_heatmaps=None, flip_indices=None, input_size=(192, 256),
+                             bbox_centers=None, bbox_scales=None, method="udp", blur_kernel_size=11):
     flip_indices, input_size, centers, scales = _validate.decode_heatmaps_args(
         heatmaps, flip_heatmaps, flip_indices, input_size, bbox_centers, bbox_scales, method,
         blur_kernel_size)
-    args = (heatmaps, flip_heatmaps, flip_indices, input_size, centers, scales, method, blur_kernel_size)
-    impl = dispatch.select("decode_heatmaps", backend, heatmaps.device, *args)
-    return impl.fn(*args)
+    return heatmaps, flip_heatmaps, flip_indices, input_size, centers, scales, method, blur_kernel_size
 
 
 def udp_targets(keypoints, visible, *, heatmap_size=(48, 64), input_size=(192, 256), sigma=2.0,
@@ -73,8 +90,25 @@ def udp_targets(keypoints, visible, *, heatmap_size=(48, 64), input_size=(192, 2
     keypoints (B, K, 2) in crop pixels, visible (B, K); heatmap_size and input_size are (W, H).
     Returns heatmaps (B, K, H, W) float32 and weights (B, K) float32.
     """
-    heatmap_size, input_size, sigma = _validate.udp_targets_args(keypoints, visible, heatmap_size,
-                                                                 input_size, sigma)
-    args = (keypoints, visible, heatmap_size, input_size, sigma)
-    impl = dispatch.select("udp_targets", backend, keypoints.device, *args)
-    return impl.fn(*args)
+    args = _prepare_udp_targets(keypoints, visible, heatmap_size=heatmap_size, input_size=input_size,
+                                sigma=sigma)
+    return dispatch.select("udp_targets", backend, keypoints.device, *args).fn(*args)
+
+
+def _prepare_udp_targets(keypoints, visible, *, heatmap_size=(48, 64), input_size=(192, 256), sigma=2.0):
+    return (keypoints, visible) + _validate.udp_targets_args(keypoints, visible, heatmap_size, input_size, sigma)
+
+
+_PREPARE = {"window_attention": _prepare_window_attention, "simple_decoder": _prepare_simple_decoder,
+            "decode_heatmaps": _prepare_decode_heatmaps, "udp_targets": _prepare_udp_targets}
+
+
+def explain(op: str, *args, **kwargs) -> dict[str, list[str]]:
+    """Why each backend would or would not serve this call: ``{backend: reasons}`` (empty: it can),
+    in the order automatic dispatch tries them. Same arguments as the op, without ``backend``."""
+    if op not in _PREPARE:
+        raise ValueError(f"op must be one of {tuple(_PREPARE)}, got op={op!r}")
+    prepared = _PREPARE[op](*args, **kwargs)
+    first = prepared[0]
+    order = dispatch.PRIORITY["cuda" if first.device.type == "cuda" else "cpu"]
+    return {name: dispatch.reasons(op, name, *prepared) for name in order}

@@ -1,0 +1,67 @@
+"""Every non-reference backend of every op against the reference (tests/parity.py).
+
+On a machine without a GPU the Triton cases run through the CPU interpreter at small shapes and
+the CUDA cases skip with the reason; on a GPU the full sweeps run (VITPOSE_FULL_SWEEP=0 keeps
+the small ones).
+"""
+import os
+
+import pytest
+import torch
+
+import parity
+
+KERNEL_BACKENDS = ["triton", "cuda"]
+SCALE = "gpu" if torch.cuda.is_available() and os.environ.get("VITPOSE_FULL_SWEEP", "1") != "0" else "ci"
+N_RANDOM = 500 if SCALE == "gpu" else 24
+
+
+def _skip_unless(op, backend):
+    why = parity.skip_reason(op, backend)
+    if why:
+        pytest.skip(f"{backend} backend of {op} unavailable here: {why}")
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("case", parity.attention_sweep(SCALE), ids=str)
+def test_window_attention(backend, case):
+    _skip_unless("window_attention", backend)
+    if backend == "cuda" and case.dtype == torch.float32:
+        pytest.skip("the CUDA kernel declines fp32 (routed to Triton)")
+    parity.check_window_attention(backend, case)
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("case", parity.random_attention_cases(N_RANDOM, seed=1, small=SCALE == "ci"), ids=str)
+def test_window_attention_random(backend, case):
+    _skip_unless("window_attention", backend)
+    if backend == "cuda" and case.dtype == torch.float32:
+        pytest.skip("the CUDA kernel declines fp32 (routed to Triton)")
+    parity.check_window_attention(backend, case)
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("case", parity.decoder_sweep(SCALE), ids=str)
+def test_simple_decoder(backend, case):
+    _skip_unless("simple_decoder", backend)
+    parity.check_simple_decoder(backend, case)
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("case", parity.heatmap_sweep(SCALE), ids=str)
+def test_decode_heatmaps(backend, case):
+    _skip_unless("decode_heatmaps", backend)
+    parity.check_decode_heatmaps(backend, case)
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("case", parity.target_sweep(SCALE), ids=str)
+def test_udp_targets(backend, case):
+    _skip_unless("udp_targets", backend)
+    parity.check_udp_targets(backend, case)
+
+
+@pytest.mark.parametrize("case", parity.attention_sweep("ci")[:6], ids=str)
+def test_harness_accepts_the_reference(case):
+    """The harness itself, run on the reference: a failure here is a harness bug."""
+    parity.check_window_attention("reference", case)
