@@ -1,0 +1,228 @@
+"""Triton simple_decoder: ReLU, bilinear x s, k x k conv, without the upsampled map.
+
+Bilinear upsampling and the conv's channel mixing are both linear, so they commute. Per conv tap
+(i, j) the contraction over C runs at low resolution, all taps in one GEMM::
+
+    Y = W_taps @ relu(x)        # (k*k*K, C) @ (B, C, h*w) -> (B, k*k*K, h*w)   (cuBLAS)
+
+and one fused kernel bilinearly upsamples each tap's map, shifts it by (i - k//2, j - k//2) with
+the conv's zero padding at the high-resolution border, and sums the taps plus the bias. That is
+s*s times fewer multiply-adds than convolving the (B, C, s*h, s*w) map, which is never formed.
+
+Backward is the transposed path: grad_out -> (adjoint of shift + upsample, a Triton gather at low
+resolution) -> per-tap grads dY, then GEMMs for dweight = dY @ relu(x)^T and dx = W_taps^T @ dY
+masked by x > 0; dbias is a plain reduction.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import _alloc, dispatch
+
+
+@triton.jit
+def _bilinear_src(dst, inv_s, n_in):
+    """PyTorch's align_corners=False source index for output coordinate `dst` (any int, the
+    caller masks out-of-range ones): clamped below at 0, the upper neighbour clamped to n_in - 1.
+    Returns (i0, i1, lambda0, lambda1)."""
+    src = tl.maximum((dst.to(tl.float32) + 0.5) * inv_s - 0.5, 0.0)
+    i0 = tl.minimum(src.to(tl.int32), n_in - 1)  # src >= 0, so the cast is a floor
+    l1 = src - i0.to(tl.float32)
+    i1 = tl.minimum(i0 + 1, n_in - 1)
+    return i0, i1, 1.0 - l1, l1
+
+
+@triton.jit
+def _upsample_taps_fwd(y_ptr, bias_ptr, out_ptr, K, h, w, H, W, inv_s,
+                       KS: tl.constexpr, HAS_BIAS: tl.constexpr,
+                       BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """out[b, kk] = bias[kk] + sum_taps up(Y[b, tap*K + kk]) shifted by the tap, zero outside."""
+    pid = tl.program_id(0)
+    b = pid // K
+    kk = pid % K
+    oy = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    ox = tl.program_id(2) * BLOCK_W + tl.arange(0, BLOCK_W)
+    P: tl.constexpr = KS // 2
+    hw = h * w
+    acc = tl.zeros([BLOCK_H, BLOCK_W], dtype=tl.float32)
+    for i in tl.static_range(KS):
+        uy = oy + (i - P)  # row of the upsampled map this tap reads
+        vy = (uy >= 0) & (uy < H)
+        y0, y1, ly0, ly1 = _bilinear_src(uy, inv_s, h)
+        for j in tl.static_range(KS):
+            ux = ox + (j - P)
+            vx = (ux >= 0) & (ux < W)
+            x0, x1, lx0, lx1 = _bilinear_src(ux, inv_s, w)
+            # Indices are clamped into the map, so the loads need no mask; the shift's zero
+            # padding is applied by the `where` below.
+            base = y_ptr + ((b * (KS * KS) + (i * KS + j)) * K + kk).to(tl.int64) * hw
+            v00 = tl.load(base + y0[:, None] * w + x0[None, :]).to(tl.float32)
+            v01 = tl.load(base + y0[:, None] * w + x1[None, :]).to(tl.float32)
+            v10 = tl.load(base + y1[:, None] * w + x0[None, :]).to(tl.float32)
+            v11 = tl.load(base + y1[:, None] * w + x1[None, :]).to(tl.float32)
+            # Same association as PyTorch's upsample_bilinear2d kernel.
+            val = ly0[:, None] * (lx0[None, :] * v00 + lx1[None, :] * v01) \
+                + ly1[:, None] * (lx0[None, :] * v10 + lx1[None, :] * v11)
+            acc += tl.where(vy[:, None] & vx[None, :], val, 0.0)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + kk).to(tl.float32)
+    mask = (oy[:, None] < H) & (ox[None, :] < W)
+    out = out_ptr + pid.to(tl.int64) * H * W + oy[:, None] * W + ox[None, :]
+    tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _upsample_taps_bwd(g_ptr, dy_ptr, B, K, h, w, H, W, inv_s, S,
+                       s_gb, s_gk, s_gh, s_gw, s_dt, s_db,
+                       KS: tl.constexpr, TWO_S: tl.constexpr,
+                       BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
+    """dY[tap*K + kk, b] (low res) = adjoint of (upsample, shift by tap) applied to grad[b, kk].
+
+    Low-res row y is read only by upsampled rows whose floor source is y - 1 or y; those lie in
+    [S*y - (S+1)//2, S*y - (S+1)//2 + 2S). Rows of candidates are a loop, columns a tensor axis
+    (TWO_S = next_pow2(2S), extra lanes masked), so each output gathers 2S x 2S gradient values.
+    """
+    pid = tl.program_id(0)  # (tap * K + kk) * B + b
+    b = pid % B
+    tk = pid // B
+    kk = tk % K
+    t = tk // K
+    di = t // KS - KS // 2
+    dj = t % KS - KS // 2
+    ly = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    lx = tl.program_id(2) * BLOCK_W + tl.arange(0, BLOCK_W)
+    first = (S + 1) // 2
+    # Column candidates, (BLOCK_W, TWO_S): weight of upsampled column ux on low-res column lx.
+    cc = tl.arange(0, TWO_S)
+    ux = S * lx[:, None] - first + cc[None, :]
+    x0, x1, wx0, wx1 = _bilinear_src(ux, inv_s, w)
+    wx = tl.where(x0 == lx[:, None], wx0, 0.0) + tl.where(x1 == lx[:, None], wx1, 0.0)
+    gx = ux - dj  # output column that read upsampled column ux through this tap
+    vx = (cc[None, :] < 2 * S) & (ux >= 0) & (ux < W) & (gx >= 0) & (gx < W)
+    wx = tl.where(vx, wx, 0.0)
+    g_base = g_ptr + b.to(tl.int64) * s_gb + kk.to(tl.int64) * s_gk
+    acc = tl.zeros([BLOCK_H, BLOCK_W], dtype=tl.float32)
+    for a in range(0, 2 * S):
+        uy = S * ly - first + a
+        y0, y1, wy0, wy1 = _bilinear_src(uy, inv_s, h)
+        wy = tl.where(y0 == ly, wy0, 0.0) + tl.where(y1 == ly, wy1, 0.0)
+        gy = uy - di
+        vy = (uy >= 0) & (uy < H) & (gy >= 0) & (gy < H)
+        gv = tl.load(g_base + gy[:, None, None] * s_gh + gx[None, :, :] * s_gw,
+                     mask=vy[:, None, None] & vx[None, :, :], other=0.0).to(tl.float32)
+        acc += tl.where(vy, wy, 0.0)[:, None] * tl.sum(gv * wx[None, :, :], axis=2)
+    mask = (ly[:, None] < h) & (lx[None, :] < w)
+    out = dy_ptr + tk.to(tl.int64) * s_dt + b.to(tl.int64) * s_db + ly[:, None] * w + lx[None, :]
+    tl.store(out, acc.to(dy_ptr.dtype.element_ty), mask=mask)
+
+
+def _tile(n: int, cap: int) -> int:
+    return max(1, min(cap, triton.next_power_of_2(n)))
+
+
+def _taps(weight: torch.Tensor) -> torch.Tensor:
+    """(K, C, k, k) -> (k*k*K, C), row tap*K + kk, tap = i*k + j."""
+    K, C, k, _ = weight.shape
+    return weight.permute(2, 3, 0, 1).reshape(k * k * K, C)
+
+
+def _forward(x, weight, bias, scale_factor):
+    B, C, h, w = x.shape
+    K, _, k, _ = weight.shape
+    H, W = h * scale_factor, w * scale_factor
+    r = torch.relu(x).reshape(B, C, h * w)
+    y = torch.matmul(_taps(weight), r).contiguous()  # (B, k*k*K, h*w), fp32 accumulation in cuBLAS
+    out = _alloc.empty(B, K, H, W, dtype=x.dtype, device=x.device)
+    BH, BW = _tile(H, 16), _tile(W, 64)
+    grid = (B * K, triton.cdiv(H, BH), triton.cdiv(W, BW))
+    _upsample_taps_fwd[grid](y, bias if bias is not None else y, out, K, h, w, H, W,
+                             1.0 / scale_factor, KS=k, HAS_BIAS=bias is not None,
+                             BLOCK_H=BH, BLOCK_W=BW)
+    return out
+
+
+def _backward(grad, x, weight, scale_factor):
+    B, C, h, w = x.shape
+    K, _, k, _ = weight.shape
+    H, W = h * scale_factor, w * scale_factor
+    T = k * k
+    # Per-tap low-res grads laid out (tap*K + kk, B, h*w): one GEMM each for dweight and dx.
+    dy = _alloc.empty(T * K, B, h * w, dtype=x.dtype, device=x.device)
+    BH, BW = _tile(h, 16), _tile(w, 32)
+    grid = (T * K * B, triton.cdiv(h, BH), triton.cdiv(w, BW))
+    _upsample_taps_bwd[grid](grad, dy, B, K, h, w, H, W, 1.0 / scale_factor, scale_factor,
+                             *grad.stride(), dy.stride(0), dy.stride(1),
+                             KS=k, TWO_S=triton.next_power_of_2(2 * scale_factor),
+                             BLOCK_H=BH, BLOCK_W=BW)
+    dy2 = dy.view(T * K, B * h * w)
+    r = torch.relu(x)
+    r_rows = r.permute(0, 2, 3, 1).reshape(B * h * w, C)
+    dweight = _alloc.empty(K, C, k, k, dtype=weight.dtype, device=x.device)
+    dweight.copy_(torch.matmul(dy2, r_rows).view(k, k, K, C).permute(2, 3, 0, 1))
+    dr = torch.matmul(_taps(weight).t(), dy2).view(C, B, h, w).permute(1, 0, 2, 3)
+    dx = _alloc.empty(B, C, h, w, dtype=x.dtype, device=x.device)
+    torch.where(x > 0, dr, torch.zeros((), dtype=x.dtype, device=x.device), out=dx)
+    dbias = _alloc.empty(K, dtype=weight.dtype, device=x.device)
+    dbias.copy_(grad.sum(dim=(0, 2, 3), dtype=torch.float32))
+    return dx, dweight, dbias
+
+
+@torch.library.custom_op("vitpose_kernels::simple_decoder_triton", mutates_args=())
+def simple_decoder_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                      scale_factor: int) -> torch.Tensor:
+    return _forward(x, weight, bias, scale_factor)
+
+
+@simple_decoder_op.register_fake
+def _(x, weight, bias, scale_factor):
+    B, _, h, w = x.shape
+    return x.new_empty(B, weight.shape[0], h * scale_factor, w * scale_factor)
+
+
+@torch.library.custom_op("vitpose_kernels::simple_decoder_triton_backward", mutates_args=())
+def simple_decoder_backward_op(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
+                               scale_factor: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _backward(grad, x, weight, scale_factor)
+
+
+@simple_decoder_backward_op.register_fake
+def _(grad, x, weight, scale_factor):
+    return torch.empty_like(x), torch.empty_like(weight), weight.new_empty(weight.shape[0])
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, bias, scale_factor = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.scale_factor = scale_factor
+    ctx.has_bias = bias is not None
+
+
+def _autograd_backward(ctx, grad):
+    x, weight = ctx.saved_tensors
+    dx, dweight, dbias = simple_decoder_backward_op(grad, x, weight, ctx.scale_factor)
+    return dx, dweight, dbias if ctx.has_bias else None, None
+
+
+simple_decoder_op.register_autograd(_autograd_backward, setup_context=_setup_context)
+
+
+def reasons(x, weight, bias, scale_factor) -> list[str]:
+    out = []
+    if x.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        out.append(f"x.dtype={x.dtype}: the Triton kernels take float32/float16/bfloat16 "
+                   "(float64, e.g. for gradcheck, runs on backend='reference')")
+    if weight.dtype != x.dtype or (bias is not None and bias.dtype != x.dtype):
+        out.append(f"x, weight and bias must share a dtype, got x.dtype={x.dtype}, "
+                   f"weight.dtype={weight.dtype}, bias.dtype={None if bias is None else bias.dtype}")
+    if x.device.type != "cuda" and not (x.device.type == "cpu" and dispatch.interpreting()):
+        out.append(f"x.device={x.device}: Triton needs a CUDA tensor (or CPU with TRITON_INTERPRET=1)")
+    return out
+
+
+@dispatch.register("simple_decoder", "triton", reasons=reasons)
+def simple_decoder(x, weight, bias, scale_factor):
+    return simple_decoder_op(x, weight, bias, scale_factor)
