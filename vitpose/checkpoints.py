@@ -301,7 +301,11 @@ def load_state_dict_strict(model: ViTPose, sd: dict, source: str = "checkpoint")
         if shapes:
             lines.append(f"  shape mismatches ({len(shapes)}): " + "; ".join(shapes[:10]))
         raise CheckpointError("\n".join(lines))
-    model.load_state_dict(sd, strict=False)
+    sd = {k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()}
+    for k, v in expected.items():  # e.g. BatchNorm's num_batches_tracked, absent from some files
+        if k not in sd:
+            sd[k] = torch.zeros(v.shape, dtype=v.dtype)
+    model.load_state_dict(sd, strict=True, assign=True)
 
 
 def load_model(path_or_state_dict, *, device=None, **overrides) -> ViTPose:
@@ -328,10 +332,12 @@ def load_model(path_or_state_dict, *, device=None, **overrides) -> ViTPose:
             cfg = cfg.replace(**overrides)
     else:
         cfg, ckpt_grid = infer_config(sd, **overrides)
-    model = ViTPose(cfg)
+    # Built on the meta device and filled from the checkpoint: no time spent on random init.
+    with torch.device("meta"):
+        model = ViTPose(cfg)
     pos = sd.get("backbone.pos_embed")
     if pos is not None and tuple(ckpt_grid) != cfg.grid and pos.shape[1] == 1 + ckpt_grid[0] * ckpt_grid[1]:
-        sd["backbone.pos_embed"] = resize_pos_embed(pos, ckpt_grid, cfg.grid)
+        sd["backbone.pos_embed"] = resize_pos_embed(pos.float(), ckpt_grid, cfg.grid)
     for k in unknown:
         sd[k] = torch.empty(0)  # reported as unknown below
     load_state_dict_strict(model, sd, source)

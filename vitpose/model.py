@@ -178,7 +178,7 @@ class ViT(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.grid[0] * self.grid[1], cfg.embed_dim))
         self.knowledge_token = (nn.Parameter(torch.zeros(1, cfg.num_knowledge_tokens, cfg.embed_dim))
                                 if cfg.num_knowledge_tokens else None)
-        rates = torch.linspace(0, cfg.drop_path_rate, cfg.depth).tolist()
+        rates = [cfg.drop_path_rate * i / max(cfg.depth - 1, 1) for i in range(cfg.depth)]  # linear decay
         self.blocks = nn.ModuleList(Block(cfg, i, rates[i]) for i in range(cfg.depth))
         self.last_norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.layer_norm_eps)
 
