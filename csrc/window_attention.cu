@@ -4,7 +4,7 @@
 //
 // Work decomposition. Every query block (64 rows, one CTA of 4 warps, 16 rows per warp) takes
 // its rows from one *segment* and walks a short list of key segments:
-//   grid query block (rows of one cell):  keys = [its cell] + [pooled tokens] + [global tokens]
+//   grid query block (rows of one cell):  keys = [its cell] + [P pooled rows, then the G global tokens]
 //   global query block (rows 0..G-1):     keys = [all N tokens]
 // A segment is an index range mapped to rows by arithmetic: the tokens of a (shifted, possibly
 // partial) cell, the P pooled rows, or a contiguous token range. No mask is materialized; keys
@@ -39,10 +39,11 @@ constexpr int kPad = 8;        // smem rows padded by 16 bytes: ldmatrix rows hi
 
 __host__ __device__ constexpr int cdiv(int a, int b) { return (a + b - 1) / b; }
 
-enum SegKind : int { kCell = 0, kPool = 1, kRange = 2 };
+enum SegKind : int { kCell = 0, kPool = 1, kRange = 2, kExtra = 3 };
 
 // Rows [0, len) of a segment. kCell: the tokens of the cell [y0, y0+len/cw) x [x0, x0+cw) in
-// row-major order; kPool: pooled rows start..; kRange: tokens start...
+// row-major order; kPool: pooled rows start..; kRange: tokens start..; kExtra: the P pooled rows
+// then the G global tokens, so that a grid query's few extra keys share one key tile.
 struct Seg {
   int kind, len, start, y0, x0, cw;
 };
@@ -76,6 +77,7 @@ __device__ __forceinline__ int seg_row(const Seg& s, int i, const Params& p) {
     const int y = i / s.cw;
     return p.G + (s.y0 + y) * p.Wg + s.x0 + (i - y * s.cw);
   }
+  if (s.kind == kExtra) return i < p.P ? i : i - p.P;
   return s.start + i;
 }
 // Grid coordinates of a cell member, packed y << 16 | x (grids are < 32768 a side).
@@ -108,15 +110,19 @@ __device__ __forceinline__ int num_tiles(const Seg& a, const Seg& b, const Seg& 
 }
 
 // Rows r0..r0+ROWS-1 of a segment into a padded smem tile [ROWS][DP + kPad], 16 bytes per
-// cp.async; rows past the segment and columns past D are zero-filled.
+// cp.async; rows past the segment and columns past D are zero-filled. The pooled rows of a
+// kExtra segment come from (pbase, psn), everything else from (base, sn).
 template <typename T, int DP, int ROWS>
 __device__ __forceinline__ void load_rows(T* s, const T* base, int64_t sn, const Seg& seg, int r0,
-                                          const Params& p) {
+                                          const Params& p, const T* pbase = nullptr, int64_t psn = 0) {
   constexpr int kChunks = DP / 8;
   for (int c = threadIdx.x; c < ROWS * kChunks; c += kThreads) {
     const int r = c / kChunks, ch = c - r * kChunks;
-    const bool ok = r0 + r < seg.len && ch * 8 < p.D;
-    const T* src = ok ? base + static_cast<int64_t>(seg_row(seg, r0 + r, p)) * sn + ch * 8 : base;
+    const int i = r0 + r;
+    const bool ok = i < seg.len && ch * 8 < p.D;
+    const bool from_pool = seg.kind == kExtra && i < p.P;
+    const T* src = base;
+    if (ok) src = (from_pool ? pbase : base) + static_cast<int64_t>(seg_row(seg, i, p)) * (from_pool ? psn : sn) + ch * 8;
     cp_async16(s + r * (DP + kPad) + ch * 8, src, ok);
   }
 }
@@ -188,7 +194,7 @@ __global__ void __launch_bounds__(kThreads) wa_fwd_kernel(const Params p, const 
 
   const int b = blockIdx.z, h = blockIdx.y;
   const int nqg = cdiv(p.G, BM), qbpc = cdiv(p.wh * p.ww, BM);
-  Seg qs, k0, k1 = {}, k2 = {};
+  Seg qs, k0, k1 = {}, k2 = {};  // key segments (k2 unused: at most two)
   int m0, nks = 1;
   if (static_cast<int>(blockIdx.x) < nqg) {
     qs = range_seg(kRange, 0, p.G);
@@ -199,8 +205,10 @@ __global__ void __launch_bounds__(kThreads) wa_fwd_kernel(const Params p, const 
     qs = cell_seg(p, cells, bx / qbpc);
     m0 = (bx % qbpc) * BM;
     k0 = qs;
-    if (p.P > 0) (nks == 1 ? k1 : k2) = range_seg(kPool, 0, p.P), ++nks;
-    if (p.G > 0) (nks == 1 ? k1 : k2) = range_seg(kRange, 0, p.G), ++nks;
+    if (p.P + p.G > 0) {
+      k1 = range_seg(kExtra, 0, p.P + p.G);
+      nks = 2;
+    }
   }
   if (m0 >= qs.len) return;  // an empty block of a partial cell
 
@@ -220,9 +228,8 @@ __global__ void __launch_bounds__(kThreads) wa_fwd_kernel(const Params p, const 
     Seg s;
     int n0;
     locate(k0, k1, k2, nks, BN, tile, s, n0);
-    const bool pooled = s.kind == kPool;
-    load_rows<T, DP, BN>(sK + buf * BN * LD, pooled ? kp_bh : k_bh, pooled ? p.kp.sn : p.k.sn, s, n0, p);
-    load_rows<T, DP, BN>(sV + buf * BN * LD, pooled ? vp_bh : v_bh, pooled ? p.vp.sn : p.v.sn, s, n0, p);
+    load_rows<T, DP, BN>(sK + buf * BN * LD, k_bh, p.k.sn, s, n0, p, kp_bh, p.kp.sn);
+    load_rows<T, DP, BN>(sV + buf * BN * LD, v_bh, p.v.sn, s, n0, p, vp_bh, p.vp.sn);
     if (has_bias && s.kind == kCell && threadIdx.x < BN)
       sKyx[buf * BN + threadIdx.x] = n0 + static_cast<int>(threadIdx.x) < s.len ? seg_yx(s, n0 + threadIdx.x) : 0;
   };
@@ -412,7 +419,7 @@ __global__ void __launch_bounds__(kThreads) wa_dq_kernel(const Params p, const C
 
   const int b = blockIdx.z, h = blockIdx.y;
   const int nqg = cdiv(p.G, BM), qbpc = cdiv(p.wh * p.ww, BM);
-  Seg qs, k0, k1 = {}, k2 = {};
+  Seg qs, k0, k1 = {}, k2 = {};  // key segments (k2 unused: at most two)
   int m0, nks = 1;
   if (static_cast<int>(blockIdx.x) < nqg) {
     qs = range_seg(kRange, 0, p.G);
@@ -423,8 +430,10 @@ __global__ void __launch_bounds__(kThreads) wa_dq_kernel(const Params p, const C
     qs = cell_seg(p, cells, bx / qbpc);
     m0 = (bx % qbpc) * BM;
     k0 = qs;
-    if (p.P > 0) (nks == 1 ? k1 : k2) = range_seg(kPool, 0, p.P), ++nks;
-    if (p.G > 0) (nks == 1 ? k1 : k2) = range_seg(kRange, 0, p.G), ++nks;
+    if (p.P + p.G > 0) {
+      k1 = range_seg(kExtra, 0, p.P + p.G);
+      nks = 2;
+    }
   }
   if (m0 >= qs.len) return;
 
@@ -461,9 +470,8 @@ __global__ void __launch_bounds__(kThreads) wa_dq_kernel(const Params p, const C
     Seg s;
     int n0;
     locate(k0, k1, k2, nks, BN, tile, s, n0);
-    const bool pooled = s.kind == kPool;
-    load_rows<T, DP, BN>(sK + buf * BN * LD, pooled ? kp_bh : k_bh, pooled ? p.kp.sn : p.k.sn, s, n0, p);
-    load_rows<T, DP, BN>(sV + buf * BN * LD, pooled ? vp_bh : v_bh, pooled ? p.vp.sn : p.v.sn, s, n0, p);
+    load_rows<T, DP, BN>(sK + buf * BN * LD, k_bh, p.k.sn, s, n0, p, kp_bh, p.kp.sn);
+    load_rows<T, DP, BN>(sV + buf * BN * LD, v_bh, p.v.sn, s, n0, p, vp_bh, p.vp.sn);
     if (has_bias && s.kind == kCell && threadIdx.x < BN)
       sKyx[buf * BN + threadIdx.x] = n0 + static_cast<int>(threadIdx.x) < s.len ? seg_yx(s, n0 + threadIdx.x) : 0;
   };
