@@ -153,7 +153,8 @@ def test_torch_compile_fullgraph_and_opcheck():
 
     eager = f(q, k, v, rh, rw)
     compiled = torch.compile(f, fullgraph=True)
-    assert torch.equal(compiled(q, k, v, rh, rw), eager)
+    # Same kernels; only the small torch parts (pooling, q . rel_pos) may be fused differently.
+    parity.assert_close("compiled", compiled(q, k, v, rh, rw), eager, 1e-2)
 
     hg, wg = case.grid
     kp, vp = (torch.randn(2, 2, 4, 64, device="cuda", dtype=torch.bfloat16) for _ in range(2))
