@@ -295,9 +295,7 @@ def _bwd_extra_kernel(Q, KX, VX, DO, LSE, DELTA, DK, DV, DKP, DVP,
     dv = tl.zeros([BLOCK_N, D_PAD], dtype=tl.float32)
     no_bias = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     # Blocks holding only pooled keys skip the global queries, which never see pooled keys.
-    start = 0
-    if pid * BLOCK_N + BLOCK_N <= P:
-        start = G
+    start = G * (pid * BLOCK_N + BLOCK_N <= P).to(tl.int32)
     for m0 in range(start, N, BLOCK_M):
         tok = m0 + offs_m
         valid_q = tok < N
@@ -559,8 +557,9 @@ def _configs(d_pad: int):
 
 
 def _prune(configs, named_args, **kwargs):
-    # Blocks far larger than a cell only add masked work.
-    cell = _pow2(named_args["S_KEY"])
+    # Blocks far larger than a cell only add masked work. (Launches pass everything by keyword,
+    # which triton hands over in kwargs rather than named_args.)
+    cell = _pow2({**named_args, **kwargs}["S_KEY"])
     kept = [c for c in configs if c.kwargs["BLOCK_M"] <= max(32, cell) and c.kwargs["BLOCK_N"] <= max(32, cell)]
     return kept or configs[:1]
 
@@ -600,6 +599,12 @@ class _Geom:
     def cell_args(self):
         return dict(G=self.G, HG=self.hg, WG=self.wg, WH=self.wh, WW=self.ww, TOP=self.top,
                     LEFT=self.left, NCW=self.ncw, NCELLS=self.ncells)
+
+
+def _or(t, stand_in):
+    # Kernel pointers never point at 0-element buffers (a null pointer may be refused at launch);
+    # the stand-in has the same dtype, so the (never executed) loads type-check the same way.
+    return t if t is not None and t.numel() else stand_in
 
 
 def _strides(prefix: str, t: torch.Tensor) -> dict:
@@ -646,8 +651,8 @@ def _forward(q, k, v, rel_pos_h, rel_pos_w, geom, pool, scale):
     relh, relw = _rel_proj(q, rel_pos_h, g, D, d_pad), _rel_proj(q, rel_pos_w, g, D, d_pad)
     out = _alloc.empty(B, H, N, D, dtype=q.dtype, device=q.device)
     lse = _alloc.empty(B, H, N, dtype=torch.float32, device=q.device)
-    args = dict(Q=q, K=k, V=v, KX=kx, VX=vx, RELH=relh if relh is not None else lse,
-                RELW=relw if relw is not None else lse, O=out, LSE=lse,
+    args = dict(Q=q, K=k, V=v, KX=_or(kx, k), VX=_or(vx, v), RELH=_or(relh, lse), RELW=_or(relw, lse),
+                O=out, LSE=lse,
                 **_strides("q", q), **_strides("k", k), **_strides("v", v),
                 H=H, N=N, **g.cell_args(), E=g.E,
                 RHS=1 if relh is None else relh.shape[-1], RWS=1 if relw is None else relw.shape[-1],
@@ -682,16 +687,18 @@ def _backward(do, q, k, v, out, lse, rel_pos_h, rel_pos_w, geom, pool, scale):
     common = dict(**_strides("q", q), sdb=do.stride(0), sdh=do.stride(1), sdn=do.stride(2),
                   sdd=do.stride(3), H=H, N=N, qk_scale=scale * LOG2E, scale=scale, D=D, D_PAD=d_pad,
                   PREC=prec)
-    rel = dict(RELH=relh if relh is not None else lse, RELW=relw if relw is not None else lse,
+    rel = dict(RELH=_or(relh, lse), RELW=_or(relw, lse),
                RHS=1 if relh is None else relh.shape[-1], RWS=1 if relw is None else relw.shape[-1],
                HAS_RELH=relh is not None, HAS_RELW=relw is not None)
 
     if g.E:  # extra keys first: the cell kernel spreads the pooled keys' gradients
         _launch(_bwd_extra_kernel, lambda m: (triton.cdiv(g.E, m["BLOCK_N"]), B * H),
-                dict(Q=q, KX=kx, VX=vx, DO=do, LSE=lse, DELTA=delta, DK=dk, DV=dv, DKP=dkp, DVP=dvp,
+                dict(Q=q, KX=kx, VX=vx, DO=do, LSE=lse, DELTA=delta, DK=dk, DV=dv, DKP=_or(dkp, delta),
+                     DVP=_or(dvp, delta),
                      G=g.G, P=g.P, E=g.E, **common), g.S, d_pad, g.E)
     _launch(_bwd_cell_kernel, lambda m: (g.ncells * triton.cdiv(g.S, m["BLOCK_N"]), B * H),
-            dict(Q=q, K=k, V=v, DO=do, LSE=lse, DELTA=delta, DKP=dkp, DVP=dvp, DK=dk, DV=dv,
+            dict(Q=q, K=k, V=v, DO=do, LSE=lse, DELTA=delta, DKP=_or(dkp, delta), DVP=_or(dvp, delta),
+                 DK=dk, DV=dv,
                  **_strides("k", k), **_strides("v", v), **g.cell_args(), NTW=g.ntw, P=g.P,
                  **rel, **common), g.S, d_pad, g.E)
 
@@ -701,8 +708,8 @@ def _backward(do, q, k, v, out, lse, rel_pos_h, rel_pos_w, geom, pool, scale):
     rw = rel_pos_w if rel_pos_w is not None else lse
     _launch(_bwd_q_kernel,
             lambda m: (g.ncells * triton.cdiv(g.S, m["BLOCK_M"]) + triton.cdiv(g.G, m["BLOCK_M"]), B * H),
-            dict(Q=q, K=k, V=v, KX=kx, VX=vx, DO=do, LSE=lse, DELTA=delta, RH=rh, RW=rw, DQ=dq,
-                 DRELH=drelh if drelh is not None else lse, DRELW=drelw if drelw is not None else lse,
+            dict(Q=q, K=k, V=v, KX=_or(kx, k), VX=_or(vx, v), DO=do, LSE=lse, DELTA=delta, RH=rh, RW=rw,
+                 DQ=dq, DRELH=_or(drelh, lse), DRELW=_or(drelw, lse),
                  **_strides("k", k), **_strides("v", v),
                  srh0=rh.stride(0), srh1=rh.stride(-1), srw0=rw.stride(0), srw1=rw.stride(-1),
                  **g.cell_args(), E=g.E, WH_PAD=_pow2(g.wh), WW_PAD=_pow2(g.ww),

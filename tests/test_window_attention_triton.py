@@ -1,0 +1,235 @@
+"""Triton-specific checks of window_attention (parity with the reference is tests/test_parity.py):
+determinism, the torch.library registration (opcheck, torch.compile, fake tensors), what is
+saved for backward, what is allocated, the support predicate, odd strides; GPU-only checks
+(CUDA graphs, autotuning, ViTPose-sized shapes) skip with the reason on machines without one.
+
+Shapes are tiny: on the CPU every kernel runs through TRITON_INTERPRET=1.
+"""
+import os
+
+import pytest
+import torch
+
+import parity
+import vitpose_kernels as vk
+from vitpose_kernels import _alloc, dispatch
+
+pytestmark = pytest.mark.skipif(parity.skip_reason("window_attention", "triton") is not None,
+                                reason=f"triton unavailable: {parity.skip_reason('window_attention', 'triton')}")
+
+wa = pytest.importorskip("vitpose_kernels.triton_backend.window_attention")
+DEV = parity.device()
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (GPU-only check, owed)")
+
+# Everything at once: shifted partial cells, pooled tiles, global tokens, relative position.
+FULL_CASE = parity.AttentionCase(grid=(5, 6), window=(2, 4), shift=(1, 2), pool=True, num_global=2,
+                                 rel_pos=True, B=1, H=2, D=16)
+
+
+def _inputs(case, requires_grad=True):
+    q, k, v, rh, rw, grad = parity.attention_inputs(case, DEV)
+    leaves = [t.detach().clone().requires_grad_(requires_grad) if t is not None else None
+              for t in (q, k, v, rh, rw)]
+    return leaves, grad
+
+
+def _kwargs(case):
+    return dict(grid=case.grid, window=case.window, shift=case.shift, pool=case.pool,
+                num_global=case.num_global)
+
+
+def _run(case, leaves, grad):
+    q, k, v, rh, rw = leaves
+    out = vk.window_attention(q, k, v, rel_pos_h=rh, rel_pos_w=rw, backend="triton", **_kwargs(case))
+    grads = torch.autograd.grad(out, [t for t in leaves if t is not None], grad)
+    return [out.detach(), *grads]
+
+
+def test_two_runs_are_bit_identical():
+    leaves, grad = _inputs(FULL_CASE)
+    first, second = _run(FULL_CASE, leaves, grad), _run(FULL_CASE, leaves, grad)
+    for name, a, b in zip(("out", "dq", "dk", "dv", "drel_pos_h", "drel_pos_w"), first, second):
+        assert torch.equal(a, b), f"{name} differs between two identical runs (race or atomics?)"
+
+
+def test_odd_strides_and_broadcast_grad():
+    """q/k/v with stride(-1) != 1 (a (B, H, D, N) buffer transposed) and a stride-0 upstream
+    gradient (out.sum()): the kernels index everything through strides, nothing is copied."""
+    case = parity.AttentionCase(grid=(3, 5), window=(2, 2), shift=(1, 1), pool=True, num_global=1,
+                                B=2, H=1, D=16)
+    N = case.num_global + 15
+    g = torch.Generator().manual_seed(3)
+    base = [torch.randn(2, 1, 16, N, generator=g).to(DEV) for _ in range(3)]
+    leaves = [b.transpose(-1, -2).detach().requires_grad_(True) for b in base]
+    assert leaves[0].stride(-1) != 1
+    out = vk.window_attention(*leaves, backend="triton", **_kwargs(case))
+    out.sum().backward()
+    ref_in = [t.detach().double().requires_grad_(True) for t in leaves]
+    ref = vk.window_attention(*ref_in, backend="reference", **_kwargs(case))
+    ref.sum().backward()
+    parity.assert_close("out", out, ref, 1e-4)
+    for name, a, e in zip(("dq", "dk", "dv"), leaves, ref_in):
+        parity.assert_close(name, a.grad, e.grad, 1e-4)
+
+
+def test_saved_tensors_are_only_q_k_v_out_lse():
+    case = parity.AttentionCase(grid=(4, 4), window=(2, 2), shift=(1, 1), pool=True, num_global=1,
+                                B=1, H=1, D=16)
+    (q, k, v, _, _), _ = _inputs(case)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        out = vk.window_attention(q, k, v, backend="triton", **_kwargs(case))
+    B, H, N, D = q.shape
+    allowed = {(q.data_ptr(), q.shape), (k.data_ptr(), k.shape), (v.data_ptr(), v.shape),
+               (out.data_ptr(), out.shape)}
+    others = [t for t in saved if (t.data_ptr(), t.shape) not in allowed]
+    assert len(others) == 1 and others[0].shape == (B, H, N) and others[0].dtype == torch.float32, \
+        f"saved beyond q, k, v, out and the (B, H, N) log-sum-exp: {[tuple(t.shape) for t in others]}"
+
+
+def test_no_quadratic_buffers(monkeypatch):
+    """Every buffer the backend allocates (forward and backward) is at most the size of q: nothing
+    N x N or cells x cell_size^2 (here N*N = 16x and cells*S^2 = 4x the size of q)."""
+    case = parity.AttentionCase(grid=(8, 8), window=(4, 4), shift=(2, 2), pool=True, num_global=1,
+                                rel_pos=True, B=1, H=1, D=16)
+    leaves, grad = _inputs(case)
+    sizes = []
+    real_empty = _alloc.empty
+
+    def spy(*shape, dtype, device):
+        sizes.append(tuple(shape))
+        return real_empty(*shape, dtype=dtype, device=device)
+
+    monkeypatch.setattr(_alloc, "empty", spy)
+    _run(case, leaves, grad)
+    assert sizes, "the backend did not allocate through _alloc.empty"
+    limit = leaves[0].numel()
+    big = [s for s in sizes if torch.Size(s).numel() > limit]
+    assert not big, f"buffers larger than q ({limit} elements): {big}"
+
+
+@pytest.mark.parametrize("rel", [False, True], ids=["plain", "rel_pos"])
+def test_opcheck(rel):
+    case = parity.AttentionCase(grid=(2, 3), window=(2, 2), shift=(1, 1), pool=True, num_global=1,
+                                rel_pos=rel, B=1, H=1, D=16)
+    (q, k, v, rh, rw), _ = _inputs(case)
+    geom = [*case.grid, *case.window, *case.shift, case.num_global]
+    torch.library.opcheck(wa.window_attention_op, (q, k, v, rh, rw, geom, True, 0.25))
+
+
+def test_torch_compile_fullgraph_no_recompiles():
+    case = parity.AttentionCase(grid=(3, 4), window=(2, 2), shift=(1, 1), pool=True, num_global=1,
+                                rel_pos=True, B=1, H=1, D=16)
+    from torch._dynamo.testing import CompileCounterWithBackend
+
+    counter = CompileCounterWithBackend("aot_eager")  # traces fake + autograd; no C++ compile
+
+    class Block(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.rel_pos_h = torch.nn.Parameter(torch.randn(3, 16) * 0.3)
+            self.rel_pos_w = torch.nn.Parameter(torch.randn(3, 16) * 0.3)
+
+        def forward(self, qkv):  # qkv (B, N, 3, H, D), used without copies
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+            out = vk.window_attention(q, k, v, rel_pos_h=self.rel_pos_h, rel_pos_w=self.rel_pos_w,
+                                      backend="triton", **_kwargs(case))
+            return out * 2
+
+    torch._dynamo.reset()
+    block = Block().to(DEV)
+    compiled = torch.compile(block, fullgraph=True, backend=counter)
+    for seed in range(2):
+        g = torch.Generator().manual_seed(seed)
+        qkv = torch.randn(1, 13, 3, 1, 16, generator=g).to(DEV).requires_grad_(True)
+        out = compiled(qkv)
+        out.sum().backward()
+        ref = block(qkv.detach())
+        parity.assert_close("compiled out", out, ref, 1e-5)
+    assert counter.frame_count == 1, f"{counter.frame_count} compilations for two calls of the same shape"
+
+
+def test_reasons():
+    case = parity.AttentionCase(grid=(2, 2), window=None, B=1, H=1, D=16)
+    (q, k, v, _, _), _ = _inputs(case, requires_grad=False)
+    with pytest.raises(NotImplementedError, match="float64"):
+        vk.window_attention(q.double(), k.double(), v.double(), grid=(2, 2), backend="triton")
+    wide = torch.zeros(1, 1, 4, wa.MAX_HEAD_DIM + 8, device=DEV)
+    with pytest.raises(NotImplementedError, match="head dim"):
+        vk.window_attention(wide, wide, wide, grid=(2, 2), backend="triton")
+    spec = vk._validate.window_attention_spec(q.cpu(), k.cpu(), v.cpu(), grid=(2, 2), window=None,
+                                              shift=(0, 0), pool=False, num_global=0, rel_pos_h=None,
+                                              rel_pos_w=None, scale=None)
+    real = dispatch.interpreting
+    try:
+        dispatch.interpreting = lambda: False
+        why = wa.window_attention_reasons(q.cpu(), k.cpu(), v.cpu(), None, None, spec)
+    finally:
+        dispatch.interpreting = real
+    assert any("TRITON_INTERPRET" in w for w in why), why
+    # Head dims that are not powers of two are padded and masked, not declined.
+    assert wa.window_attention_reasons(*(torch.zeros(1, 1, 4, 80, device=DEV),) * 3, None, None, spec) == []
+
+
+# ----------------------------------------------------------------------------- GPU only (owed here)
+@needs_gpu
+def test_cuda_graph_capture():
+    case = parity.AttentionCase(grid=(16, 12), window=(8, 8), shift=(4, 4), pool=True, num_global=1,
+                                rel_pos=True, B=2, H=4, D=64, dtype=torch.bfloat16)
+    leaves, grad = _inputs(case)
+    eager = _run(case, leaves, grad)  # warm-up also finishes any autotuning before capture
+    static = [torch.empty_like(t) for t in eager]
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        _run(case, leaves, grad)
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        res = _run(case, leaves, grad)
+        for dst, src in zip(static, res):
+            dst.copy_(src)
+    graph.replay()
+    torch.cuda.synchronize()
+    for a, b in zip(eager, static):
+        assert torch.equal(a, b)
+
+
+@needs_gpu
+def test_autotuned_matches_fixed_config(monkeypatch):
+    case = parity.AttentionCase(grid=(32, 24), window=(8, 8), shift=(4, 4), pool=True, num_global=17,
+                                rel_pos=True, B=2, H=3, D=80, dtype=torch.float16)
+    leaves, grad = _inputs(case)
+    monkeypatch.setenv("VITPOSE_AUTOTUNE", "0")
+    fixed = _run(case, leaves, grad)
+    monkeypatch.setenv("VITPOSE_AUTOTUNE", "1")
+    tuned = _run(case, leaves, grad)
+    for name, a, b in zip(("out", "dq", "dk", "dv", "drh", "drw"), fixed, tuned):
+        parity.assert_close(f"autotuned {name}", a, b, 2e-2)
+
+
+@needs_gpu
+@pytest.mark.parametrize("window,shift,pool", [(None, (0, 0), False), ((8, 8), (4, 4), True)])
+def test_vitpose_b_eighth_features(window, shift, pool):
+    """The benchmark's shapes (ViTPose-B at 1/8 features), bf16, against the reference."""
+    case = parity.AttentionCase(grid=(32, 24), window=window, shift=shift, pool=pool, num_global=0,
+                                B=8, H=12, D=64, dtype=torch.bfloat16)
+    parity.check_window_attention("triton", case)
+
+
+@needs_gpu
+def test_inductor_compile():
+    if os.environ.get("VITPOSE_SKIP_INDUCTOR") == "1":
+        pytest.skip("VITPOSE_SKIP_INDUCTOR=1")
+    case = parity.AttentionCase(grid=(16, 12), window=(8, 8), shift=(4, 4), pool=True, B=2, H=4, D=64,
+                                dtype=torch.bfloat16)
+    leaves, grad = _inputs(case)
+
+    def f(q, k, v):
+        return vk.window_attention(q, k, v, backend="triton", **_kwargs(case)) + 1
+
+    torch._dynamo.reset()
+    compiled = torch.compile(f, fullgraph=True)
+    out = compiled(*leaves[:3])
+    out.backward(grad)
+    parity.assert_close("inductor out", out, f(*[t.detach() for t in leaves[:3]]), 2e-2)
