@@ -210,8 +210,8 @@ class TopDownPredictor:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
-        model = model.eval().to(self.device, self.dtype)
-        self.model = model.fold_batchnorm() if fold_batchnorm else model
+        model = model.eval().to(self.device, self.dtype)  # moves the caller's model, as HF pipelines do
+        self.model = _with_folded_heads(model) if fold_batchnorm else model
         cfg = model.config
         if not 0 <= dataset_index < model.num_datasets:
             raise ValueError(f"dataset_index must be in [0, {model.num_datasets}), got {dataset_index}")
@@ -304,6 +304,17 @@ class TopDownPredictor:
                 yield key, img
             else:
                 yield key, (failure if failure is not None else results[j])
+
+
+def _with_folded_heads(model):
+    """The model with BatchNorm folded into copies of its (small) decoders; the caller's model and
+    its backbone are left as they are (shared)."""
+    import copy
+    twin = copy.copy(model)
+    twin._modules = dict(model._modules)
+    twin.keypoint_head = copy.deepcopy(model.keypoint_head)
+    twin.associate_keypoint_heads = copy.deepcopy(model.associate_keypoint_heads)
+    return twin.fold_batchnorm()
 
 
 def predict(model, images, boxes=None, **kwargs) -> list[list[Pose]]:
