@@ -33,7 +33,7 @@ def tiny(**kw):
 
 
 # ---- Hugging Face transformers parity ----------------------------------------------------------
-def hf_model(embed_dim, depth, heads, img_size, simple, seed):
+def hf_model(embed_dim, depth, heads, img_size, simple, seed, **backbone):
     """HF VitPoseForPoseEstimation with random weights (filled directly: HF's init is slow on CPU)."""
     transformers = pytest.importorskip("transformers")
     try:
@@ -42,7 +42,7 @@ def hf_model(embed_dim, depth, heads, img_size, simple, seed):
         from transformers.modeling_utils import no_init_weights
     bc = transformers.VitPoseBackboneConfig(
         hidden_size=embed_dim, num_hidden_layers=depth, num_attention_heads=heads, image_size=list(img_size),
-        patch_size=[16, 16], layer_norm_eps=1e-6, out_indices=[depth])
+        patch_size=[16, 16], layer_norm_eps=1e-6, out_indices=[depth], **backbone)
     cfg = transformers.VitPoseConfig(backbone_config=bc, use_simple_decoder=simple, num_labels=17)
     cfg._attn_implementation = "eager"
     with no_init_weights():
@@ -72,6 +72,16 @@ def test_hf_parity(size, simple):
         got = ours(x)
     assert got.shape == expected.shape == (batch, 17, args[3][0] // 4, args[3][1] // 4)
     assert rel_err(got, expected) < 1e-5
+
+
+def test_hf_parity_vitpose_plus_experts():
+    hf = hf_model(64, 2, 4, (64, 48), simple=False, seed=3, num_experts=6, part_features=16)
+    ours = vitpose.load_model(hf.state_dict(), num_heads=4)
+    assert ours.config.experts == 6 and ours.config.part_features == 16
+    x = torch.randn(3, 3, 64, 48, generator=torch.Generator().manual_seed(4))
+    index = torch.tensor([0, 4, 1])
+    with torch.no_grad():
+        assert rel_err(ours(x, dataset_index=index), hf(x, dataset_index=index).heatmaps) < 1e-5
 
 
 # ---- configs -------------------------------------------------------------------------------------
