@@ -3,7 +3,8 @@
 //
 // A block of 256 threads serves a group of (instance, keypoint) maps: 256 / tpm maps with tpm
 // threads each (tpm a power of two, 32..256, chosen so small maps do not leave threads idle).
-// Each map is staged in shared memory once (merged with its flipped twin on the way in), then
+// With method="udp" each map is staged in shared memory once (merged with its flipped twin on the
+// way in; method="argmax" only reduces and needs no staging), then
 //   argmax (first index on ties) -> horizontal blur into a second buffer -> vertical blur,
 //   reduced to the blurred map's max (never stored) -> the 3x3 log-neighbourhood of the argmax
 //   -> one Newton step and the back-transform by the map's first thread.
