@@ -38,17 +38,22 @@ def _bilinear_src(dst, inv_s, n_in):
 
 @triton.jit
 def _upsample_taps_fwd(y_ptr, bias_ptr, out_ptr, K, h, w, H, W, inv_s,
-                       KS: tl.constexpr, HAS_BIAS: tl.constexpr,
+                       KS: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_K: tl.constexpr,
                        BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
-    """out[b, kk] = bias[kk] + sum_taps up(Y[b, tap*K + kk]) shifted by the tap, zero outside."""
+    """out[b, kk] = bias[kk] + sum_taps up(Y[b, tap*K + kk]) shifted by the tap, zero outside.
+
+    A program covers BLOCK_K channels (1 on the GPU; a whole block under the CPU interpreter,
+    whose cost is per operation) and a BLOCK_H x BLOCK_W tile of the output."""
+    n_kb = tl.cdiv(K, BLOCK_K)
     pid = tl.program_id(0)
-    b = pid // K
-    kk = pid % K
-    oy = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
-    ox = tl.program_id(2) * BLOCK_W + tl.arange(0, BLOCK_W)
+    b = pid // n_kb
+    kk = (pid % n_kb) * BLOCK_K + tl.arange(0, BLOCK_K)[:, None, None]
+    k_ok = kk < K
+    oy = (tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H))[None, :, None]
+    ox = (tl.program_id(2) * BLOCK_W + tl.arange(0, BLOCK_W))[None, None, :]
     P: tl.constexpr = KS // 2
     hw = h * w
-    acc = tl.zeros([BLOCK_H, BLOCK_W], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_K, BLOCK_H, BLOCK_W], dtype=tl.float32)
     for i in tl.static_range(KS):
         uy = oy + (i - P)  # row of the upsampled map this tap reads
         vy = (uy >= 0) & (uy < H)
@@ -57,71 +62,83 @@ def _upsample_taps_fwd(y_ptr, bias_ptr, out_ptr, K, h, w, H, W, inv_s,
             ux = ox + (j - P)
             vx = (ux >= 0) & (ux < W)
             x0, x1, lx0, lx1 = _bilinear_src(ux, inv_s, w)
-            # Indices are clamped into the map, so the loads need no mask; the shift's zero
-            # padding is applied by the `where` below.
+            # Indices are clamped into the map, so only the channel needs a load mask; the
+            # shift's zero padding is applied by the `where` below.
             base = y_ptr + ((b * (KS * KS) + (i * KS + j)) * K + kk).to(tl.int64) * hw
-            v00 = tl.load(base + y0[:, None] * w + x0[None, :]).to(tl.float32)
-            v01 = tl.load(base + y0[:, None] * w + x1[None, :]).to(tl.float32)
-            v10 = tl.load(base + y1[:, None] * w + x0[None, :]).to(tl.float32)
-            v11 = tl.load(base + y1[:, None] * w + x1[None, :]).to(tl.float32)
+            v00 = tl.load(base + y0 * w + x0, mask=k_ok, other=0.0).to(tl.float32)
+            v01 = tl.load(base + y0 * w + x1, mask=k_ok, other=0.0).to(tl.float32)
+            v10 = tl.load(base + y1 * w + x0, mask=k_ok, other=0.0).to(tl.float32)
+            v11 = tl.load(base + y1 * w + x1, mask=k_ok, other=0.0).to(tl.float32)
             # Same association as PyTorch's upsample_bilinear2d kernel.
-            val = ly0[:, None] * (lx0[None, :] * v00 + lx1[None, :] * v01) \
-                + ly1[:, None] * (lx0[None, :] * v10 + lx1[None, :] * v11)
-            acc += tl.where(vy[:, None] & vx[None, :], val, 0.0)
+            val = ly0 * (lx0 * v00 + lx1 * v01) + ly1 * (lx0 * v10 + lx1 * v11)
+            acc += tl.where(vy & vx, val, 0.0)
     if HAS_BIAS:
-        acc += tl.load(bias_ptr + kk).to(tl.float32)
-    mask = (oy[:, None] < H) & (ox[None, :] < W)
-    out = out_ptr + pid.to(tl.int64) * H * W + oy[:, None] * W + ox[None, :]
+        acc += tl.load(bias_ptr + kk, mask=k_ok, other=0.0).to(tl.float32)
+    mask = k_ok & (oy < H) & (ox < W)
+    out = out_ptr + (b * K + kk).to(tl.int64) * H * W + oy * W + ox
     tl.store(out, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def _upsample_taps_bwd(g_ptr, dy_ptr, B, K, h, w, H, W, inv_s, S,
                        s_gb, s_gk, s_gh, s_gw, s_dt, s_db,
-                       KS: tl.constexpr, TWO_S: tl.constexpr,
+                       KS: tl.constexpr, TWO_S: tl.constexpr, BLOCK_K: tl.constexpr,
                        BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr):
     """dY[tap*K + kk, b] (low res) = adjoint of (upsample, shift by tap) applied to grad[b, kk].
 
     Low-res row y is read only by upsampled rows whose floor source is y - 1 or y; those lie in
     [S*y - (S+1)//2, S*y - (S+1)//2 + 2S). Rows of candidates are a loop, columns a tensor axis
     (TWO_S = next_pow2(2S), extra lanes masked), so each output gathers 2S x 2S gradient values.
+    Tensors are (channel, row, column, column candidate).
     """
-    pid = tl.program_id(0)  # (tap * K + kk) * B + b
-    b = pid % B
-    tk = pid // B
-    kk = tk % K
-    t = tk // K
+    n_kb = tl.cdiv(K, BLOCK_K)
+    pid = tl.program_id(0)  # (tap * B + b) * n_kb + channel block
+    kk = (pid % n_kb) * BLOCK_K + tl.arange(0, BLOCK_K)[:, None, None]
+    b = (pid // n_kb) % B
+    t = pid // (n_kb * B)
     di = t // KS - KS // 2
     dj = t % KS - KS // 2
-    ly = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
-    lx = tl.program_id(2) * BLOCK_W + tl.arange(0, BLOCK_W)
+    k_ok = kk < K
+    ly = (tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H))[None, :, None]
+    lx = (tl.program_id(2) * BLOCK_W + tl.arange(0, BLOCK_W))[None, None, :]
     first = (S + 1) // 2
-    # Column candidates, (BLOCK_W, TWO_S): weight of upsampled column ux on low-res column lx.
-    cc = tl.arange(0, TWO_S)
-    ux = S * lx[:, None] - first + cc[None, :]
+    # Column candidates, (1, 1, BLOCK_W, TWO_S): weight of upsampled column ux on column lx.
+    cc = tl.arange(0, TWO_S)[None, None, None, :]
+    lx4 = lx[:, :, :, None]
+    ux = S * lx4 - first + cc
     x0, x1, wx0, wx1 = _bilinear_src(ux, inv_s, w)
-    wx = tl.where(x0 == lx[:, None], wx0, 0.0) + tl.where(x1 == lx[:, None], wx1, 0.0)
+    wx = tl.where(x0 == lx4, wx0, 0.0) + tl.where(x1 == lx4, wx1, 0.0)
     gx = ux - dj  # output column that read upsampled column ux through this tap
-    vx = (cc[None, :] < 2 * S) & (ux >= 0) & (ux < W) & (gx >= 0) & (gx < W)
+    vx = (cc < 2 * S) & (ux >= 0) & (ux < W) & (gx >= 0) & (gx < W)
     wx = tl.where(vx, wx, 0.0)
     g_base = g_ptr + b.to(tl.int64) * s_gb + kk.to(tl.int64) * s_gk
-    acc = tl.zeros([BLOCK_H, BLOCK_W], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_K, BLOCK_H, BLOCK_W], dtype=tl.float32)
     for a in range(0, 2 * S):
         uy = S * ly - first + a
         y0, y1, wy0, wy1 = _bilinear_src(uy, inv_s, h)
         wy = tl.where(y0 == ly, wy0, 0.0) + tl.where(y1 == ly, wy1, 0.0)
         gy = uy - di
         vy = (uy >= 0) & (uy < H) & (gy >= 0) & (gy < H)
-        gv = tl.load(g_base + gy[:, None, None] * s_gh + gx[None, :, :] * s_gw,
-                     mask=vy[:, None, None] & vx[None, :, :], other=0.0).to(tl.float32)
-        acc += tl.where(vy, wy, 0.0)[:, None] * tl.sum(gv * wx[None, :, :], axis=2)
-    mask = (ly[:, None] < h) & (lx[None, :] < w)
-    out = dy_ptr + tk.to(tl.int64) * s_dt + b.to(tl.int64) * s_db + ly[:, None] * w + lx[None, :]
+        ok = (k_ok & vy)[:, :, :, None] & vx
+        gv = tl.load((g_base + gy * s_gh)[:, :, :, None] + gx * s_gw, mask=ok, other=0.0)
+        acc += tl.where(vy, wy, 0.0) * tl.sum(gv.to(tl.float32) * wx, axis=3)
+    mask = k_ok & (ly < h) & (lx < w)
+    out = dy_ptr + (t * K + kk).to(tl.int64) * s_dt + b.to(tl.int64) * s_db + ly * w + lx
     tl.store(out, acc.to(dy_ptr.dtype.element_ty), mask=mask)
 
 
-def _tile(n: int, cap: int) -> int:
-    return max(1, min(cap, triton.next_power_of_2(n)))
+# None: wide blocks exactly when interpreting. Tests set False to run the GPU tiling on the CPU.
+_WIDE_BLOCKS = None
+
+
+def _blocks(K: int, H: int, W: int, cap_h: int, cap_w: int):
+    """(channels, rows, columns) per program. On the GPU one channel per program; under the CPU
+    interpreter, whose cost is per operation rather than per element, whole maps and channels."""
+    wide = dispatch.interpreting() if _WIDE_BLOCKS is None else _WIDE_BLOCKS
+    if wide:
+        return (min(32, triton.next_power_of_2(K)), min(64, triton.next_power_of_2(H)),
+                min(64, triton.next_power_of_2(W)))
+    return 1, min(cap_h, triton.next_power_of_2(H)), min(cap_w, triton.next_power_of_2(W))
 
 
 def _taps(weight: torch.Tensor) -> torch.Tensor:
@@ -137,11 +154,11 @@ def _forward(x, weight, bias, scale_factor):
     r = torch.relu(x).reshape(B, C, h * w)
     y = torch.matmul(_taps(weight), r).contiguous()  # (B, k*k*K, h*w), fp32 accumulation in cuBLAS
     out = _alloc.empty(B, K, H, W, dtype=x.dtype, device=x.device)
-    BH, BW = _tile(H, 16), _tile(W, 64)
-    grid = (B * K, triton.cdiv(H, BH), triton.cdiv(W, BW))
+    BK, BH, BW = _blocks(K, H, W, 16, 64)
+    grid = (B * triton.cdiv(K, BK), triton.cdiv(H, BH), triton.cdiv(W, BW))
     _upsample_taps_fwd[grid](y, bias if bias is not None else y, out, K, h, w, H, W,
                              1.0 / scale_factor, KS=k, HAS_BIAS=bias is not None,
-                             BLOCK_H=BH, BLOCK_W=BW)
+                             BLOCK_K=BK, BLOCK_H=BH, BLOCK_W=BW)
     return out
 
 
@@ -152,12 +169,12 @@ def _backward(grad, x, weight, scale_factor):
     T = k * k
     # Per-tap low-res grads laid out (tap*K + kk, B, h*w): one GEMM each for dweight and dx.
     dy = _alloc.empty(T * K, B, h * w, dtype=x.dtype, device=x.device)
-    BH, BW = _tile(h, 16), _tile(w, 32)
-    grid = (T * K * B, triton.cdiv(h, BH), triton.cdiv(w, BW))
+    BK, BH, BW = _blocks(K, h, w, 16, 16)
+    grid = (T * B * triton.cdiv(K, BK), triton.cdiv(h, BH), triton.cdiv(w, BW))
     _upsample_taps_bwd[grid](grad, dy, B, K, h, w, H, W, 1.0 / scale_factor, scale_factor,
                              *grad.stride(), dy.stride(0), dy.stride(1),
                              KS=k, TWO_S=triton.next_power_of_2(2 * scale_factor),
-                             BLOCK_H=BH, BLOCK_W=BW)
+                             BLOCK_K=BK, BLOCK_H=BH, BLOCK_W=BW)
     dy2 = dy.view(T * K, B * h * w)
     r = torch.relu(x)
     r_rows = r.permute(0, 2, 3, 1).reshape(B * h * w, C)

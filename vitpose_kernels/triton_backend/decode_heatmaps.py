@@ -1,0 +1,220 @@
+"""Triton decode_heatmaps: mmpose 1.x UDPHeatmap.decode for a whole batch in one launch.
+
+One program per (instance, keypoint) map, held in registers: flip merge, max and first argmax,
+then DARK-UDP refinement, which needs the blurred log-map only at the 3x3 (edge-clamped)
+neighbourhood of the argmax. Those nine blurred values are computed directly (13 rows x 3 columns
+of the 11-tap horizontal pass, then the vertical pass).
+
+What is exact about skipping the rest of the blur: the renormalisation multiplies every blurred
+value by max(map) / max(blurred) and only then clips to [1e-3, 50] and takes the log. The factor
+cancels in the central differences of the log unless the clip bites. With zero padding the blur is
+a sub-convex combination, so max(blurred) <= max(map) when max(map) >= 0, and a blurred value v
+renormalises to v * max(map) / max(blurred) in [v, max(map)]. Hence if all nine v >= 1e-3 and
+max(map) <= 50 the clip cannot bite whatever max(blurred) is, and the refinement equals mmpose's
+without the full blur. Otherwise (weak or noisy maps) the program blurs its whole map, as two
+banded-Toeplitz matrix products in exact fp32 (tl.dot, ieee), to get max(blurred).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from .. import _alloc, dispatch
+from ..reference.decode_heatmaps import gaussian_kernel_1d
+
+_MAX_SIDE = 128  # one map per program, in registers; the Toeplitz blur operands are side x side
+_MAX_BLUR = 31
+
+
+@triton.jit
+def _merged(hm_ptr, fl_ptr, rows, cols, ok, W, s_h, s_w, f_h, f_w, FLIP: tl.constexpr):
+    """The (flip-merged) heatmap at (rows, cols) in float32, 0 where not ok (the zero border)."""
+    v = tl.load(hm_ptr + rows * s_h + cols * s_w, mask=ok, other=0.0).to(tl.float32)
+    if FLIP:
+        f = tl.load(fl_ptr + rows * f_h + (W - 1 - cols) * f_w, mask=ok, other=0.0).to(tl.float32)
+        v = (v + f) * 0.5
+    return v
+
+
+@triton.jit
+def _pick(t, rr, cc, r: tl.constexpr, c: tl.constexpr):
+    """Element (r, c) of a small tile as a scalar (a sum with a single nonzero term is exact)."""
+    return tl.sum(tl.sum(tl.where((rr == r) & (cc == c), t, 0.0), axis=1), axis=0)
+
+
+@triton.jit
+def _decode_kernel(hm_ptr, fl_ptr, fidx_ptr, g_ptr, ctr_ptr, scl_ptr, kp_ptr, score_ptr,
+                   K, H, W, s_b, s_k, s_h, s_w, f_b, f_k, f_h, f_w, size_x, size_y,
+                   FLIP: tl.constexpr, UDP: tl.constexpr, HAS_BOX: tl.constexpr,
+                   ALWAYS_FULL_BLUR: tl.constexpr, KS: tl.constexpr, BK: tl.constexpr,
+                   BH: tl.constexpr, BW: tl.constexpr):
+    pid = tl.program_id(0)
+    b = pid // K
+    k = pid % K
+    hm = hm_ptr + b.to(tl.int64) * s_b + k.to(tl.int64) * s_k
+    fl = fl_ptr
+    if FLIP:
+        fk = tl.load(fidx_ptr + k)
+        fl = fl_ptr + b.to(tl.int64) * f_b + fk * f_k
+
+    ys = tl.arange(0, BH)[:, None]
+    xs = tl.arange(0, BW)[None, :]
+    inb = (ys < H) & (xs < W)
+    m = _merged(hm, fl, ys, xs, inb, W, s_h, s_w, f_h, f_w, FLIP)
+    masked = tl.where(inb, m, float("-inf"))
+    score = tl.max(tl.max(masked, axis=1), axis=0)
+    flat = ys * W + xs
+    idx = tl.min(tl.min(tl.where(masked == score, flat, BH * BW), axis=1), axis=0)  # first on ties
+    ay = idx // W
+    ax = idx % W
+    px = ax.to(tl.float32)
+    py = ay.to(tl.float32)
+
+    if UDP:
+        R: tl.constexpr = KS // 2
+        # The 3x3 neighbourhood (edge-replicated, i.e. clamped) laid out in a 4x4 tile.
+        o = tl.arange(0, 4)[:, None]
+        c = tl.arange(0, 4)[None, :]
+        ny = tl.minimum(tl.maximum(ay + o - 1, 0), H - 1)
+        nx = tl.minimum(tl.maximum(ax + c - 1, 0), W - 1)
+        # Horizontal pass on rows ny + i - R (i < KS), 3-D tile (o, i, c); then the vertical pass.
+        ii = tl.arange(0, BK)[None, :, None]
+        rows = ny[:, :, None] + ii - R
+        row_ok = (ii < KS) & (rows >= 0) & (rows < H)
+        hsum = tl.zeros([4, BK, 4], dtype=tl.float32)
+        for j in tl.static_range(KS):
+            cols = nx[:, None, :] + (j - R)
+            ok = row_ok & (cols >= 0) & (cols < W)
+            hsum += tl.load(g_ptr + j) * _merged(hm, fl, rows, cols, ok, W, s_h, s_w, f_h, f_w, FLIP)
+        gv = tl.load(g_ptr + ii, mask=ii < KS, other=0.0)
+        blurred = tl.sum(hsum * gv, axis=1)  # (4, 4); rows/cols 3 are duplicates, unused
+
+        nine = (o < 3) & (c < 3)
+        vmin = tl.min(tl.min(tl.where(nine, blurred, float("inf")), axis=1), axis=0)
+        # Margins keep the shortcut exact under the rounding of the renormalisation factor.
+        exact_without_max = ((not ALWAYS_FULL_BLUR) & (vmin >= 1.0e-3 * (1.0 + 1e-5))
+                             & (score <= 50.0 * (1.0 - 1e-5)))
+        scale = tl.full([], 1.0, tl.float32)
+        if not exact_without_max:
+            # Full blur: B = G_y @ map @ G_x^T with banded Toeplitz G (zero border built in).
+            r2 = tl.arange(0, BH)[:, None]
+            c2 = tl.arange(0, BH)[None, :]
+            d = c2 - r2 + R
+            gy = tl.load(g_ptr + d, mask=(d >= 0) & (d < KS) & (c2 < H), other=0.0)
+            r3 = tl.arange(0, BW)[:, None]
+            c3 = tl.arange(0, BW)[None, :]
+            e = r3 - c3 + R
+            gxt = tl.load(g_ptr + e, mask=(e >= 0) & (e < KS) & (r3 < W), other=0.0)
+            horiz = tl.dot(m, gxt, input_precision="ieee")
+            full = tl.dot(gy, horiz, input_precision="ieee")
+            bmax = tl.max(tl.max(tl.where(inb, full, float("-inf")), axis=1), axis=0)
+            scale = score / bmax
+        logm = tl.log(tl.minimum(tl.maximum(blurred * scale, 1.0e-3), 50.0))
+
+        i_ = _pick(logm, o, c, 1, 1)
+        ix1 = _pick(logm, o, c, 1, 2)
+        ix1_ = _pick(logm, o, c, 1, 0)
+        iy1 = _pick(logm, o, c, 2, 1)
+        iy1_ = _pick(logm, o, c, 0, 1)
+        ix1y1 = _pick(logm, o, c, 2, 2)
+        ix1_y1_ = _pick(logm, o, c, 0, 0)
+        dx = 0.5 * (ix1 - ix1_)
+        dy = 0.5 * (iy1 - iy1_)
+        dxx = ix1 - 2 * i_ + ix1_
+        dyy = iy1 - 2 * i_ + iy1_
+        dxy = 0.5 * (ix1y1 - ix1 - iy1 + i_ + i_ - ix1_ - iy1_ + ix1_y1_)
+        # Hessian + eps * I with eps = float32 eps, as mmpose
+        ha = dxx + 1.1920928955078125e-07
+        hd = dyy + 1.1920928955078125e-07
+        det = ha * hd - dxy * dxy
+        px = px - (hd * dx - dxy * dy) / det
+        py = py - (ha * dy - dxy * dx) / det
+
+    kx = px / (W - 1).to(tl.float32) * size_x
+    ky = py / (H - 1).to(tl.float32) * size_y
+    if HAS_BOX:
+        cx = tl.load(ctr_ptr + 2 * b)
+        cy = tl.load(ctr_ptr + 2 * b + 1)
+        sx = tl.load(scl_ptr + 2 * b)
+        sy = tl.load(scl_ptr + 2 * b + 1)
+        kx = kx / size_x * sx + cx - sx * 0.5
+        ky = ky / size_y * sy + cy - sy * 0.5
+    tl.store(kp_ptr + 2 * pid, kx)
+    tl.store(kp_ptr + 2 * pid + 1, ky)
+    tl.store(score_ptr + pid, score)
+
+
+@functools.lru_cache(maxsize=None)
+def _blur_taps(size: int, device: torch.device) -> torch.Tensor:
+    return torch.tensor(gaussian_kernel_1d(size), dtype=torch.float32, device=device)
+
+
+def _decode(heatmaps, flip_heatmaps, flip_indices, input_size, bbox_centers, bbox_scales, method,
+            blur_kernel_size, always_full_blur=False):
+    """always_full_blur=True disables the exact shortcut (tests compare the two paths)."""
+    B, K, H, W = heatmaps.shape
+    keypoints = _alloc.empty(B, K, 2, dtype=torch.float32, device=heatmaps.device)
+    scores = _alloc.empty(B, K, dtype=torch.float32, device=heatmaps.device)
+    if B * K == 0:
+        return keypoints, scores
+    flip = flip_heatmaps is not None
+    box = bbox_centers is not None
+    g = _blur_taps(blur_kernel_size, heatmaps.device)
+    BH, BW = max(16, triton.next_power_of_2(H)), max(16, triton.next_power_of_2(W))
+    _decode_kernel[(B * K,)](
+        heatmaps, flip_heatmaps if flip else heatmaps, flip_indices if flip else g, g,
+        bbox_centers.contiguous() if box else g, bbox_scales.contiguous() if box else g,
+        keypoints, scores, K, H, W, *heatmaps.stride(),
+        *(flip_heatmaps.stride() if flip else heatmaps.stride()),
+        float(input_size[0]), float(input_size[1]),
+        FLIP=flip, UDP=method == "udp", HAS_BOX=box, ALWAYS_FULL_BLUR=always_full_blur,
+        KS=blur_kernel_size,
+        BK=triton.next_power_of_2(blur_kernel_size), BH=BH, BW=BW,
+        num_warps=4 if BH * BW <= 4096 else 8)
+    return keypoints, scores
+
+
+@torch.library.custom_op("vitpose_kernels::decode_heatmaps_triton", mutates_args=())
+def decode_heatmaps_op(heatmaps: torch.Tensor, flip_heatmaps: Optional[torch.Tensor],
+                       flip_indices: Optional[torch.Tensor], input_size: list[int],
+                       bbox_centers: Optional[torch.Tensor], bbox_scales: Optional[torch.Tensor],
+                       method: str, blur_kernel_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    return _decode(heatmaps, flip_heatmaps, flip_indices, input_size, bbox_centers, bbox_scales,
+                   method, blur_kernel_size)
+
+
+@decode_heatmaps_op.register_fake
+def _(heatmaps, flip_heatmaps, flip_indices, input_size, bbox_centers, bbox_scales, method,
+      blur_kernel_size):
+    B, K = heatmaps.shape[:2]
+    return (heatmaps.new_empty(B, K, 2, dtype=torch.float32),
+            heatmaps.new_empty(B, K, dtype=torch.float32))
+
+
+def reasons(heatmaps, flip_heatmaps, flip_indices, input_size, bbox_centers, bbox_scales, method,
+            blur_kernel_size) -> list[str]:
+    out = []
+    for name, t in (("heatmaps", heatmaps), ("flip_heatmaps", flip_heatmaps)):
+        if t is not None and t.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+            out.append(f"{name}.dtype={t.dtype}: the Triton kernel reads float32/float16/bfloat16")
+    H, W = heatmaps.shape[-2:]
+    if max(H, W) > _MAX_SIDE:
+        out.append(f"heatmaps of {H}x{W}: the Triton kernel holds one map per program, at most "
+                   f"{_MAX_SIDE} per side")
+    if blur_kernel_size > _MAX_BLUR:
+        out.append(f"blur_kernel_size={blur_kernel_size} > {_MAX_BLUR}")
+    if heatmaps.device.type != "cuda" and not (heatmaps.device.type == "cpu" and dispatch.interpreting()):
+        out.append(f"heatmaps.device={heatmaps.device}: Triton needs a CUDA tensor "
+                   "(or CPU with TRITON_INTERPRET=1)")
+    return out
+
+
+@dispatch.register("decode_heatmaps", "triton", reasons=reasons)
+def decode_heatmaps(heatmaps, flip_heatmaps, flip_indices, input_size, bbox_centers, bbox_scales,
+                    method, blur_kernel_size):
+    return decode_heatmaps_op(heatmaps, flip_heatmaps, flip_indices, list(input_size), bbox_centers,
+                              bbox_scales, method, blur_kernel_size)
