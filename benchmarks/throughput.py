@@ -1,0 +1,317 @@
+"""Table 9: ViTPose-S/B/L/H inference throughput at 256x192, this package against its peers (GPU).
+
+    python benchmarks/throughput.py                         # on a GPU: every row, batch 64 and 256
+    python benchmarks/throughput.py --sizes B,L --batches 64 --budget-s 240
+    python benchmarks/throughput.py --smoke                 # tiny model on CPU: harness check only
+
+Rows, images per second (median of CUDA-event timings), in one run:
+  ours fused + graph   ViTPose with the fastest vitpose_kernels backend, bf16 weights, BatchNorm
+                       folded, the whole forward replayed as one CUDA graph
+  ours reference       the same model with the reference ops, bf16, eager
+  hf eager / hf compiled  transformers' VitPoseForPoseEstimation (random weights, same sizes),
+                       bf16, its backbone switched to SDPA attention, eager and torch.compile'd
+  end-to-end           full images already on the GPU -> UDP crops -> model -> decode_heatmaps to
+                       image pixels, flip test on and off (vitpose.TopDownPredictor.run_boxes);
+                       for transformers: its image processor (CPU) + model + post-processing
+  batch 1              latency of ours with and without the CUDA graph
+Beside each: the paper's fps (A100, batch 64, precision not stated) and the fraction of the bf16
+roofline = forward FLOPs per image (torch.utils.flop_counter) x images/s / measured matmul peak.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+PAPER_FPS = {"S": None, "B": 944, "L": 411, "H": 241}  # Table 9, A100, batch 64
+HF_SIZES = {"S": (384, 12, 12), "B": (768, 12, 12), "L": (1024, 24, 16), "H": (1280, 32, 16)}
+
+
+# ----------------------------------------------------------------------------- models
+
+def ours(vp, size: str, backend, dtype, device, smoke: bool):
+    cfg = vp.vitpose_config(size, backend=backend) if not smoke else vp.vitpose_config(
+        size, embed_dim=64, depth=2, num_heads=2, backend=backend)
+    return vp.ViTPose(cfg).eval().to(device, dtype).fold_batchnorm()
+
+
+def hf_model(size: str, dtype, device, smoke: bool):
+    from transformers import VitPoseBackboneConfig, VitPoseConfig, VitPoseForPoseEstimation
+    C, depth, heads = (64, 2, 2) if smoke else HF_SIZES[size]
+    bc = VitPoseBackboneConfig(hidden_size=C, num_hidden_layers=depth, num_attention_heads=heads,
+                               intermediate_size=4 * C, image_size=[256, 192], patch_size=[16, 16])
+    model = VitPoseForPoseEstimation._from_config(VitPoseConfig(backbone_config=bc, num_labels=17),
+                                                  attn_implementation="eager")
+    # VitPoseForPoseEstimation refuses attn_implementation="sdpa" (no flag on the wrapper), but its
+    # backbone supports SDPA; switch the backbone, where attention runs.
+    note = "SDPA"
+    try:
+        model.backbone.set_attn_implementation("sdpa")
+    except Exception as e:
+        note = f"eager attention (SDPA refused: {e})"
+    return model.eval().to(device, dtype), note
+
+
+def forward_flops(model, x) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+    with torch.inference_mode(), FlopCounterMode(display=False) as fc:
+        model(x[:1])
+    return fc.get_total_flops()
+
+
+def graphed(model, x):
+    """The forward captured as one CUDA graph on a static input; returns replay()."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.inference_mode(), torch.cuda.stream(s):
+        for _ in range(3):  # warm up (autotuning, cuBLAS handles) outside the capture
+            model(x)
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.inference_mode(), torch.cuda.graph(g):
+        model(x)
+    return g.replay
+
+
+# ----------------------------------------------------------------------------- end to end
+
+def synthetic_scene(n: int, device, seed=0):
+    """n full images (3, 480, 640) uint8 already decoded on the device, one person box each."""
+    g = torch.Generator().manual_seed(seed)
+    images = [torch.randint(0, 256, (3, 480, 640), dtype=torch.uint8, generator=g).to(device) for _ in range(n)]
+    boxes = torch.tensor([[100.0 + i % 50, 60.0, 180.0, 360.0] for i in range(n)])
+    return images, torch.arange(n), boxes
+
+
+def e2e_ours(vp, model, flip: bool, n: int, device):
+    predictor = vp.TopDownPredictor(model, device=device, dtype=next(model.parameters()).dtype, flip=flip,
+                                    batch_size=n, fold_batchnorm=False)
+    images, index, boxes = synthetic_scene(n, device)
+    return lambda: predictor.run_boxes(images, index, boxes)
+
+
+def e2e_hf(model, n: int, device, dtype):
+    import numpy as np
+    import transformers
+    from transformers.models.vitpose.modeling_vitpose import VitPoseEstimatorOutput  # noqa: F401
+    proc_cls = getattr(transformers, "VitPoseImageProcessorPil", None) or transformers.VitPoseImageProcessor
+    proc = proc_cls()
+    images, _, boxes = synthetic_scene(n, "cpu")
+    pil = [np.ascontiguousarray(im.permute(1, 2, 0).numpy()) for im in images]
+    per_image = [[b.tolist()] for b in boxes]
+
+    def run():
+        inputs = proc(images=pil, boxes=per_image, return_tensors="pt")
+        with torch.inference_mode():
+            out = model(inputs["pixel_values"].to(device, dtype))
+        out.heatmaps = out.heatmaps.float().cpu()
+        return proc.post_process_pose_estimation(out, boxes=per_image)
+
+    return run
+
+
+# ----------------------------------------------------------------------------- the run
+
+class Budget:
+    def __init__(self, seconds: float):
+        self.end = time.perf_counter() + seconds
+
+    def left(self) -> float:
+        return self.end - time.perf_counter()
+
+
+def measure(rows, budget, what: dict, fn_factory, batch: int, device, flops_per_image, peaks, rep):
+    row = {**what, "batch": batch}
+    if budget.left() <= 0:
+        row["skipped"] = "time budget spent (--budget-s)"
+    else:
+        try:
+            fn = fn_factory()
+            t = common.bench(fn, device=device, warmup=3, rep=rep, max_seconds=min(5.0, max(1.0, budget.left())))
+            row.update(ms=t["median_ms"], img_s=batch * 1e3 / t["median_ms"], timing=t)
+            if flops_per_image and peaks:
+                row["roofline_frac"] = flops_per_image * row["img_s"] / (peaks["matmul_tflops"] * 1e12)
+        except torch.cuda.OutOfMemoryError:
+            row["skipped"] = "out of memory"
+        except Exception as e:
+            row["skipped"] = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+        finally:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    rows.append(row)
+    print(f"  .. {row['size']} {row['variant']:<34} b{batch:<4} "
+          + (f"{row['img_s']:9.1f} img/s" if "img_s" in row else f"skipped: {row['skipped'][:90]}"), file=sys.stderr)
+
+
+def run(args, vp, device, dtype):
+    budget = Budget(args.budget_s)
+    peaks = common.measure_peaks(device, torch.bfloat16 if device.type == "cuda" else torch.float32)
+    rows, notes = [], []
+    gpu = device.type == "cuda"
+    for size in args.sizes:
+        fused = ours(vp, size, None, dtype, device, args.smoke)
+        ref = ours(vp, size, "reference", dtype, device, args.smoke)
+        x1 = torch.randn(1, 3, 256, 192, device=device, dtype=dtype)
+        flops = forward_flops(fused, x1)
+        hf, hf_note = (None, "")
+        try:
+            hf, hf_note = hf_model(size, dtype, device, args.smoke)
+        except Exception as e:
+            hf_note = f"transformers VitPose unavailable: {type(e).__name__}: {e}"
+        notes.append(f"ViTPose-{size}: forward {flops / 2e9:.2f} GMACs/image; transformers attention: {hf_note}")
+        base = {"size": size, "paper_fps": None if args.smoke else PAPER_FPS.get(size)}
+        for batch in args.batches:
+            x = torch.randn(batch, 3, 256, 192, device=device, dtype=dtype)
+            common_args = (batch, device, flops, peaks, args.rep)
+            if gpu:
+                measure(rows, budget, {**base, "variant": "ours fused + CUDA graph", "kind": "model"},
+                        lambda: graphed(fused, x), *common_args)
+            measure(rows, budget, {**base, "variant": "ours fused, eager", "kind": "model"},
+                    lambda: (lambda: _infer(fused, x)), *common_args)
+            measure(rows, budget, {**base, "variant": "ours reference ops", "kind": "model"},
+                    lambda: (lambda: _infer(ref, x)), *common_args)
+            if hf is not None:
+                measure(rows, budget, {**base, "variant": "transformers eager", "kind": "model"},
+                        lambda: (lambda: _infer(hf, x)), *common_args)
+                if gpu and not args.no_compile:
+                    compiled = torch.compile(hf, dynamic=False)
+                    measure(rows, budget, {**base, "variant": "transformers torch.compile", "kind": "model"},
+                            lambda: (lambda: _infer(compiled, x)), *common_args)
+            del x
+        if not args.no_e2e:
+            n = args.batches[0]
+            for flip in (False, True):
+                measure(rows, budget, {**base, "variant": f"e2e ours, flip {'on' if flip else 'off'}",
+                                       "kind": "end-to-end"},
+                        lambda: e2e_ours(vp, fused, flip, n, device), n, device, None, None, args.rep)
+            if hf is not None:
+                measure(rows, budget, {**base, "variant": "e2e transformers (processor on CPU)",
+                                       "kind": "end-to-end"},
+                        lambda: e2e_hf(hf, n, device, dtype), n, device, None, None, min(args.rep, 5))
+        if gpu:
+            measure(rows, budget, {**base, "variant": "ours fused, eager", "kind": "batch-1 latency"},
+                    lambda: (lambda: _infer(fused, x1)), 1, device, flops, peaks, args.rep)
+            measure(rows, budget, {**base, "variant": "ours fused + CUDA graph", "kind": "batch-1 latency"},
+                    lambda: graphed(fused, x1), 1, device, flops, peaks, args.rep)
+        del fused, ref, hf
+        if gpu:
+            torch.cuda.empty_cache()
+    return rows, notes, peaks
+
+
+def _infer(model, x):
+    with torch.inference_mode():
+        return model(x)
+
+
+def render(results) -> str:
+    peaks = results["peaks"]
+    lines = [f"# throughput (Table 9): {results['dtype']}, 256x192"
+             + (", SMOKE (tiny model; numbers mean nothing)" if results["smoke"] else ""),
+             f"# {common.environment_line(results['environment'])}",
+             f"# roofline = forward FLOPs/image x img/s / measured matmul peak "
+             f"({peaks['matmul_tflops']:.3g} TFLOP/s {peaks['matmul_dtype']}); paper fps: A100, batch 64"]
+    for kind in ("model", "end-to-end", "batch-1 latency"):
+        rows = [r for r in results["rows"] if r["kind"] == kind]
+        if not rows:
+            continue
+        body, skipped = [], []
+        for r in rows:
+            if "skipped" in r:
+                skipped.append(f"  ViTPose-{r['size']} {r['variant']} b{r['batch']}: skipped: {r['skipped']}")
+                continue
+            body.append([f"ViTPose-{r['size']}", r["variant"], str(r["batch"]), common.fmt(r["img_s"], ",.0f"),
+                         common.fmt(r["ms"], ".2f"), common.fmt(r.get("paper_fps"), ",.0f"),
+                         common.fmt(r.get("roofline_frac") and 100 * r["roofline_frac"], ".0f")])
+        lines += ["", kind, common.format_table(["model", "variant", "batch", "img/s", "ms", "paper fps",
+                                                 "% roofline"], body)] + skipped
+    lines += [""] + [f"# {n}" for n in results["notes"]]
+    return "\n".join(lines)
+
+
+def plot(results, path: Path) -> bool:
+    plt = common.pyplot()
+    rows = [r for r in results["rows"] if r["kind"] == "model" and "img_s" in r]
+    if plt is None or not rows:
+        return False
+    labels = list(dict.fromkeys(f"{r['size']} b{r['batch']}" for r in rows))
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    fig, ax = plt.subplots(figsize=(11, 5))
+    width = 0.8 / (len(variants) + 1)
+    for i, var in enumerate(variants):
+        pts = [(labels.index(f"{r['size']} b{r['batch']}"), r["img_s"]) for r in rows if r["variant"] == var]
+        ax.bar([j + i * width for j, _ in pts], [v for _, v in pts], width, label=var)
+    paper = [(j, next((r["paper_fps"] for r in rows if f"{r['size']} b{r['batch']}" == lab), None))
+             for j, lab in enumerate(labels)]
+    ax.bar([j + len(variants) * width for j, v in paper if v], [v for _, v in paper if v], width,
+           label="paper (A100, b64)", color="grey")
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(labels))])
+    ax.set_xticklabels(labels)
+    ax.set_ylabel("images / s")
+    ax.set_yscale("log")
+    ax.legend(fontsize=7)
+    env = results["environment"]
+    ax.set_title(f"ViTPose throughput, {results['dtype']} - {env['device']}, torch {env['torch']}, "
+                 f"{env['date_utc'][:10]}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--sizes", default="S,B,L,H")
+    p.add_argument("--batches", default="64,256", help="the paper's batch is 64")
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd transformers row")
+    p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end rows")
+    p.add_argument("--rep", type=int, default=20)
+    p.add_argument("--budget-s", type=float, default=1e9,
+                   help="stop starting new measurements after this many seconds (rows say 'skipped')")
+    p.add_argument("--smoke", action="store_true", help="tiny model on CPU (fp32), harness check only")
+    p.add_argument("--out", default=None, help="directory for JSON + PNG (default benchmarks/results)")
+    args = p.parse_args(argv)
+    args.sizes = [s.strip().upper() for s in args.sizes.split(",") if s.strip()]
+    args.batches = [int(b) for b in args.batches.split(",") if b.strip()]
+    if any(s not in PAPER_FPS for s in args.sizes):
+        p.error(f"--sizes: choose from {sorted(PAPER_FPS)}")
+    gpu = torch.cuda.is_available()
+    if not gpu and not args.smoke:
+        print("throughput.py measures Table 9 on a CUDA GPU and none is visible here (torch "
+              f"{torch.__version__}, cuda available: False). Nothing measured. Run it on a GPU, or "
+              "`python benchmarks/throughput.py --smoke` for a tiny CPU run that checks the harness.")
+        return 0
+    if args.smoke:
+        args.sizes, args.batches, args.rep = args.sizes[:1] if gpu else ["B"], [2], min(args.rep, 3)
+    device = torch.device("cuda" if gpu else "cpu")
+    dtype = torch.bfloat16 if gpu else torch.float32
+    vp = common.import_vitpose("ViTPose", "vitpose_config", "TopDownPredictor")
+    t0 = time.perf_counter()
+    rows, notes, peaks = run(args, vp, device, dtype)
+    results = {"environment": common.environment(device), "dtype": str(dtype).replace("torch.", ""),
+               "smoke": args.smoke, "peaks": peaks, "rows": rows, "notes": notes,
+               "seconds": time.perf_counter() - t0}
+    try:
+        import vitpose_kernels
+        results["window_attention_backends"] = {b: (why or "available") for b, why in
+                                                vitpose_kernels.backends("window_attention").items()}
+    except Exception as e:
+        notes.append(f"vitpose_kernels.backends() failed: {type(e).__name__}: {e}")
+    print(render(results))
+    d = common.out_dir(args.out)
+    stem = f"throughput_{'gpu' if gpu else 'cpu'}{'_smoke' if args.smoke else ''}"
+    path = common.save_json(results, d, stem)
+    png = d / f"{stem}.png"
+    made = plot(results, png)
+    print(f"\nwrote {path}" + (f" and {png}" if made else "") + f"  [{results['seconds']:.1f} s]")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
