@@ -144,6 +144,7 @@ def test_patched_equals_unpatched_triton(name):
     if why:
         pytest.skip(why)
     model, x, kw = _build(name)
+    x = x[:1]  # the interpreter runs every program instance in Python: keep it small
     want = _run(model, x, kw)
     vk.patch(model, backend="triton")
     try:
