@@ -1,5 +1,6 @@
 """Checkpoints: official (mmpose 0.x) and ViTPose+ files round-trip, HF format, our own format,
 position-embedding resize, and errors that list what is wrong."""
+import json
 import pickle
 
 import pytest
@@ -62,6 +63,9 @@ def test_hf_format_file(tmp_path):
     save_file({k: v.contiguous() for k, v in hf_state_dict(model).items()}, tmp_path / "model.safetensors")
     loaded = vitpose.load_model(tmp_path / "model.safetensors")
     assert same_outputs(model, loaded)
+    # a snapshot folder whose config.json says 6 heads (not the 12 of ViT-S's width)
+    (tmp_path / "config.json").write_text(json.dumps({"backbone_config": {"num_attention_heads": 6}}))
+    assert vitpose.load_model(tmp_path).config.num_heads == 6
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pt"])

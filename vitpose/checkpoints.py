@@ -308,14 +308,43 @@ def load_state_dict_strict(model: ViTPose, sd: dict, source: str = "checkpoint")
     model.load_state_dict(sd, strict=True, assign=True)
 
 
+def _weights_file(path: str) -> str:
+    """A file as given; a folder (e.g. a Hugging Face snapshot) -> its weights file."""
+    if not os.path.isdir(path):
+        return path
+    for name in ("model.safetensors", "pytorch_model.bin"):
+        if os.path.exists(os.path.join(path, name)):
+            return os.path.join(path, name)
+    raise FileNotFoundError(f"no model.safetensors or pytorch_model.bin in the folder {path}")
+
+
+def _hf_config_hints(weights: str) -> dict:
+    """Head count and LayerNorm eps from a Hugging Face config.json beside the weights, if any."""
+    path = os.path.join(os.path.dirname(os.path.abspath(weights)), "config.json")
+    try:
+        with open(path) as f:
+            backbone = json.load(f).get("backbone_config") or {}
+    except (OSError, ValueError, AttributeError):
+        return {}
+    hints = {}
+    if isinstance(backbone.get("num_attention_heads"), int):
+        hints["num_heads"] = backbone["num_attention_heads"]
+    if isinstance(backbone.get("layer_norm_eps"), float):
+        hints["layer_norm_eps"] = backbone["layer_norm_eps"]
+    return hints
+
+
 def load_model(path_or_state_dict, *, device=None, **overrides) -> ViTPose:
     """A ViTPose in eval mode from a file (.pth/.pt/.bin/.safetensors) or a state dict in any of the
     supported formats. ``overrides`` set config fields the tensors cannot tell (attention windows,
     shift/pool, ``patch_stride`` of a simple decoder, ``img_size`` (position embedding resized
     bicubically), ``backend``, ``num_heads`` of a non-standard width)."""
     if isinstance(path_or_state_dict, (str, os.PathLike)):
-        source = os.fspath(path_or_state_dict)
+        source = _weights_file(os.fspath(path_or_state_dict))
         sd, config = read_checkpoint(source)
+        if config is None:
+            for k, v in _hf_config_hints(source).items():
+                overrides.setdefault(k, v)
     else:
         source = "state dict"
         sd, config = unwrap(path_or_state_dict)

@@ -14,6 +14,7 @@ Module names follow the official checkpoints (backbone.blocks.N.attn.qkv, keypoi
 """
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -271,7 +272,8 @@ class ViTPose(nn.Module):
 
     def __init__(self, config: ViTPoseConfig | None = None):
         super().__init__()
-        self.config = config = config or ViTPoseConfig()
+        # A private copy: attaching a knowledge token updates it, and presets stay as they are.
+        self.config = config = copy.deepcopy(config) if config is not None else ViTPoseConfig()
         self.backbone = ViT(config)
         heads = [make_decoder(config, k) for k in config.head_keypoints]
         self.keypoint_head = heads[0]
