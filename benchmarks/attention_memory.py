@@ -404,7 +404,10 @@ def measure_step(vp, row: Row, *, batch: int, bf16: bool, backend: str) -> dict:
 def fused_backend() -> tuple[str | None, str]:
     """The GPU backend for the "fused" column: CUDA, else Triton; or None and the reasons."""
     import vitpose_kernels
-    table = vitpose_kernels.backends("window_attention")
+    try:
+        table = vitpose_kernels.backends("window_attention")
+    except Exception as e:  # a backend that fails to import must not cost the reference column
+        return None, f"vitpose_kernels.backends() failed: {type(e).__name__}: {e}"
     for name in ("cuda", "triton"):
         if not table[name]:
             return name, ""
@@ -429,6 +432,7 @@ def run(args) -> dict:
                "precision": "bf16 autocast" if bf16 else "fp32", "mode": "measured+estimate" if gpu else "estimate",
                "units": {"memory": "MiB (2^20 bytes)", "gmacs": "multiply-adds per image, forward = flop_counter FLOPs / 2"},
                "fused_trace": fused_label, "fused_gpu_backend": fused_name, "fused_gpu_unavailable": fused_why or None, "tables": {}}
+    budget = common.Budget(args.budget_s)
     cache = {}  # Table 6's first row and Table 8's first row are the same training run
 
     def trace(row, attention, count_flops):
@@ -448,7 +452,10 @@ def run(args) -> dict:
             r = {"label": row.label, "paper_mib": row.paper_mib, "paper_gflops": row.paper_gflops,
                  "paper_note": row.note, "estimate_reference": ref, "estimate_fused": fus,
                  "trace_seconds": time.perf_counter() - t0}
-            if gpu:
+            if gpu and budget.left() <= 0:
+                skip = {"peak_bytes": None, "error": "budget spent"}
+                r["measured_reference"], r["measured_fused"] = skip, skip
+            elif gpu:
                 r["measured_reference"] = measure_step(vp, row, batch=args.batch, bf16=bf16, backend="reference")
                 r["measured_fused"] = (measure_step(vp, row, batch=args.batch, bf16=bf16, backend=fused_name)
                                        if fused_name else {"peak_bytes": None, "error": "no fused backend"})
@@ -566,6 +573,8 @@ def main(argv=None) -> int:
     p.add_argument("--tables", default="5,6,8", help="comma-separated subset of 5,6,8")
     p.add_argument("--device", choices=("auto", "cpu"), default="auto",
                    help="cpu: estimates only, even where a GPU is present")
+    p.add_argument("--budget-s", type=float, default=1e9,
+                   help="GPU: measure no new row after this many seconds (estimates still printed)")
     p.add_argument("--out", default=None, help="directory for JSON + PNG (default benchmarks/results)")
     args = p.parse_args(argv)
     args.tables = [t.strip() for t in args.tables.split(",") if t.strip()]

@@ -170,6 +170,17 @@ def bench(fn: Callable[[], object], *, device="cuda", warmup: int = 3, rep: int 
             "reps": len(times)}
 
 
+class Budget:
+    """Wall-clock budget of a benchmark run: stop starting measurements once spent, so a run
+    inside a fixed device lease still writes its JSON (the rows not run say 'skipped')."""
+
+    def __init__(self, seconds: float):
+        self.end = time.perf_counter() + seconds
+
+    def left(self) -> float:
+        return self.end - time.perf_counter()
+
+
 # ----------------------------------------------------------------------------- hardware floors
 
 def nominal_peaks(name: str) -> tuple[float, float] | None:

@@ -129,7 +129,7 @@ def make_qkv(case: AttnCase, dtype, device, requires_grad):
     return qkv, q, k, v
 
 
-def attention_peers(case: AttnCase, spec, device, smoke: bool) -> dict:
+def attention_peers(case: AttnCase, spec, device, smoke: bool, with_flex: bool = True) -> dict:
     """name -> (fn(q, k, v) or None, reason when None)."""
     kwargs = dict(grid=case.grid, window=case.window, shift=case.shift, pool=case.pool,
                   num_global=case.num_global)
@@ -144,7 +144,8 @@ def attention_peers(case: AttnCase, spec, device, smoke: bool) -> dict:
         return F.scaled_dot_product_attention(q, kx, vx, attn_mask=mask, scale=spec.scale)
 
     peers["sdpa" + ("" if plain_full else " (masked)")] = (sdpa, "")
-    peers["flex (compiled)"] = flex_peer(case, spec, q_ids, k_ids, device, smoke)
+    peers["flex (compiled)"] = (flex_peer(case, spec, q_ids, k_ids, device, smoke) if with_flex
+                                else (None, "not built in this pass"))
     for name in OURS:
         peers[name] = (lambda q, k, v, _n=name: vitpose_kernels.window_attention(q, k, v, **kwargs, backend=_n), "")
     return peers
@@ -183,7 +184,9 @@ def attention_floor(case: AttnCase, q_ids, k_ids, itemsize: int, peaks: dict) ->
 
 
 def bench_attention(args, device, dtype, peaks) -> list[dict]:
-    rows = []
+    """Every case with every peer; FlexAttention (a compile per shape) in a second pass, so that a
+    spent --budget-s costs the compiled peer's rows first."""
+    cases = []
     for case in attention_cases(args.smoke):
         torch.manual_seed(0)
         _, q, k, v = make_qkv(case, dtype, device, requires_grad=False)
@@ -191,19 +194,32 @@ def bench_attention(args, device, dtype, peaks) -> list[dict]:
                                                pool=case.pool, num_global=case.num_global,
                                                rel_pos_h=None, rel_pos_w=None, scale=None)
         q_ids, k_ids = cell_ids(case, spec, device)
-        floor = attention_floor(case, q_ids, k_ids, q.element_size(), peaks)
-        want = vitpose_kernels.window_attention(q, k, v, grid=case.grid, window=case.window, shift=case.shift,
-                                                pool=case.pool, num_global=case.num_global, backend="reference")
-        for peer, (fn, why) in attention_peers(case, spec, device, args.smoke).items():
-            row = {"op": "window_attention", "case": case.name, "peer": peer, "floor": floor,
-                   "shape": f"B{case.B} H{case.H} N{case.N} D{case.D}"}
-            row.update(_run_attention(fn, why, case, dtype, device, want, args))
-            rows.append(row)
-            _progress(row)
-        del q, k, v, want
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    return rows
+        cases.append((case, spec, attention_floor(case, q_ids, k_ids, q.element_size(), peaks)))
+    rows = []
+    for flex_pass in (False, True):
+        for case, spec, floor in cases:
+            peers = {name: peer for name, peer in attention_peers(case, spec, device, args.smoke, flex_pass).items()
+                     if name.startswith("flex") == flex_pass}
+            if not peers:
+                continue
+            torch.manual_seed(0)
+            _, q, k, v = make_qkv(case, dtype, device, requires_grad=False)
+            want = vitpose_kernels.window_attention(q, k, v, grid=case.grid, window=case.window, shift=case.shift,
+                                                    pool=case.pool, num_global=case.num_global, backend="reference")
+            for peer, (fn, why) in peers.items():
+                row = {"op": "window_attention", "case": case.name, "peer": peer, "floor": floor,
+                       "shape": f"B{case.B} H{case.H} N{case.N} D{case.D}"}
+                if args.budget.left() <= 0:
+                    row["skipped"] = "time budget spent (--budget-s)"
+                else:
+                    row.update(_run_attention(fn, why, case, dtype, device, want, args))
+                rows.append(row)
+                _progress(row)
+            del q, k, v, want
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    order = {c.name: i for i, (c, _, _) in enumerate(cases)}
+    return sorted(rows, key=lambda r: order[r["case"]])  # stable: peers keep their order per case
 
 
 def _run_attention(fn, why, case, dtype, device, want, args) -> dict:
@@ -215,7 +231,8 @@ def _run_attention(fn, why, case, dtype, device, want, args) -> dict:
         out = fn(q, k, v)
         err = (out.float() - want.float()).abs().max().item()
         res = {"max_abs_err_vs_reference": err,
-               "fwd": common.bench(lambda: fn(q, k, v), device=device, rep=args.rep)}
+               "fwd": common.bench(lambda: fn(q, k, v), device=device, rep=args.rep,
+                                   max_seconds=args.max_seconds)}
         if not args.no_backward:
             qkv.requires_grad_(True)
             q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
@@ -225,7 +242,7 @@ def _run_attention(fn, why, case, dtype, device, want, args) -> dict:
                 qkv.grad = None
                 fn(q, k, v).backward(grad)
 
-            res["fwdbwd"] = common.bench(step, device=device, rep=args.rep)
+            res["fwdbwd"] = common.bench(step, device=device, rep=args.rep, max_seconds=args.max_seconds)
         return res
     except NotImplementedError as e:  # a forced backend that cannot serve the call: its reasons
         return {"skipped": " ".join(str(e).split())}
@@ -261,10 +278,14 @@ def bench_simple_decoder(args, device, dtype, peaks) -> list[dict]:
     for peer, fn in peers.items():
         row = {"op": "simple_decoder", "case": f"B{B} C{C} {h}x{w} -> K{K} {h * s}x{w * s}", "peer": peer,
                "floor": floor, "shape": f"x {tuple(x.shape)}"}
+        if args.budget.left() <= 0:
+            rows.append({**row, "skipped": "time budget spent (--budget-s)"})
+            continue
         try:
             out = fn(x, weight, bias)
             row["max_abs_err_vs_reference"] = (out.float() - want.float()).abs().max().item()
-            row["fwd"] = common.bench(lambda: fn(x, weight, bias), device=device, rep=args.rep)
+            row["fwd"] = common.bench(lambda: fn(x, weight, bias), device=device, rep=args.rep,
+                                      max_seconds=args.max_seconds)
             if not args.no_backward:
                 xg, wg, bg = (t.detach().clone().requires_grad_(True) for t in (x, weight, bias))
                 grad = torch.randn_like(want)
@@ -273,7 +294,8 @@ def bench_simple_decoder(args, device, dtype, peaks) -> list[dict]:
                     xg.grad = wg.grad = bg.grad = None
                     fn(xg, wg, bg).backward(grad)
 
-                row["fwdbwd"] = common.bench(step, device=device, rep=args.rep)
+                row["fwdbwd"] = common.bench(step, device=device, rep=args.rep,
+                                             max_seconds=args.max_seconds)
         except NotImplementedError as e:
             row = {**row, "skipped": " ".join(str(e).split())}
         except Exception as e:
@@ -315,9 +337,13 @@ def bench_decode(args, device, peaks) -> list[dict]:
         row = {"op": "decode_heatmaps", "case": f"B{B} K{K} {Hh}x{Wh}" + note, "peer": peer, "device": dev.type,
                "floor": {"fwd_ms": common.floor_ms(0, floor_bytes * (2 if "flip" in note else 1), peaks)
                          if dev.type == device.type else None}}
+        if args.budget.left() <= 0:
+            row["skipped"] = "time budget spent (--budget-s)"
+            rows.append(row)
+            return
         try:
             fn()
-            row["fwd"] = common.bench(fn, device=dev, rep=args.rep)
+            row["fwd"] = common.bench(fn, device=dev, rep=args.rep, max_seconds=args.max_seconds)
         except NotImplementedError as e:
             row["skipped"] = " ".join(str(e).split())
         except Exception as e:
@@ -444,8 +470,12 @@ def main(argv=None) -> int:
     p.add_argument("--smoke", action="store_true", help="tiny shapes (CPU): exercises the harness only")
     p.add_argument("--no-backward", action="store_true", help="forward only")
     p.add_argument("--rep", type=int, default=20, help="timed repetitions per measurement (median)")
+    p.add_argument("--max-seconds", type=float, default=2.0, help="of timed reps per measurement")
+    p.add_argument("--budget-s", type=float, default=1e9,
+                   help="start no new measurement after this many seconds (rows say 'skipped'); JSON is still written")
     p.add_argument("--out", default=None, help="directory for JSON + PNG (default benchmarks/results)")
     args = p.parse_args(argv)
+    args.budget = common.Budget(args.budget_s)
     ops = {o.strip() for o in args.ops.split(",") if o.strip()}
     bad = ops - {"attention", "decoder", "decode"}
     if bad:

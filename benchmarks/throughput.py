@@ -46,7 +46,9 @@ def hf_model(size: str, dtype, device, smoke: bool):
     C, depth, heads = (64, 2, 2) if smoke else HF_SIZES[size]
     bc = VitPoseBackboneConfig(hidden_size=C, num_hidden_layers=depth, num_attention_heads=heads,
                                intermediate_size=4 * C, image_size=[256, 192], patch_size=[16, 16])
-    model = VitPoseForPoseEstimation._from_config(VitPoseConfig(backbone_config=bc, num_labels=17),
+    # The classic decoder (two deconvolutions), as ours and as the paper's Table 9 models.
+    model = VitPoseForPoseEstimation._from_config(VitPoseConfig(backbone_config=bc, num_labels=17,
+                                                                use_simple_decoder=False),
                                                   attn_implementation="eager")
     # VitPoseForPoseEstimation refuses attn_implementation="sdpa" (no flag on the wrapper), but its
     # backbone supports SDPA; switch the backbone, where attention runs.
@@ -118,14 +120,6 @@ def e2e_hf(model, n: int, device, dtype):
 
 # ----------------------------------------------------------------------------- the run
 
-class Budget:
-    def __init__(self, seconds: float):
-        self.end = time.perf_counter() + seconds
-
-    def left(self) -> float:
-        return self.end - time.perf_counter()
-
-
 def measure(rows, budget, what: dict, fn_factory, batch: int, device, flops_per_image, peaks, rep):
     row = {**what, "batch": batch}
     if budget.left() <= 0:
@@ -150,58 +144,81 @@ def measure(rows, budget, what: dict, fn_factory, batch: int, device, flops_per_
 
 
 def run(args, vp, device, dtype):
-    budget = Budget(args.budget_s)
+    """Measurements in order of importance, so that a spent --budget-s drops the least useful:
+    the paper's batch 64 for every size first, then compiled peers, batch 256, end to end, batch 1."""
+    budget = common.Budget(args.budget_s)
     peaks = common.measure_peaks(device, torch.bfloat16 if device.type == "cuda" else torch.float32)
-    rows, notes = [], []
+    rows, notes, models = [], [], {}
     gpu = device.type == "cuda"
-    for size in args.sizes:
-        fused = ours(vp, size, None, dtype, device, args.smoke)
-        ref = ours(vp, size, "reference", dtype, device, args.smoke)
-        x1 = torch.randn(1, 3, 256, 192, device=device, dtype=dtype)
-        flops = forward_flops(fused, x1)
-        hf, hf_note = (None, "")
-        try:
-            hf, hf_note = hf_model(size, dtype, device, args.smoke)
-        except Exception as e:
-            hf_note = f"transformers VitPose unavailable: {type(e).__name__}: {e}"
-        notes.append(f"ViTPose-{size}: forward {flops / 2e9:.2f} GMACs/image; transformers attention: {hf_note}")
-        base = {"size": size, "paper_fps": None if args.smoke else PAPER_FPS.get(size)}
-        for batch in args.batches:
+    x1 = torch.randn(1, 3, 256, 192, device=device, dtype=dtype)
+
+    def get(size):
+        if size not in models:
+            fused = ours(vp, size, None, dtype, device, args.smoke)
+            ref = ours(vp, size, "reference", dtype, device, args.smoke)
+            flops = forward_flops(fused, x1)
+            try:
+                hf, note = hf_model(size, dtype, device, args.smoke)
+            except Exception as e:
+                hf, note = None, f"transformers VitPose unavailable: {type(e).__name__}: {e}"
+            notes.append(f"ViTPose-{size}: forward {flops / 2e9:.2f} GMACs/image; transformers attention: {note}")
+            models[size] = dict(fused=fused, ref=ref, hf=hf, flops=flops, compiled=None)
+        return models[size]
+
+    def base(size, variant, kind):
+        return {"size": size, "variant": variant, "kind": kind,
+                "paper_fps": None if args.smoke else PAPER_FPS.get(size)}
+
+    def model_rows(batch, compiled: bool):
+        for size in args.sizes:
+            m = get(size)
             x = torch.randn(batch, 3, 256, 192, device=device, dtype=dtype)
-            common_args = (batch, device, flops, peaks, args.rep)
+            a = (batch, device, m["flops"], peaks, args.rep)
+            if compiled:
+                if gpu and m["hf"] is not None and not args.no_compile:
+                    m["compiled"] = m["compiled"] or torch.compile(m["hf"], dynamic=False)
+                    measure(rows, budget, base(size, "transformers torch.compile", "model"),
+                            lambda: (lambda: _infer(m["compiled"], x)), *a)
+                continue
             if gpu:
-                measure(rows, budget, {**base, "variant": "ours fused + CUDA graph", "kind": "model"},
-                        lambda: graphed(fused, x), *common_args)
-            measure(rows, budget, {**base, "variant": "ours fused, eager", "kind": "model"},
-                    lambda: (lambda: _infer(fused, x)), *common_args)
-            measure(rows, budget, {**base, "variant": "ours reference ops", "kind": "model"},
-                    lambda: (lambda: _infer(ref, x)), *common_args)
-            if hf is not None:
-                measure(rows, budget, {**base, "variant": "transformers eager", "kind": "model"},
-                        lambda: (lambda: _infer(hf, x)), *common_args)
-                if gpu and not args.no_compile:
-                    compiled = torch.compile(hf, dynamic=False)
-                    measure(rows, budget, {**base, "variant": "transformers torch.compile", "kind": "model"},
-                            lambda: (lambda: _infer(compiled, x)), *common_args)
-            del x
-        if not args.no_e2e:
-            n = args.batches[0]
+                measure(rows, budget, base(size, "ours fused + CUDA graph", "model"),
+                        lambda: graphed(m["fused"], x), *a)
+            measure(rows, budget, base(size, "ours fused, eager", "model"), lambda: (lambda: _infer(m["fused"], x)), *a)
+            measure(rows, budget, base(size, "ours reference ops", "model"), lambda: (lambda: _infer(m["ref"], x)), *a)
+            if m["hf"] is not None:
+                measure(rows, budget, base(size, "transformers eager", "model"),
+                        lambda: (lambda: _infer(m["hf"], x)), *a)
+
+    def e2e_rows():
+        n = args.batches[0]
+        for size in args.sizes:
+            m = get(size)
             for flip in (False, True):
-                measure(rows, budget, {**base, "variant": f"e2e ours, flip {'on' if flip else 'off'}",
-                                       "kind": "end-to-end"},
-                        lambda: e2e_ours(vp, fused, flip, n, device), n, device, None, None, args.rep)
-            if hf is not None:
-                measure(rows, budget, {**base, "variant": "e2e transformers (processor on CPU)",
-                                       "kind": "end-to-end"},
-                        lambda: e2e_hf(hf, n, device, dtype), n, device, None, None, min(args.rep, 5))
-        if gpu:
-            measure(rows, budget, {**base, "variant": "ours fused, eager", "kind": "batch-1 latency"},
-                    lambda: (lambda: _infer(fused, x1)), 1, device, flops, peaks, args.rep)
-            measure(rows, budget, {**base, "variant": "ours fused + CUDA graph", "kind": "batch-1 latency"},
-                    lambda: graphed(fused, x1), 1, device, flops, peaks, args.rep)
-        del fused, ref, hf
-        if gpu:
-            torch.cuda.empty_cache()
+                measure(rows, budget, base(size, f"e2e ours, flip {'on' if flip else 'off'}", "end-to-end"),
+                        lambda: e2e_ours(vp, m["fused"], flip, n, device), n, device, None, None, args.rep)
+            if m["hf"] is not None:
+                measure(rows, budget, base(size, "e2e transformers (processor on CPU)", "end-to-end"),
+                        lambda: e2e_hf(m["hf"], n, device, dtype), n, device, None, None, min(args.rep, 5))
+
+    def latency_rows():
+        for size in args.sizes:
+            m = get(size)
+            a = (1, device, m["flops"], peaks, args.rep)
+            measure(rows, budget, base(size, "ours fused, eager", "batch-1 latency"),
+                    lambda: (lambda: _infer(m["fused"], x1)), *a)
+            measure(rows, budget, base(size, "ours fused + CUDA graph", "batch-1 latency"),
+                    lambda: graphed(m["fused"], x1), *a)
+
+    first, rest = args.batches[0], args.batches[1:]
+    model_rows(first, compiled=False)
+    model_rows(first, compiled=True)
+    for batch in rest:
+        model_rows(batch, compiled=False)
+        model_rows(batch, compiled=True)
+    if not args.no_e2e:
+        e2e_rows()
+    if gpu:
+        latency_rows()
     return rows, notes, peaks
 
 
