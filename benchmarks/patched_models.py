@@ -110,8 +110,9 @@ def run_case(label, build, backward, path, args, device, dtype) -> dict:
     _randomize(model)
     model = model.to(device=device, dtype=dtype).eval()
     x = torch.randn(args.batch, 3, size, size, device=device, dtype=dtype)
-    row = {"case": label + (" (tiny smoke config)" if args.smoke else ""), "backward": backward, "unpatched_path": path, "image": [size, size],
-           "batch": args.batch, "dtype": str(dtype).replace("torch.", "")}
+    row = {"case": label + (" (tiny smoke config)" if args.smoke else ""), "backward": backward,
+           "unpatched_path": path, "image": [size, size], "batch": args.batch,
+           "dtype": str(dtype).replace("torch.", "")}
     outputs = {}
     for variant in ("unpatched", "patched"):
         if variant == "patched":
@@ -143,12 +144,13 @@ def render(results: dict) -> str:
     rows = []
     for r in results["rows"]:
         goal = "-" if "goal_met" not in r else ("met" if r["goal_met"] else "NOT met")
-        rows.append([r["case"], r["unpatched_path"].split(" ")[0], common.fmt(r["unpatched"]["median_ms"], ".2f"),
-                     common.fmt(r["patched"]["median_ms"], ".2f"), f"{r['speedup']:.2f}x",
-                     common.fmt(r["unpatched"]["peak_mib"], ",.0f"), common.fmt(r["patched"]["peak_mib"], ",.0f"),
-                     f"{r['max_rel_err']:.2e}", goal])
+        unp, pat = r["unpatched"], r["patched"]
+        rows.append([r["case"], r["unpatched_path"].split(" ")[0], common.fmt(unp["median_ms"], ".2f"),
+                     common.fmt(pat["median_ms"], ".2f"), f"{r['speedup']:.2f}x", common.fmt(unp["peak_mib"]),
+                     common.fmt(pat["peak_mib"]), f"{r['max_rel_err']:.2e}", goal])
     title = (f"Patched vs unpatched Hugging Face models ({results['mode']}, {results['dtype']}, batch "
-             f"{results['batch']}, backend={results['backend'] or 'auto'}); goal >= {GOAL_SPEEDUP}x and a lower peak")
+             f"{results['batch']}, backend={results['backend'] or 'auto'}); "
+             f"goal >= {GOAL_SPEEDUP}x and a lower peak")
     return "\n".join([title, common.environment_line(results["environment"]), "",
                       common.format_table(headers, rows)])
 
@@ -211,7 +213,8 @@ def main(argv=None) -> int:
     results["seconds"] = time.perf_counter() - t0
     print(render(results))
     d = common.out_dir(args.out)
-    stem = f"patched_models_{'gpu' if gpu else 'cpu'}_{results['dtype']}_b{args.batch}" + ("_smoke" if args.smoke else "")
+    stem = f"patched_models_{'gpu' if gpu else 'cpu'}_{results['dtype']}_b{args.batch}"
+    stem += "_smoke" if args.smoke else ""
     path = common.save_json(results, d, stem)
     png = d / f"{stem}.png"
     made = plot(results, png)

@@ -40,7 +40,8 @@ def _vit(impl, size=(32, 32), **kw):
 
 def _vitpose(impl):
     bb = T.VitPoseBackboneConfig(hidden_size=48, num_hidden_layers=2, num_attention_heads=3,
-                                 intermediate_size=64, image_size=[32, 24], patch_size=[8, 8], out_indices=[2])
+                                 intermediate_size=64, image_size=[32, 24], patch_size=[8, 8],
+                                 out_indices=[2])
     cfg = T.VitPoseConfig(backbone_config=bb, num_labels=3)
     cfg.backbone_config._attn_implementation = impl
     return T.VitPoseForPoseEstimation(cfg), torch.randn(2, 3, 32, 24), {}
@@ -57,7 +58,8 @@ def _vitdet(size):
 
 def _sam(impl):
     cfg = T.SamVisionConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=40,
-                            patch_size=8, window_size=3, global_attn_indexes=[1], output_channels=16, mlp_dim=64)
+                            patch_size=8, window_size=3, global_attn_indexes=[1], output_channels=16,
+                            mlp_dim=64)
     return T.SamVisionModel._from_config(cfg, attn_implementation=impl), torch.randn(2, 3, 40, 40), {}
 
 
@@ -181,7 +183,8 @@ def test_patch_again_switches_backend_and_attention_false_patches_nothing():
     vk.patch(model, backend="reference")
     report = vk.patch(model)  # re-patch: the old patch is undone first
     assert report.backend is None and len(report.patched) == 4
-    assert all(type(m)._vk_backend is None for _, m in model.named_modules() if hasattr(type(m), "_vk_backend"))
+    patched = [m for _, m in model.named_modules() if hasattr(type(m), "_vk_backend")]
+    assert len(patched) == 4 and all(type(m)._vk_backend is None for m in patched)
     assert vk.patch(model, attention=False).patched == []
     assert _classes(model) == classes
     with pytest.raises(ValueError, match="backend"):

@@ -198,7 +198,8 @@ ADAPTERS: dict[str, Adapter] = {
         _full_attention_adapter(*_VIT_NAMES, _cls_and_registers),
     _M + "vitdet.modeling_vitdet.VitDetLayer":
         Adapter(_vitdet_layer_forward, _describe_windowed("attention", "use_relative_position_embeddings")),
-    _M + "sam.modeling_sam.SamVisionLayer": Adapter(_sam_layer_forward, _describe_windowed("attn", "use_rel_pos")),
+    _M + "sam.modeling_sam.SamVisionLayer":
+        Adapter(_sam_layer_forward, _describe_windowed("attn", "use_rel_pos")),
 }
 
 _SWIN = ("shifted windows with a learned per-head relative position bias table: an additive "
@@ -208,8 +209,9 @@ UNSUPPORTED: dict[str, str] = {
     _M + "swinv2.modeling_swinv2.Swinv2Attention": _SWIN + " (and cosine attention with a learned "
                                                             "logit scale)",
     _M + "swinv2.modeling_swinv2.Swinv2SelfAttention": _SWIN,
-    _M + "sam.modeling_sam.SamAttention": "the mask decoder's cross-attention (prompt tokens to image "
-                                          "tokens, downsampled projections): q and k/v differ in length",
+    _M + "sam.modeling_sam.SamAttention": "SAM's mask decoder attention: token<->image cross-attention "
+                                          "(q and k/v differ in length) is outside the spec, and its "
+                                          "self-attention spans a handful of prompt tokens",
 }
 
 
@@ -277,11 +279,12 @@ def patch(model: nn.Module, *, attention: bool = True, backend: str | None = Non
     report = PatchReport(backend)
     if not attention:
         return report
-    handled: list[str] = []  # patched or reported subtrees: their ancestors and descendants are not reported
+    handled: list[str] = []  # patched or reported modules: their ancestors and descendants are not reported
 
     def related(name: str) -> bool:
-        return any(h == "" or name == h or name.startswith(h + ".") or h.startswith(name + ".")
-                   or name == "" for h in handled)
+        a = name + "."
+        return any(h == name or not h or not name or a.startswith(h + ".") or h.startswith(a)
+                   for h in handled)
 
     modules = list(model.named_modules())
     for name, module in modules:  # first the patches, so that reports can skip their relatives
