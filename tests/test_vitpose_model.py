@@ -274,3 +274,12 @@ def test_bad_input():
         model(torch.zeros(1, 3, 64, 48, dtype=torch.uint8))
     with pytest.raises(TypeError, match="dataset_index"):
         model(torch.randn(1, 3, 64, 48), dataset_index=0.5)
+
+
+def test_torch_compile_fullgraph():
+    # A fresh process would probe vitpose_kernels on its first call; building the model does it.
+    model = tiny(plus=True, head="simple", window=(2, 3), shift=True, pool=True, num_knowledge_tokens=1)
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    x = torch.randn(2, 3, 64, 48)
+    with torch.no_grad():
+        assert torch.allclose(compiled(x, 3), model(x, 3))

@@ -279,6 +279,9 @@ class ViTPose(nn.Module):
         self.keypoint_head = heads[0]
         self.associate_keypoint_heads = nn.ModuleList(heads[1:])  # empty: no state-dict keys
         self.reset_parameters()
+        # Let vitpose_kernels look at this machine now, not inside a torch.compile trace (its probe
+        # imports modules, which dynamo cannot trace with fullgraph=True).
+        vitpose_kernels.backends()
 
     @property
     def heads(self) -> list[nn.Module]:
