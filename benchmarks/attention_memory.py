@@ -473,8 +473,8 @@ def render(results: dict) -> str:
     B, prec = results["batch"], results["precision"]
     lines = [f"# attention_memory: one training step (forward + backward + AdamW), batch {B}, {prec}",
              f"# {common.environment_line(results['environment'])}",
-             "# memory in MiB; 'est.' = fake-tensor trace ESTIMATE (params + grads + AdamW state + inputs + "
-             "tensors saved for backward)",
+             "# memory in MiB; 'est.' = ESTIMATE from a data-less trace (meta tensors; fake tensors for bf16): "
+             "params + grads + AdamW state + inputs + tensors saved for backward",
              f"# est. fused = the same trace with attention from the {results['fused_trace']}",
              "# floor = params + grads + AdamW state, which no attention kernel changes; "
              "attn saved = the part of 'saved' created inside window_attention",
