@@ -66,13 +66,13 @@ CASES = [
 ]
 
 
-def _randomize(model: torch.nn.Module) -> None:
+def _randomize(model: torch.nn.Module, device: torch.device) -> None:
     # Pretrained-like scales: SAM initializes to ~1e-10 and the rel-pos tables to zero, which would
     # make every softmax uniform.
-    g = torch.Generator().manual_seed(0)
+    g = torch.Generator(device).manual_seed(0)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            r = torch.randn(p.shape, generator=g)
+            r = torch.randn(p.shape, generator=g, device=device)
             if p.dim() >= 2:
                 p.copy_(r * p[0].numel() ** -0.5)
             else:
@@ -106,9 +106,10 @@ def run_case(label, build, backward, path, args, device, dtype) -> dict:
     import vitpose_kernels as vk
 
     torch.manual_seed(0)
-    model, size = build(args.smoke)
-    _randomize(model)
-    model = model.to(device=device, dtype=dtype).eval()
+    with device:  # built in place on the GPU: initializing ViT-B on the CPU takes seconds
+        model, size = build(args.smoke)
+    _randomize(model, device)
+    model = model.to(dtype=dtype).eval()
     x = torch.randn(args.batch, 3, size, size, device=device, dtype=dtype)
     row = {"case": label + (" (tiny smoke config)" if args.smoke else ""), "backward": backward,
            "unpatched_path": path, "image": [size, size], "batch": args.batch,
@@ -143,6 +144,9 @@ def render(results: dict) -> str:
                "peak MiB pat.", "max rel err", "goal"]
     rows = []
     for r in results["rows"]:
+        if "skipped" in r:
+            rows.append([r["case"], f"skipped: {r['skipped']}"] + ["-"] * 7)
+            continue
         goal = "-" if "goal_met" not in r else ("met" if r["goal_met"] else "NOT met")
         unp, pat = r["unpatched"], r["patched"]
         rows.append([r["case"], r["unpatched_path"].split(" ")[0], common.fmt(unp["median_ms"], ".2f"),
@@ -159,10 +163,13 @@ def plot(results: dict, path: Path) -> bool:
     plt = common.pyplot()
     if plt is None:
         return False
-    labels = [r["case"] for r in results["rows"]]
+    done = [r for r in results["rows"] if "skipped" not in r]
+    if not done:
+        return False
+    labels = [r["case"] for r in done]
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
     for ax, key, unit in ((axes[0], "median_ms", "ms"), (axes[1], "peak_mib", "MiB")):
-        ys = [[r[v][key] or 0 for r in results["rows"]] for v in ("unpatched", "patched")]
+        ys = [[r[v][key] or 0 for r in done] for v in ("unpatched", "patched")]
         xs = range(len(labels))
         ax.bar([i - 0.2 for i in xs], ys[0], 0.4, label="unpatched")
         ax.bar([i + 0.2 for i in xs], ys[1], 0.4, label="patched")
@@ -185,6 +192,8 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--rep", type=int, default=20)
     p.add_argument("--max-seconds", type=float, default=10.0, help="per variant, of measured reps")
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="wall-clock budget: rows not started when it is spent are recorded as skipped")
     p.add_argument("--out", default=None, help="directory for JSON + PNG (default benchmarks/results)")
     args = p.parse_args(argv)
     if args.batch < 1:
@@ -209,7 +218,13 @@ def main(argv=None) -> int:
                "mode": "smoke" if args.smoke else "full", "dtype": str(dtype).replace("torch.", ""),
                "batch": args.batch, "backend": args.backend, "goal_speedup": GOAL_SPEEDUP,
                "timing": "CUDA events, median after warmup" if gpu else "perf_counter, median (CPU smoke)",
-               "rows": [run_case(*case, args, device, dtype) for case in CASES]}
+               "rows": []}
+    budget = common.Budget(args.budget_s if args.budget_s is not None else float("inf"))
+    for case in CASES:
+        if budget.left() <= 0:
+            results["rows"].append({"case": case[0], "skipped": f"--budget-s {args.budget_s} spent"})
+            continue
+        results["rows"].append(run_case(*case, args, device, dtype))
     results["seconds"] = time.perf_counter() - t0
     print(render(results))
     d = common.out_dir(args.out)
