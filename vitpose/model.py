@@ -193,7 +193,8 @@ class ViT(nn.Module):
         pos = resize_pos_embed(self.pos_embed, self.grid, grid)
         x = x + pos[:, 1:] + pos[:, :1]
         G = self.num_global
-        if G:  # Sec. 3.4: the knowledge token joins the visual tokens as a global token
+        if G:  # Sec. 3.4: the knowledge token joins the visual tokens as a global token (placed
+            # first, as window_attention wants; attention does not depend on token order)
             x = torch.cat([self.knowledge_token.expand(B, -1, -1).to(x.dtype), x], dim=1)
         for block in self.blocks:
             x = block(x, grid, G, route)
