@@ -404,8 +404,8 @@ def _rel_dq(DREL, R, sr0, sr1, row, valid_q, lq, dsl, WIN, RS,
             like, PREC: tl.constexpr):
     """From dsl[m, r] (logit gradient summed over the keys at in-cell row r) to
     drel[m, j] = dsl[m, lq - j + WIN - 1]: the per-row shift goes through the row's own slice of
-    DREL (written, barrier, gathered, barrier, rewritten). Returns drel @ R (in `like`'s dtype,
-    as the spec casts R to q's), dq's relative-position term."""
+    DREL (written, barrier, gathered, barrier, rewritten). Returns drel @ R (R rounded to `like`'s
+    dtype, as the spec casts R to q's), dq's relative-position term."""
     r = tl.arange(0, L_PAD)
     j = tl.arange(0, R_PAD)
     NR = 2 * WIN - 1
@@ -419,8 +419,8 @@ def _rel_dq(DREL, R, sr0, sr1, row, valid_q, lq, dsl, WIN, RS,
     tl.store(base + j[None, :], drel, mask=valid_q[:, None] & (j[None, :] < NR))
     d = tl.arange(0, D_PAD)
     rr = tl.load(R + j[:, None] * sr0 + d[None, :] * sr1, mask=(j[:, None] < NR) & (d[None, :] < D),
-                 other=0.0).to(like.dtype)
-    return _mm(drel.to(like.dtype), rr, PREC)
+                 other=0.0).to(like.dtype).to(tl.float32)
+    return _mm(drel, rr, PREC)  # drel kept in fp32: it sums many logit gradients
 
 
 @triton.jit
