@@ -11,8 +11,8 @@ cancels in the central differences of the log unless the clip bites. With zero p
 a sub-convex combination, so max(blurred) <= max(map) when max(map) >= 0, and a blurred value v
 renormalises to v * max(map) / max(blurred) in [v, max(map)]. Hence if all nine v >= 1e-3 and
 max(map) <= 50 the clip cannot bite whatever max(blurred) is, and the refinement equals mmpose's
-without the full blur. Otherwise (weak or noisy maps) the program blurs its whole map, as two
-banded-Toeplitz matrix products in exact fp32 (tl.dot, ieee), to get max(blurred).
+without the full blur. Otherwise (weak or noisy maps) the program blurs its whole map, chunk by
+chunk as products with banded Toeplitz blocks in exact fp32 (tl.dot, ieee), to get max(blurred).
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import triton.language as tl
 from .. import _alloc, dispatch
 from ..reference.decode_heatmaps import gaussian_kernel_1d
 
-_MAX_SIDE = 128  # one map per program, in registers; the Toeplitz blur operands are side x side
+_MAX_SIDE = 128  # one map per program, held in registers for the max/argmax
 _MAX_BLUR = 31
 
 
@@ -49,9 +49,10 @@ def _pick(t, rr, cc, r: tl.constexpr, c: tl.constexpr):
 @triton.jit
 def _decode_kernel(hm_ptr, fl_ptr, fidx_ptr, g_ptr, ctr_ptr, scl_ptr, kp_ptr, score_ptr,
                    K, H, W, s_b, s_k, s_h, s_w, f_b, f_k, f_h, f_w, size_x, size_y,
+                   shortcut_floor,
                    FLIP: tl.constexpr, UDP: tl.constexpr, HAS_BOX: tl.constexpr,
-                   ALWAYS_FULL_BLUR: tl.constexpr, KS: tl.constexpr, BK: tl.constexpr,
-                   BH: tl.constexpr, BW: tl.constexpr):
+                   KS: tl.constexpr, BK: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
+                   CH: tl.constexpr, CI: tl.constexpr):
     pid = tl.program_id(0)
     b = pid // K
     k = pid % K
@@ -95,23 +96,33 @@ def _decode_kernel(hm_ptr, fl_ptr, fidx_ptr, g_ptr, ctr_ptr, scl_ptr, kp_ptr, sc
 
         nine = (o < 3) & (c < 3)
         vmin = tl.min(tl.min(tl.where(nine, blurred, float("inf")), axis=1), axis=0)
-        # Margins keep the shortcut exact under the rounding of the renormalisation factor.
-        exact_without_max = ((not ALWAYS_FULL_BLUR) & (vmin >= 1.0e-3 * (1.0 + 1e-5))
-                             & (score <= 50.0 * (1.0 - 1e-5)))
+        # shortcut_floor is 1e-3 plus a margin for the rounding of the renormalisation factor
+        # (+inf in tests, to force the full blur); likewise the margin under 50.
+        need_full = (vmin < shortcut_floor) | (score > 50.0 * (1.0 - 1e-5))
         scale = tl.full([], 1.0, tl.float32)
-        if not exact_without_max:
-            # Full blur: B = G_y @ map @ G_x^T with banded Toeplitz G (zero border built in).
-            r2 = tl.arange(0, BH)[:, None]
-            c2 = tl.arange(0, BH)[None, :]
-            d = c2 - r2 + R
-            gy = tl.load(g_ptr + d, mask=(d >= 0) & (d < KS) & (c2 < H), other=0.0)
-            r3 = tl.arange(0, BW)[:, None]
-            c3 = tl.arange(0, BW)[None, :]
-            e = r3 - c3 + R
-            gxt = tl.load(g_ptr + e, mask=(e >= 0) & (e < KS) & (r3 < W), other=0.0)
-            horiz = tl.dot(m, gxt, input_precision="ieee")
-            full = tl.dot(gy, horiz, input_precision="ieee")
-            bmax = tl.max(tl.max(tl.where(inb, full, float("-inf")), axis=1), axis=0)
+        if need_full:
+            # max(blurred) over the whole map, in CH x CH output chunks. A chunk's blur reads a
+            # CI x CI window of the map (CI >= CH + 2R), reloaded from cache; both passes are
+            # products with banded Toeplitz blocks of the kernel, in exact fp32 (ieee), so shared
+            # memory stays small whatever the map size.
+            p = tl.arange(0, CH)[:, None]
+            q = tl.arange(0, CI)[None, :]
+            gyb = tl.load(g_ptr + (q - p), mask=(q - p >= 0) & (q - p < KS), other=0.0)  # (CH, CI)
+            q2 = tl.arange(0, CI)[:, None]
+            s2 = tl.arange(0, CH)[None, :]
+            gxb = tl.load(g_ptr + (q2 - s2), mask=(q2 - s2 >= 0) & (q2 - s2 < KS), other=0.0)
+            bmax = tl.full([], float("-inf"), tl.float32)
+            for r0 in range(0, H, CH):
+                for c0 in range(0, W, CH):
+                    ri = r0 - R + q2
+                    ci = c0 - R + q
+                    in_map = (ri >= 0) & (ri < H) & (ci >= 0) & (ci < W)
+                    window = _merged(hm, fl, ri, ci, in_map, W, s_h, s_w, f_h, f_w, FLIP)
+                    vert = tl.dot(gyb, window, input_precision="ieee")  # rows r0 + p
+                    chunk = tl.dot(vert, gxb, input_precision="ieee")   # (CH, CH) at (r0, c0)
+                    valid = (r0 + p < H) & (c0 + s2 < W)
+                    bmax = tl.maximum(bmax, tl.max(tl.max(tl.where(valid, chunk, float("-inf")),
+                                                          axis=1), axis=0))
             scale = score / bmax
         logm = tl.log(tl.minimum(tl.maximum(blurred * scale, 1.0e-3), 50.0))
 
@@ -171,9 +182,10 @@ def _decode(heatmaps, flip_heatmaps, flip_indices, input_size, bbox_centers, bbo
         keypoints, scores, K, H, W, *heatmaps.stride(),
         *(flip_heatmaps.stride() if flip else heatmaps.stride()),
         float(input_size[0]), float(input_size[1]),
-        FLIP=flip, UDP=method == "udp", HAS_BOX=box, ALWAYS_FULL_BLUR=always_full_blur,
-        KS=blur_kernel_size,
+        float("inf") if always_full_blur else 1.0e-3 * (1.0 + 1e-5),
+        FLIP=flip, UDP=method == "udp", HAS_BOX=box, KS=blur_kernel_size,
         BK=triton.next_power_of_2(blur_kernel_size), BH=BH, BW=BW,
+        CH=16, CI=triton.next_power_of_2(16 + 2 * (blur_kernel_size // 2)), num_stages=1,
         num_warps=4 if BH * BW <= 4096 else 8)
     return keypoints, scores
 

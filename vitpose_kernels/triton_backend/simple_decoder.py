@@ -154,7 +154,7 @@ def _forward(x, weight, bias, scale_factor):
     r = torch.relu(x).reshape(B, C, h * w)
     y = torch.matmul(_taps(weight), r).contiguous()  # (B, k*k*K, h*w), fp32 accumulation in cuBLAS
     out = _alloc.empty(B, K, H, W, dtype=x.dtype, device=x.device)
-    BK, BH, BW = _blocks(K, H, W, 16, 64)
+    BK, BH, BW = _blocks(K, H, W, 8, 64)
     grid = (B * triton.cdiv(K, BK), triton.cdiv(H, BH), triton.cdiv(W, BW))
     _upsample_taps_fwd[grid](y, bias if bias is not None else y, out, K, h, w, H, W,
                              1.0 / scale_factor, KS=k, HAS_BIAS=bias is not None,
