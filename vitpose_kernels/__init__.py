@@ -9,6 +9,12 @@ from .dispatch import backends
 from .ops import decode_heatmaps, explain, simple_decoder, udp_targets, window_attention
 from .patch import PatchReport, patch, route_sdpa, unpatch
 
+# Import the backends and probe the machine now, not inside the first (maybe traced) call:
+# torch.compile(fullgraph=True) cannot trace module imports.
+from . import dispatch as _dispatch  # noqa: E402
+
+_dispatch.probe()
+
 __version__ = "0.1.0"
 
 __all__ = ["window_attention", "simple_decoder", "decode_heatmaps", "udp_targets", "backends",

@@ -54,7 +54,7 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
-def _probe_machine() -> None:
+def probe() -> None:
     """Import the backends once and record what stands in the way of each on this machine."""
     if _MACHINE:
         return
@@ -81,7 +81,7 @@ def _probe_machine() -> None:
 
 
 def machine_reasons(name: str) -> list[str]:
-    _probe_machine()
+    probe()
     return list(_MACHINE[name])
 
 
@@ -94,14 +94,14 @@ def _static_reasons(op: str, name: str) -> list[str]:
 
 def reasons(op: str, name: str, *args, **kwargs) -> list[str]:
     """Why backend `name` cannot serve this call of `op` (already validated arguments)."""
-    _probe_machine()
+    probe()
     out = _static_reasons(op, name)
     return out or list(_REGISTRY[op][name].reasons(*args, **kwargs))
 
 
 def select(op: str, backend: str | None, device: torch.device, *args, **kwargs) -> Backend:
     """The backend to run: the forced one (or an error with its reasons), else the first that fits."""
-    _probe_machine()
+    probe()
     if backend is not None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS} or None, got backend={backend!r}")
@@ -128,7 +128,7 @@ def backends(op: str | None = None) -> dict:
     ``{backend: [reasons...]}``. An empty list means the backend can run here (for inputs it
     supports; the per-call reasons are in the error of a forced backend or in ``explain``).
     """
-    _probe_machine()
+    probe()
     if op is not None and op not in OPS:
         raise ValueError(f"op must be one of {OPS} or None, got op={op!r}")
     table = {o: {name: _static_reasons(o, name) for name in BACKENDS} for o in OPS}
