@@ -67,6 +67,8 @@ def probe() -> None:
             triton_reasons.append("no CUDA device, and TRITON_INTERPRET=1 (the CPU interpreter) is not set")
     except ImportError as e:
         triton_reasons = [f"triton is not importable ({e}); pip install triton"]
+    except Exception as e:  # a broken backend must not take the package down with it
+        triton_reasons = [_import_failure("triton", e)]
     _MACHINE["triton"] = triton_reasons
     mod, why = _ext.load()
     cuda_reasons = [] if mod is not None else [why]
@@ -76,8 +78,16 @@ def probe() -> None:
             cuda_reasons.append("no CUDA device: torch.cuda.is_available() is False")
         elif status["count"] == 0:
             cuda_reasons.append(f"the extension sees no CUDA device ({status['error'] or 'count 0'})")
-        importlib.import_module("vitpose_kernels.cuda_backend")
+        try:
+            importlib.import_module("vitpose_kernels.cuda_backend")
+        except Exception as e:
+            cuda_reasons.append(_import_failure("cuda", e))
     _MACHINE["cuda"] = cuda_reasons
+
+
+def _import_failure(name: str, e: Exception) -> str:
+    log.warning("vitpose_kernels: the %s backend failed to import: %r", name, e)
+    return f"the {name} backend failed to import ({type(e).__name__}: {e}); please report this"
 
 
 def machine_reasons(name: str) -> list[str]:
