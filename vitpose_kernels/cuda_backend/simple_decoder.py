@@ -14,11 +14,10 @@ and the tap maps come out as (k*k*K, B, h, w), the layout the kernels index by s
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from .. import _alloc, dispatch
+from .._decoder_ops import define_ops, tap_weights
 from . import _launch
 
 
@@ -30,16 +29,12 @@ def _relu_cb(x: torch.Tensor) -> torch.Tensor:
     return z.view(C, B * h * w)
 
 
-def _tap_weights(weight: torch.Tensor) -> torch.Tensor:
-    """(K, C, k, k) -> (k*k*K, C): row t*K + o holds tap t = ty*k + tx of output channel o."""
-    K, C, k, _ = weight.shape
-    return weight.permute(2, 3, 0, 1).reshape(k * k * K, C)
 
 
 def _forward(x, weight, bias, scale_factor):
     B, C, h, w = x.shape
     K, _, k, _ = weight.shape
-    taps = torch.mm(_tap_weights(weight), _relu_cb(x))  # (k*k*K, B*h*w)
+    taps = torch.mm(tap_weights(weight), _relu_cb(x))  # (k*k*K, B*h*w)
     out = _alloc.empty(B, K, h * scale_factor, w * scale_factor, dtype=x.dtype, device=x.device)
     # taps[t*K + o, b*h*w + i*w + j]: strides (batch, channel, row, column) in elements
     ts = [h * w, B * h * w, w, 1]
@@ -58,7 +53,7 @@ def _backward(grad, x, weight, scale_factor):
         _launch.ext().simple_decoder_backward(
             _launch.ptr(grad), _launch.strides(grad), _launch.ptr(dtaps), [B * h * w, h * w, w, 1], B, K, h, w,
             k, scale_factor, _launch.dtype_code(x), _launch.stream(x))
-    wt = _tap_weights(weight)
+    wt = tap_weights(weight)
     dwt = torch.mm(dtaps, _relu_cb(x).t())  # (k*k*K, C)
     dweight = _alloc.empty_like(weight)
     dweight.copy_(dwt.view(k, k, K, C).permute(2, 3, 0, 1))
@@ -69,43 +64,7 @@ def _backward(grad, x, weight, scale_factor):
     return dx, dweight, dbias
 
 
-@torch.library.custom_op("vitpose_kernels::simple_decoder_cuda", mutates_args=())
-def simple_decoder_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                      scale_factor: int) -> torch.Tensor:
-    return _forward(x, weight, bias, scale_factor)
-
-
-@simple_decoder_op.register_fake
-def _(x, weight, bias, scale_factor):
-    B, _, h, w = x.shape
-    return x.new_empty(B, weight.shape[0], h * scale_factor, w * scale_factor)
-
-
-@torch.library.custom_op("vitpose_kernels::simple_decoder_cuda_backward", mutates_args=())
-def simple_decoder_backward_op(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
-                               scale_factor: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _backward(grad, x, weight, scale_factor)
-
-
-@simple_decoder_backward_op.register_fake
-def _(grad, x, weight, scale_factor):
-    return torch.empty_like(x), torch.empty_like(weight), weight.new_empty(weight.shape[0])
-
-
-def _setup_context(ctx, inputs, output):
-    x, weight, bias, scale_factor = inputs
-    ctx.save_for_backward(x, weight)
-    ctx.scale_factor = scale_factor
-    ctx.has_bias = bias is not None
-
-
-def _autograd_backward(ctx, grad):
-    x, weight = ctx.saved_tensors
-    dx, dweight, dbias = simple_decoder_backward_op(grad, x, weight, ctx.scale_factor)
-    return dx, dweight, dbias if ctx.has_bias else None, None
-
-
-simple_decoder_op.register_autograd(_autograd_backward, setup_context=_setup_context)
+simple_decoder_op, simple_decoder_backward_op = define_ops("cuda", _forward, _backward)
 
 
 def reasons(x, weight, bias, scale_factor) -> list[str]:

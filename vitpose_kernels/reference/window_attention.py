@@ -77,7 +77,7 @@ def window_attention(q, k, v, rel_pos_h, rel_pos_w, spec: AttentionSpec) -> torc
     softmax in float32, output in q's dtype."""
     B, H, N, D = q.shape
     acc = torch.promote_types(q.dtype, torch.float32)  # float32 softmax; float64 kept for gradcheck
-    G, (hg, wg), (wh, ww) = spec.num_global, spec.grid, spec.window
+    G, (hg, wg) = spec.num_global, spec.grid
     qg, kg, vg = q[:, :, :G], k[:, :, :G], v[:, :, :G]
     grid = [t[:, :, G:].reshape(B, H, hg, wg, D) for t in (q, k, v)]
     qc, kc, vc = (_to_cells(t, spec) for t in grid)

@@ -15,13 +15,12 @@ masked by x > 0; dbias is a plain reduction.
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import triton
 import triton.language as tl
 
 from .. import _alloc, dispatch
+from .._decoder_ops import define_ops, tap_weights
 
 
 @triton.jit
@@ -141,10 +140,6 @@ def _blocks(K: int, H: int, W: int, cap_h: int, cap_w: int):
     return 1, min(cap_h, triton.next_power_of_2(H)), min(cap_w, triton.next_power_of_2(W))
 
 
-def _taps(weight: torch.Tensor) -> torch.Tensor:
-    """(K, C, k, k) -> (k*k*K, C), row tap*K + kk, tap = i*k + j."""
-    K, C, k, _ = weight.shape
-    return weight.permute(2, 3, 0, 1).reshape(k * k * K, C)
 
 
 def _forward(x, weight, bias, scale_factor):
@@ -152,7 +147,7 @@ def _forward(x, weight, bias, scale_factor):
     K, _, k, _ = weight.shape
     H, W = h * scale_factor, w * scale_factor
     r = torch.relu(x).reshape(B, C, h * w)
-    y = torch.matmul(_taps(weight), r).contiguous()  # (B, k*k*K, h*w), fp32 accumulation in cuBLAS
+    y = torch.matmul(tap_weights(weight), r).contiguous()  # (B, k*k*K, h*w), fp32 accumulation in cuBLAS
     out = _alloc.empty(B, K, H, W, dtype=x.dtype, device=x.device)
     BK, BH, BW = _blocks(K, H, W, 8, 64)
     grid = (B * triton.cdiv(K, BK), triton.cdiv(H, BH), triton.cdiv(W, BW))
@@ -180,7 +175,7 @@ def _backward(grad, x, weight, scale_factor):
     r_rows = r.permute(0, 2, 3, 1).reshape(B * h * w, C)
     dweight = _alloc.empty(K, C, k, k, dtype=weight.dtype, device=x.device)
     dweight.copy_(torch.matmul(dy2, r_rows).view(k, k, K, C).permute(2, 3, 0, 1))
-    dr = torch.matmul(_taps(weight).t(), dy2).view(C, B, h, w).permute(1, 0, 2, 3)
+    dr = torch.matmul(tap_weights(weight).t(), dy2).view(C, B, h, w).permute(1, 0, 2, 3)
     dx = _alloc.empty(B, C, h, w, dtype=x.dtype, device=x.device)
     torch.where(x > 0, dr, torch.zeros((), dtype=x.dtype, device=x.device), out=dx)
     dbias = _alloc.empty(K, dtype=weight.dtype, device=x.device)
@@ -188,43 +183,7 @@ def _backward(grad, x, weight, scale_factor):
     return dx, dweight, dbias
 
 
-@torch.library.custom_op("vitpose_kernels::simple_decoder_triton", mutates_args=())
-def simple_decoder_op(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-                      scale_factor: int) -> torch.Tensor:
-    return _forward(x, weight, bias, scale_factor)
-
-
-@simple_decoder_op.register_fake
-def _(x, weight, bias, scale_factor):
-    B, _, h, w = x.shape
-    return x.new_empty(B, weight.shape[0], h * scale_factor, w * scale_factor)
-
-
-@torch.library.custom_op("vitpose_kernels::simple_decoder_triton_backward", mutates_args=())
-def simple_decoder_backward_op(grad: torch.Tensor, x: torch.Tensor, weight: torch.Tensor,
-                               scale_factor: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _backward(grad, x, weight, scale_factor)
-
-
-@simple_decoder_backward_op.register_fake
-def _(grad, x, weight, scale_factor):
-    return torch.empty_like(x), torch.empty_like(weight), weight.new_empty(weight.shape[0])
-
-
-def _setup_context(ctx, inputs, output):
-    x, weight, bias, scale_factor = inputs
-    ctx.save_for_backward(x, weight)
-    ctx.scale_factor = scale_factor
-    ctx.has_bias = bias is not None
-
-
-def _autograd_backward(ctx, grad):
-    x, weight = ctx.saved_tensors
-    dx, dweight, dbias = simple_decoder_backward_op(grad, x, weight, ctx.scale_factor)
-    return dx, dweight, dbias if ctx.has_bias else None, None
-
-
-simple_decoder_op.register_autograd(_autograd_backward, setup_context=_setup_context)
+simple_decoder_op, simple_decoder_backward_op = define_ops("triton", _forward, _backward)
 
 
 def reasons(x, weight, bias, scale_factor) -> list[str]:
