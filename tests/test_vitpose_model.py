@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import vitpose
+import vitpose_kernels
 from vitpose.configs import TABLE5
 from vitpose.keypoints import DATASETS, VITPOSE_PLUS_DATASETS
 from vitpose.knowledge import (attach_knowledge_token, knowledge_token, load_knowledge_token,
@@ -19,13 +20,16 @@ def rel_err(a, b):
 
 
 def randomize_bn(model, seed=0):
+    """Running statistics and the affine weight and bias of every BatchNorm (so that folding them
+    has something to get wrong)."""
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for name, t in model.named_buffers():
-            if name.endswith("running_mean"):
-                t.copy_(torch.randn(t.shape, generator=g) * 0.1)
-            elif name.endswith("running_var"):
-                t.copy_(torch.rand(t.shape, generator=g) + 0.5)
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.weight.shape, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
 
 
 def tiny(**kw):
@@ -101,6 +105,59 @@ def test_sizes():
         vitpose.ViTPoseConfig(shift=True)
     with pytest.raises(ValueError, match="head"):
         vitpose.ViTPoseConfig(head="fancy")
+
+
+@pytest.mark.parametrize("size,rate", [("S", 0.1), ("B", 0.3), ("L", 0.5), ("H", 0.55)])
+def test_drop_path_rates_grow_linearly_with_depth(size, rate):
+    cfg = vitpose.vitpose_config(size, embed_dim=32, num_heads=2, img_size=(32, 32))  # depth kept
+    model = vitpose.ViTPose(cfg)
+    got = [0.0 if isinstance(b.drop_path, torch.nn.Identity) else b.drop_path.p for b in model.backbone.blocks]
+    assert got == pytest.approx(torch.linspace(0, rate, cfg.depth).tolist())
+    # per sample: a dropped sample loses the branch, a kept one is scaled by 1 / (1 - p)
+    last = model.backbone.blocks[-1].drop_path.train()
+    out = last(torch.ones(4000, 3))
+    kept = out[:, 0] > 0
+    assert torch.allclose(out[kept], torch.full_like(out[kept], 1 / (1 - rate)))
+    assert (out[~kept] == 0).all() and abs((~kept).float().mean().item() - rate) < 0.05
+    assert torch.equal(last.eval()(torch.ones(4, 3)), torch.ones(4, 3))
+
+
+def test_qkv_reaches_window_attention_as_views_of_one_linear(monkeypatch):
+    seen = []
+    inner = vitpose_kernels.window_attention
+
+    def spy(q, k, v, **kw):
+        seen.append((q.untyped_storage().data_ptr(), k.untyped_storage().data_ptr(),
+                     v.untyped_storage().data_ptr(), q.is_contiguous(), q.shape))
+        return inner(q, k, v, **kw)
+
+    monkeypatch.setattr(vitpose_kernels, "window_attention", spy)
+    model = tiny(window=(2, 3))
+    with torch.no_grad():
+        model(torch.randn(2, 3, 64, 48))
+    assert len(seen) == 2
+    for q, k, v, contiguous, shape in seen:
+        assert q == k == v and not contiguous and shape == (2, 4, 12, 16)
+
+
+def test_position_embedding_is_resized_bicubically():
+    """At another input size the grid part of pos_embed is resized bicubically (the class slot,
+    added to every token, kept): the same as a model built for that size with the resized table."""
+    torch.manual_seed(0)
+    model = tiny()
+    pos = model.backbone.pos_embed.detach()
+    grid = pos[:, 1:].reshape(1, 4, 3, 64).permute(0, 3, 1, 2)
+    resized = torch.nn.functional.interpolate(grid, size=(6, 4), mode="bicubic", align_corners=False)
+    table = torch.cat([pos[:, :1], resized.permute(0, 2, 3, 1).reshape(1, 24, 64)], dim=1)
+    built = vitpose.ViTPose(model.config.replace(img_size=(96, 64))).eval()
+    sd = dict(model.state_dict(), **{"backbone.pos_embed": table})
+    built.load_state_dict(sd)
+    x = torch.randn(1, 3, 96, 64)
+    with torch.no_grad():
+        assert rel_err(model(x), built(x)) < 1e-6
+        sd["backbone.pos_embed"] = table[:, [0, *range(24, 0, -1)]]  # a wrong table is noticed
+        built.load_state_dict(sd)
+        assert rel_err(model(x), built(x)) > 1e-4
 
 
 def test_table5_rows_build_and_keep_64x48_heatmaps():
@@ -211,6 +268,17 @@ def test_knowledge_token_train_attach_freeze(tmp_path):
     assert rel_err(out.detach(), plain) > 1e-6
     out.sum().backward()
     assert teacher.backbone.knowledge_token.grad.abs().sum() > 0
+    # A global token: with 2x3 windows and no shift, only it carries information across windows,
+    # so changing it moves the features of every window of the 4x3 grid.
+    with torch.no_grad():
+        a = teacher.backbone(x)
+        teacher.backbone.knowledge_token.normal_(generator=torch.Generator().manual_seed(1))
+        b = teacher.backbone(x)
+    assert ((a - b).abs().amax(dim=(0, 1)) > 1e-6).all()
+    vitpose.freeze_knowledge_token(teacher)
+    assert not any(p.requires_grad for p in teacher.parameters())
+    with pytest.raises(ValueError, match="no knowledge token"):
+        vitpose.freeze_knowledge_token(tiny())
 
     save_knowledge_token(teacher, tmp_path / "t.safetensors")
     assert torch.equal(load_knowledge_token(tmp_path / "t.safetensors"), knowledge_token(teacher))
@@ -231,10 +299,18 @@ def test_fold_batchnorm_keeps_outputs():
     model = plus_model()
     x = torch.randn(2, 3, 64, 48)
     with torch.no_grad():
-        before = model(x, dataset_index=1)
         folded = copy.deepcopy(model).fold_batchnorm()
-        assert rel_err(folded(x, dataset_index=1), before) < 1e-5
+        for d in (0, 1, 5):
+            assert rel_err(folded(x, dataset_index=d), model(x, dataset_index=d)) < 1e-5
     assert folded.folded and not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert isinstance(folded.keypoint_head.deconv_layers[1], torch.nn.Identity)
+    # A bf16 model folds in fp32: its folded weights are rounded once, not twice.
+    half = copy.deepcopy(model).to(torch.bfloat16)
+    deconv, bn = half.keypoint_head.deconv_layers[3], half.keypoint_head.deconv_layers[4]
+    gain = bn.weight.float() / torch.sqrt(bn.running_var.float() + bn.eps)
+    want = (deconv.weight.float() * gain.view(1, -1, 1, 1)).bfloat16()
+    half.fold_batchnorm()
+    assert torch.equal(half.keypoint_head.deconv_layers[3].weight, want)
     with pytest.raises(ValueError, match="folded"):
         vitpose.save_model(folded, "never.safetensors")
 

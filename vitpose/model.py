@@ -230,12 +230,15 @@ class ClassicDecoder(nn.Module):
             return self
         for i in range(0, len(self.deconv_layers), 3):
             deconv, bn = self.deconv_layers[i], self.deconv_layers[i + 1]
-            gain = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+            # In fp32 whatever the model's dtype: a bf16 product would round the folded weights a
+            # second time.
+            gain = bn.weight.float() / torch.sqrt(bn.running_var.float() + bn.eps)
             fused = nn.ConvTranspose2d(deconv.in_channels, deconv.out_channels, deconv.kernel_size,
                                        stride=deconv.stride, padding=deconv.padding, bias=True)
             fused = fused.to(deconv.weight.device, deconv.weight.dtype)
-            fused.weight.copy_(deconv.weight * gain.view(1, -1, 1, 1))  # (in, out, k, k): out is dim 1
-            fused.bias.copy_(bn.bias - bn.running_mean * gain)
+            # ConvTranspose2d weights are (in, out, k, k): BN's channel is dim 1
+            fused.weight.copy_(deconv.weight.float() * gain.view(1, -1, 1, 1))
+            fused.bias.copy_(bn.bias.float() - bn.running_mean.float() * gain)
             self.deconv_layers[i], self.deconv_layers[i + 1] = fused, nn.Identity()
         self.folded = True
         return self
