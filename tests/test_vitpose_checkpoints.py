@@ -36,6 +36,63 @@ def official_file(model, path):
     torch.save({"meta": {"epoch": 210, "mmpose_version": "0.24.0"}, "state_dict": sd}, path)
 
 
+def official_keys(depth, experts=0, associate=(), simple=False):
+    """The key names of the official mmpose 0.x ViTPose / ViTPose+ files, written out by hand."""
+    keys = ["backbone.patch_embed.proj.weight", "backbone.patch_embed.proj.bias", "backbone.pos_embed",
+            "backbone.last_norm.weight", "backbone.last_norm.bias"]
+    for n in range(depth):
+        for layer in ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2",
+                      *(f"mlp.experts.{k}" for k in range(experts))):
+            keys += [f"backbone.blocks.{n}.{layer}.weight", f"backbone.blocks.{n}.{layer}.bias"]
+    for head in ["keypoint_head", *(f"associate_keypoint_heads.{i}" for i in range(len(associate)))]:
+        keys += [f"{head}.final_layer.weight", f"{head}.final_layer.bias"]
+        if not simple:
+            keys += [f"{head}.deconv_layers.{i}.weight" for i in (0, 3)]
+            keys += [f"{head}.deconv_layers.{i}.{b}" for i in (1, 4) for b in
+                     ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")]
+    return set(keys)
+
+
+def test_state_dict_names_are_the_official_ones():
+    model = vitpose.ViTPose(vitpose.vitpose_config("S", **SMALL))
+    assert set(model.state_dict()) == official_keys(2)
+    assert set(vitpose.ViTPose(vitpose.vitpose_config("S", head="simple", **SMALL)).state_dict()) == \
+        official_keys(2, simple=True)
+    plus = vitpose.ViTPose(vitpose.vitpose_config("S", plus=True, **SMALL))
+    assert set(plus.state_dict()) == official_keys(2, experts=6, associate=range(5))
+    sd = plus.state_dict()
+    assert sd["backbone.blocks.0.mlp.experts.5.weight"].shape == (96, 4 * 384)
+    assert sd["backbone.blocks.0.mlp.fc2.weight"].shape == (384 - 96, 4 * 384)
+    assert [sd[f"associate_keypoint_heads.{i}.final_layer.weight"].shape[0] for i in range(5)] == \
+        [14, 16, 17, 17, 133]
+
+
+@pytest.mark.parametrize("size,plus", [("S", False), ("B", False), ("L", False), ("H", False), ("H", True)])
+def test_config_inferred_from_official_shapes(size, plus):
+    """The four sizes at 256x192 (shapes only: the model is built on the meta device)."""
+    from vitpose.checkpoints import infer_config
+    with torch.device("meta"):
+        sd = vitpose.ViTPose(vitpose.vitpose_config(size, plus=plus)).state_dict()
+    cfg, grid = infer_config(sd)
+    want = vitpose.SIZES[size]
+    assert (cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.drop_path_rate) == \
+        (want["embed_dim"], want["depth"], want["num_heads"], want["drop_path_rate"])
+    assert (grid, cfg.img_size, cfg.patch_padding, cfg.head) == ((16, 12), (256, 192), 2, "classic")
+    assert cfg.experts == (6 if plus else 1) and cfg.name == f"ViTPose{'+' if plus else ''}-{size}"
+    if plus:
+        assert cfg.part_features == want["embed_dim"] // 4 and len(cfg.datasets) == 6
+
+
+def test_loading_a_state_dict_copies_it():
+    source = randomized(vitpose.ViTPose(vitpose.vitpose_config("S", **SMALL)))
+    sd = source.state_dict()
+    loaded = vitpose.load_model(sd)
+    with torch.no_grad():
+        for p in loaded.parameters():
+            p.zero_()
+    assert sd["backbone.pos_embed"].abs().sum() > 0 and source.backbone.blocks[0].attn.qkv.weight.abs().sum() > 0
+
+
 @pytest.mark.parametrize("head", ["classic", "simple"])
 def test_official_checkpoint_round_trip(tmp_path, head):
     model = randomized(vitpose.ViTPose(vitpose.vitpose_config("S", head=head, **SMALL)))
@@ -82,6 +139,11 @@ def test_state_dict_input_and_position_embedding_resize():
     model = randomized(vitpose.ViTPose(vitpose.vitpose_config("S", **SMALL)))
     bigger = vitpose.load_model(model.state_dict(), img_size=(128, 96))
     assert bigger.backbone.pos_embed.shape == (1, 1 + 8 * 6, 384)
+    pos = model.backbone.pos_embed.detach()
+    grid = torch.nn.functional.interpolate(pos[:, 1:].reshape(1, 4, 3, 384).permute(0, 3, 1, 2), size=(8, 6),
+                                           mode="bicubic", align_corners=False)
+    want = torch.cat([pos[:, :1], grid.flatten(2).transpose(1, 2)], dim=1)
+    assert torch.allclose(bigger.backbone.pos_embed, want, atol=1e-6)
     with torch.no_grad():
         assert bigger(torch.randn(1, 3, 128, 96)).shape == (1, 17, 32, 24)
 

@@ -270,6 +270,8 @@ def infer_config(sd: dict, **overrides) -> tuple[ViTPoseConfig, tuple[int, int]]
     cfg["img_size"] = (ckpt_grid[0] * stride, ckpt_grid[1] * stride)
     size = [n for n, s in SIZES.items() if s["embed_dim"] == C and s["depth"] == depth]
     cfg["name"] = (f"ViTPose{'+' if experts else ''}-{size[0]}" if size else "custom")
+    if size:  # the paper's stochastic depth of that size, for finetuning a loaded model
+        cfg["drop_path_rate"] = SIZES[size[0]]["drop_path_rate"]
     cfg.update(overrides)
     if "patch_stride" in overrides and "patch_padding" not in overrides:
         cfg["patch_padding"] = None
@@ -285,7 +287,9 @@ def _listing(keys, limit=20) -> str:
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def load_state_dict_strict(model: ViTPose, sd: dict, source: str = "checkpoint") -> None:
+def load_state_dict_strict(model: ViTPose, sd: dict, source: str = "checkpoint", copy: bool = False) -> None:
+    """Fill a (meta-device) model from sd, which must match it key for key and shape for shape.
+    copy=True: the model gets its own tensors (a caller's state dict is never aliased)."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in sd and not k.endswith("num_batches_tracked")]
     unknown = [k for k in sd if k not in expected]
@@ -301,7 +305,8 @@ def load_state_dict_strict(model: ViTPose, sd: dict, source: str = "checkpoint")
         if shapes:
             lines.append(f"  shape mismatches ({len(shapes)}): " + "; ".join(shapes[:10]))
         raise CheckpointError("\n".join(lines))
-    sd = {k: (v.float() if v.is_floating_point() else v) for k, v in sd.items()}
+    sd = {k: v.detach().to(torch.float32 if v.is_floating_point() else v.dtype, copy=copy)
+          for k, v in sd.items()}
     for k, v in expected.items():  # e.g. BatchNorm's num_batches_tracked, absent from some files
         if k not in sd:
             sd[k] = torch.zeros(v.shape, dtype=v.dtype)
@@ -369,7 +374,9 @@ def load_model(path_or_state_dict, *, device=None, **overrides) -> ViTPose:
         sd["backbone.pos_embed"] = resize_pos_embed(pos.float(), ckpt_grid, cfg.grid)
     for k in unknown:
         sd[k] = torch.empty(0)  # reported as unknown below
-    load_state_dict_strict(model, sd, source)
+    # A state dict given by the caller (e.g. another model's) is copied: with assign=True the new
+    # model would otherwise share, and train, the caller's tensors.
+    load_state_dict_strict(model, sd, source, copy=source == "state dict")
     model.eval()
     if device is not None:
         model.to(device)
