@@ -1,5 +1,6 @@
 """Top-down pipeline: boxes, UDP crops, decode back to the image, end to end on random weights,
 bad input, and the CLI (a folder with a broken image, a video, evaluate)."""
+import copy
 import json
 import os
 import subprocess
@@ -66,6 +67,97 @@ def test_crop_samples_the_warped_point_and_decodes_back():
     decoded, scores = vitpose_kernels.decode_heatmaps(heatmaps, input_size=IN, bbox_centers=centers,
                                                       bbox_scales=scales, method="argmax")
     assert (decoded - points).abs().max() < 1e-3 and (scores == 1).all()
+
+
+def test_imagenet_normalization():
+    from vitpose.pipeline import normalize
+    mean, std = torch.tensor([0.485, 0.456, 0.406]) * 255, torch.tensor([0.229, 0.224, 0.225]) * 255
+    crops = torch.stack([mean, mean + std]).view(2, 3, 1, 1).expand(2, 3, 4, 4)
+    out = normalize(crops)
+    assert torch.allclose(out[0], torch.zeros(3, 4, 4), atol=1e-5)
+    assert torch.allclose(out[1], torch.ones(3, 4, 4), atol=1e-5)
+
+
+def blob_image(h, w, cx, cy, sigma=5.0):
+    y, x = np.mgrid[0:h, 0:w]
+    g = 255 * np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * sigma ** 2))
+    return np.repeat(g[..., None], 3, axis=2).astype(np.float32)
+
+
+class UDPProbe:
+    """A stand-in for the network whose 17 heatmaps are the crop itself, sampled on the UDP heatmap
+    lattice (heatmap pixel j <-> crop pixel j (W-1)/(Wh-1)): a bright blob in the image must decode to
+    its own center. Records every batch it is called on."""
+
+    def __init__(self):
+        self.batches = []
+
+    def __call__(self, x, dataset_index=0):
+        self.batches.append(x.detach().clone())
+        h = torch.nn.functional.interpolate(x[:, :1].float(), size=(64, 48), mode="bilinear", align_corners=True)
+        h = h - h.amin(dim=(2, 3), keepdim=True)
+        return (h / h.amax(dim=(2, 3), keepdim=True)).repeat(1, 17, 1, 1)
+
+
+def test_flip_test_batches_mirrored_crops_and_lands_on_the_blob(small_model, monkeypatch):
+    calls = []
+    grid_sample = torch.nn.functional.grid_sample
+    monkeypatch.setattr(torch.nn.functional, "grid_sample", lambda *a, **k: calls.append(1) or grid_sample(*a, **k))
+    centers = [(123.4, 87.6), (40.3, 150.8), (70.7, 30.2)]
+    images = [blob_image(200, 300, *centers[0]), blob_image(240, 100, *centers[1]), blob_image(90, 160, *centers[2])]
+    boxes = [[[90, 40, 70, 100, 0.9], [100, 60, 50, 60, 0.5]], [[10, 100, 60, 90], [20, 120, 40, 70]],
+             [[40, 5, 60, 50]]]
+    results = {}
+    for flip in (True, False):
+        predictor = TopDownPredictor(small_model, flip=flip, batch_size=4)
+        probe = predictor.model = UDPProbe()
+        results[flip] = predictor(images, boxes)
+        # boxes of different images share a forward pass, never more than batch_size of them; with
+        # flip the mirrored crops ride in the same pass, right after their originals
+        assert [len(b) for b in probe.batches] == ([8, 2] if flip else [4, 1])
+        if flip:
+            for b in probe.batches:
+                n = len(b) // 2
+                assert torch.equal(b[n:], b[:n].flip(-1))
+    assert len(calls) == 4  # one grid_sample per forward pass
+    for poses_flip, poses, (cx, cy) in zip(results[True], results[False], centers):
+        for p, q in zip(poses_flip, poses):
+            assert np.abs(p.keypoints - [cx, cy]).max() < 0.01, (p.keypoints[0], cx, cy)
+            assert np.abs(p.keypoints - q.keypoints).max() < 1e-2 and np.allclose(p.scores, q.scores, atol=1e-3)
+
+
+def test_items_without_boxes_do_not_pile_up(small_model):
+    consumed = []
+
+    def items():
+        for i in range(10):
+            consumed.append(i)
+            yield i, np.zeros((20, 30, 3), np.uint8), np.zeros((0, 5))
+
+    stream = TopDownPredictor(small_model, batch_size=3).iter_predict(items())
+    assert next(stream) == (0, []) and len(consumed) <= 3
+    assert [k for k, _ in stream] == list(range(1, 10))
+
+
+def test_fp32_on_cpu():
+    model = vitpose.ViTPose(vitpose.vitpose_config("S", embed_dim=32, depth=1, num_heads=2))
+    predictor = TopDownPredictor(model, device="cpu")
+    assert predictor.dtype == torch.float32 and predictor.model.keypoint_head.final_layer.weight.dtype == torch.float32
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_bf16_on_gpu_matches_fp32_on_cpu(small_model):
+    images, boxes = synthetic_images(), [[[10, 10, 50, 80, 0.9]], [[-10, -10, 200, 200]], [[5, 5, 60, 60]]]
+    model = copy.deepcopy(small_model)  # the predictor moves and casts the model it is given
+    cpu = vitpose.predict(model, images, boxes, device="cpu")
+    gpu_predictor = TopDownPredictor(model, device="cuda")
+    assert gpu_predictor.dtype == torch.bfloat16
+    assert gpu_predictor.model.backbone.pos_embed.dtype == torch.bfloat16
+    gpu = gpu_predictor(images, boxes)
+    for a, b in zip(cpu, gpu):
+        for p, q in zip(a, b):
+            assert np.allclose(p.scores, q.scores, rtol=0.05, atol=1e-3)
 
 
 @pytest.fixture(scope="module")

@@ -210,8 +210,9 @@ class TopDownPredictor:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
-        model = model.eval().to(self.device, self.dtype)  # moves the caller's model, as HF pipelines do
-        self.model = _with_folded_heads(model) if fold_batchnorm else model
+        model = model.eval().to(self.device)  # moves the caller's model, as HF pipelines do
+        # BatchNorm is folded before the cast to bf16, so that the folded weights are rounded once.
+        self.model = (_with_folded_heads(model) if fold_batchnorm else model).to(self.dtype)
         cfg = model.config
         if not 0 <= dataset_index < model.num_datasets:
             raise ValueError(f"dataset_index must be in [0, {model.num_datasets}), got {dataset_index}")
@@ -273,7 +274,9 @@ class TopDownPredictor:
                 if errors == "raise":
                     raise
                 pending.append((key, e, None))
-            if count >= self.batch_size:
+            # Items without boxes (or failed ones) count too: a video whose frames have no boxes
+            # must not pile its frames up in memory.
+            if count >= self.batch_size or len(pending) >= self.batch_size:
                 yield from self._flush(pending, errors)
                 pending, count = [], 0
         yield from self._flush(pending, errors)
