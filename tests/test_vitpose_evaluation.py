@@ -76,3 +76,48 @@ def test_rescoring_and_oks_nms():
     kps = np.stack([a, a + 0.5, a + 60])  # 0 and 1 are one person
     keep = oks_nms(kps, np.array([0.8, 0.9, 0.7]), np.full(3, 100.0 * 100), thr=0.9)
     assert keep == [1, 2]
+
+
+def mmpose_style_nms(kpts, scores, areas, thr, sigmas):
+    """mmpose 0.x oks_nms written as a plain loop over flattened (x, y, v) rows."""
+    var = (np.asarray(sigmas) * 2) ** 2
+    order = scores.argsort()[::-1]
+    keep = []
+    while len(order) > 0:
+        i = order[0]
+        keep.append(int(i))
+        ious = []
+        for j in order[1:]:
+            dx, dy = kpts[j, 0::3] - kpts[i, 0::3], kpts[j, 1::3] - kpts[i, 1::3]
+            e = (dx ** 2 + dy ** 2) / var / ((areas[i] + areas[j]) / 2 + np.spacing(1)) / 2
+            ious.append(np.sum(np.exp(-e)) / len(e))
+        order = order[np.where(np.asarray(ious) <= thr)[0] + 1]
+    return keep
+
+
+@pytest.mark.parametrize("thr", [0.5, 0.9])
+def test_oks_nms_matches_mmpose_semantics(thr):
+    from vitpose.keypoints import COCO_SIGMAS
+    rng = np.random.default_rng(thr == 0.9)
+    people = rng.uniform(0, 400, (5, 17, 2))
+    kps = people[rng.integers(0, 5, 40)] + rng.normal(0, 1, (40, 17, 2)) * rng.uniform(0.5, 8, (40, 1, 1))
+    scores, areas = rng.uniform(0.1, 1, 40), rng.uniform(50, 150, 40) ** 2
+    flat = np.concatenate([kps, rng.uniform(0, 1, (40, 17, 1))], -1).reshape(40, -1)
+    want = mmpose_style_nms(flat, scores, areas, thr, COCO_SIGMAS)
+    assert 5 <= len(want) < 40
+    assert oks_nms(kps, scores, areas, thr) == want
+
+
+def test_postprocess_rescores_and_suppresses_duplicates():
+    rng = np.random.default_rng(0)
+    kp = rng.uniform(0, 100, (17, 2))
+    scores = np.linspace(0.05, 0.95, 17)
+    c, s = np.array([50.0, 50]), np.array([75.0, 100])
+    a = Pose(kp, scores, np.array([10.0, 0, 60, 100]), 0.8, "coco", c, s)
+    b = Pose(kp + 0.3, scores * 0.5, np.array([11.0, 0, 60, 100]), 0.9, "coco", c, s)
+    far = Pose(kp + 300, scores, np.array([310.0, 300, 60, 100]), 0.5, "coco", c, s)
+    out = postprocess(7, [b, a, far])
+    assert len(out) == 2 and out[0]["bbox"] == [10.0, 0, 60, 100]
+    assert out[0]["score"] == pytest.approx(0.8 * scores[scores > 0.2].mean())
+    assert out[1]["score"] == pytest.approx(0.5 * scores[scores > 0.2].mean())
+    assert all(r["image_id"] == 7 and len(r["keypoints"]) == 51 for r in out)

@@ -263,7 +263,7 @@ def test_cli_video(checkpoint, tmp_path):
     assert (out / "clip_pose.mp4").stat().st_size > 0
 
 
-def test_cli_evaluate_and_module_entry(checkpoint, tmp_path):
+def test_cli_evaluate_and_module_entry(checkpoint, tmp_path, monkeypatch):
     from PIL import Image
     from test_vitpose_evaluation import synthetic_coco
     gt = synthetic_coco(num_images=2, per_image=1, size=(120, 160))
@@ -273,10 +273,10 @@ def test_cli_evaluate_and_module_entry(checkpoint, tmp_path):
     dets = [{"image_id": a["image_id"], "bbox": a["bbox"], "score": 1.0, "category_id": 1} for a in gt["annotations"]]
     (tmp_path / "ann.json").write_text(json.dumps(gt))
     (tmp_path / "dets.json").write_text(json.dumps(dets))
+    monkeypatch.chdir(tmp_path)  # the results JSON is written by default, here to result_keypoints.json
     rc = cli.main(["evaluate", "--checkpoint", checkpoint, "--ann", str(tmp_path / "ann.json"), "--dets",
-                   str(tmp_path / "dets.json"), "--images", str(tmp_path / "img"), "--quiet",
-                   "--out", str(tmp_path / "res.json")])
-    assert rc == 0 and len(json.loads((tmp_path / "res.json").read_text())) == 2
+                   str(tmp_path / "dets.json"), "--images", str(tmp_path / "img"), "--quiet"])
+    assert rc == 0 and len(json.loads((tmp_path / "result_keypoints.json").read_text())) == 2
     help_text = subprocess.run([sys.executable, "-m", "vitpose", "predict", "--help"], capture_output=True,
                                text=True, check=True).stdout
     assert "--boxes" in help_text

@@ -180,6 +180,7 @@ def cmd_predict(args) -> int:
             except Exception as e:
                 failures.append((path, e))
                 tqdm.write(f"error: {path}: {e}", file=sys.stderr)
+                bar.update(1)  # counted as one item in the total
                 continue
             writers[path] = _VideoWriter(os.path.join(args.out, f"{os.path.splitext(os.path.basename(path))[0]}_pose.mp4"), fps)
             for i, frame in frames:
@@ -254,6 +255,7 @@ def cmd_evaluate(args) -> int:
                      progress=not args.quiet, max_images=args.max_images)
     for name, v in stats.items():
         print(f"{name:>12}: {v:.4f}" if isinstance(v, float) else f"{name:>12}: {v}")
+    print(f"results -> {args.out}", file=sys.stderr)
     return 1 if stats["num_failed"] else 0
 
 
@@ -286,7 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--ann", required=True, help="COCO keypoint annotations JSON")
     e.add_argument("--dets", required=True, help="COCO person detections JSON")
     e.add_argument("--images", required=True, help="folder of the annotated images")
-    e.add_argument("--out", default=None, help="write the keypoint results JSON here")
+    e.add_argument("--out", default="result_keypoints.json",
+                   help="the keypoint results JSON (COCO format, after rescoring and OKS-NMS)")
     e.add_argument("--max-images", type=int, default=None, help="evaluate the first N images only")
     e.set_defaults(func=cmd_evaluate)
     return parser

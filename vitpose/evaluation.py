@@ -41,7 +41,7 @@ def oks_iou(ref: np.ndarray, others: np.ndarray, ref_area: float, areas: np.ndar
 def oks_nms(keypoints: np.ndarray, scores: np.ndarray, areas: np.ndarray, thr: float = 0.9,
             sigmas=COCO_SIGMAS) -> list[int]:
     """Greedy NMS by OKS: keep the best, drop the rest with OKS > thr to it, repeat. Kept indices."""
-    order = list(np.argsort(-np.asarray(scores), kind="stable"))
+    order = list(np.argsort(np.asarray(scores))[::-1])  # mmpose's order, ties included
     keep = []
     while order:
         i, rest = order[0], np.array(order[1:], dtype=int)
