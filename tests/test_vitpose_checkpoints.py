@@ -159,6 +159,17 @@ def test_missing_and_unknown_keys_are_listed():
     assert "unknown keys (1): backbone.blocks.0.attn.mystery.weight" in msg
 
 
+def test_hf_format_errors_name_the_hf_keys():
+    sd = hf_state_dict(vitpose.ViTPose(vitpose.vitpose_config("S", **SMALL)))
+    sd["backbone.encoder.layer.0.attention.attention.mystery.weight"] = torch.zeros(3)
+    with pytest.raises(CheckpointError, match=r"unknown keys \(1\): backbone.encoder.layer.0.attention.attention.mystery"):
+        vitpose.load_model(sd)
+    del sd["backbone.encoder.layer.0.attention.attention.mystery.weight"]
+    del sd["backbone.encoder.layer.1.attention.attention.key.bias"]
+    with pytest.raises(CheckpointError, match=r"missing keys backbone.encoder.layer.1.attention.attention.key.bias"):
+        vitpose.load_model(sd)
+
+
 def test_checkpoint_of_another_model():
     resnet = {"conv1.weight": torch.zeros(64, 3, 7, 7), "fc.weight": torch.zeros(1000, 2048)}
     with pytest.raises(CheckpointError, match="not a ViTPose checkpoint.*conv1.weight"):

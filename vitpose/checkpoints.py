@@ -140,9 +140,11 @@ def hf_to_official(sd: dict) -> tuple[dict, list[str]]:
                 continue
         unknown.append(k)
     for (i, kind), parts in qkv.items():
-        if set(parts) != {"query", "key", "value"}:
-            unknown += [f"backbone.encoder.layer.{i}.attention.attention.{p}.{kind}" for p in parts]
-            continue
+        absent = [p for p in ("query", "key", "value") if p not in parts]
+        if absent:  # q, k and v become one qkv tensor: all three or none
+            names = ", ".join(f"backbone.encoder.layer.{i}.attention.attention.{p}.{kind}" for p in absent)
+            raise CheckpointError(f"Hugging Face checkpoint: missing keys {names} (layer {i} has "
+                                  f"{sorted(parts)} of query/key/value {kind})")
         out[f"backbone.blocks.{i}.attn.qkv.{kind}"] = torch.cat([parts["query"], parts["key"], parts["value"]])
     return out, unknown
 
