@@ -78,6 +78,17 @@ def test_imagenet_normalization():
     assert torch.allclose(out[1], torch.ones(3, 4, 4), atol=1e-5)
 
 
+def test_image_files_are_read_upright(tmp_path):
+    from PIL import Image
+    from vitpose.pipeline import load_image
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 CW to display"
+    Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "phone.jpg", exif=exif)
+    assert tuple(load_image(str(tmp_path / "phone.jpg")).shape) == (3, 30, 20)
+    cv2 = pytest.importorskip("cv2")
+    assert cv2.imread(str(tmp_path / "phone.jpg")).shape[:2] == (30, 20)  # what mmpose would see
+
+
 def blob_image(h, w, cx, cy, sigma=5.0):
     y, x = np.mgrid[0:h, 0:w]
     g = 255 * np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * sigma ** 2))

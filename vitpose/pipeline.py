@@ -164,10 +164,12 @@ def load_image(image) -> torch.Tensor:
         path = os.fspath(image)
         if not os.path.exists(path):
             raise FileNotFoundError(f"image not found: {path}")
-        from PIL import Image
+        from PIL import Image, ImageOps
         try:
             with Image.open(path) as im:
-                arr = np.asarray(im.convert("RGB"))
+                # EXIF orientation applied, as OpenCV's imread (mmpose's loader) does: boxes from
+                # a detector refer to the upright picture.
+                arr = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
         except Exception as e:
             raise ValueError(f"could not read image {path}: {type(e).__name__}: {e}") from e
         return torch.from_numpy(arr.copy()).permute(2, 0, 1)
