@@ -83,6 +83,19 @@ def test_config_inferred_from_official_shapes(size, plus):
         assert cfg.part_features == want["embed_dim"] // 4 and len(cfg.datasets) == 6
 
 
+def test_table5_stride8_and_knowledge_token_inferred():
+    from vitpose.checkpoints import infer_config
+    from vitpose.configs import TABLE5
+    with torch.device("meta"):
+        sd = vitpose.ViTPose(TABLE5["full"].replace(num_knowledge_tokens=1)).state_dict()
+    cfg, grid = infer_config(sd)
+    assert (cfg.patch_stride, cfg.patch_padding, grid, cfg.img_size, cfg.heatmap_size) == \
+        (8, 4, (32, 24), (256, 192), (64, 48))
+    assert cfg.num_knowledge_tokens == 1
+    model = randomized(vitpose.ViTPose(vitpose.vitpose_config("S", **SMALL, num_knowledge_tokens=1)))
+    assert same_outputs(model, vitpose.load_model(model.state_dict()))
+
+
 def test_loading_a_state_dict_copies_it():
     source = randomized(vitpose.ViTPose(vitpose.vitpose_config("S", **SMALL)))
     sd = source.state_dict()

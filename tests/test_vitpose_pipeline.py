@@ -171,6 +171,26 @@ def test_bf16_on_gpu_matches_fp32_on_cpu(small_model):
             assert np.allclose(p.scores, q.scores, rtol=0.05, atol=1e-3)
 
 
+def test_crops_match_mmpose_udp_warp_affine():
+    """The batched crops equal, per box, OpenCV's warpAffine with mmpose's UDP matrix (rotation 0:
+    scale (W-1)/w, (H-1)/h and the box's corner to the origin), borders included, two images mixed."""
+    cv2 = pytest.importorskip("cv2")
+    rng = np.random.default_rng(0)
+    images = [cv2.GaussianBlur(rng.uniform(0, 255, (h, w, 3)).astype(np.float32), (0, 0), 3)
+              for h, w in ((150, 200), (90, 60))]
+    boxes = torch.tensor([[20., 30, 60, 90], [-30, -20, 100, 80], [150, 100, 80, 80], [5, 10, 50, 70]])
+    index = torch.tensor([0, 0, 0, 1])
+    centers, scales = box_to_center_scale(boxes, IN)
+    crops = crop_batch([torch.from_numpy(im).permute(2, 0, 1) for im in images], index, centers, scales, IN)
+    for n in range(4):
+        (cx, cy), (sw, sh) = centers[n].tolist(), scales[n].tolist()
+        sx, sy = (IN[0] - 1) / sw, (IN[1] - 1) / sh
+        matrix = np.array([[sx, 0, sx * (0.5 * sw - cx)], [0, sy, sy * (0.5 * sh - cy)]])
+        want = cv2.warpAffine(images[index[n]], matrix, IN, flags=cv2.INTER_LINEAR,
+                              borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+        assert np.abs(crops[n].permute(1, 2, 0).numpy() - want).max() < 0.01, n
+
+
 @pytest.fixture(scope="module")
 def small_model():
     torch.manual_seed(0)
