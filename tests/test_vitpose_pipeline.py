@@ -105,7 +105,8 @@ class UDPProbe:
 
     def __call__(self, x, dataset_index=0):
         self.batches.append(x.detach().clone())
-        h = torch.nn.functional.interpolate(x[:, :1].float(), size=(64, 48), mode="bilinear", align_corners=True)
+        h = torch.nn.functional.interpolate(x[:, :1].float(), size=(64, 48), mode="bilinear",
+                                            align_corners=True)
         h = h - h.amin(dim=(2, 3), keepdim=True)
         return (h / h.amax(dim=(2, 3), keepdim=True)).repeat(1, 17, 1, 1)
 
@@ -113,9 +114,10 @@ class UDPProbe:
 def test_flip_test_batches_mirrored_crops_and_lands_on_the_blob(small_model, monkeypatch):
     calls = []
     grid_sample = torch.nn.functional.grid_sample
-    monkeypatch.setattr(torch.nn.functional, "grid_sample", lambda *a, **k: calls.append(1) or grid_sample(*a, **k))
+    monkeypatch.setattr(torch.nn.functional, "grid_sample",
+                        lambda *a, **k: calls.append(1) or grid_sample(*a, **k))
     centers = [(123.4, 87.6), (40.3, 150.8), (70.7, 30.2)]
-    images = [blob_image(200, 300, *centers[0]), blob_image(240, 100, *centers[1]), blob_image(90, 160, *centers[2])]
+    images = [blob_image(h, w, *c) for (h, w), c in zip([(200, 300), (240, 100), (90, 160)], centers)]
     boxes = [[[90, 40, 70, 100, 0.9], [100, 60, 50, 60, 0.5]], [[10, 100, 60, 90], [20, 120, 40, 70]],
              [[40, 5, 60, 50]]]
     results = {}
@@ -134,7 +136,8 @@ def test_flip_test_batches_mirrored_crops_and_lands_on_the_blob(small_model, mon
     for poses_flip, poses, (cx, cy) in zip(results[True], results[False], centers):
         for p, q in zip(poses_flip, poses):
             assert np.abs(p.keypoints - [cx, cy]).max() < 0.01, (p.keypoints[0], cx, cy)
-            assert np.abs(p.keypoints - q.keypoints).max() < 1e-2 and np.allclose(p.scores, q.scores, atol=1e-3)
+            assert np.abs(p.keypoints - q.keypoints).max() < 1e-2
+            assert np.allclose(p.scores, q.scores, atol=1e-3)
 
 
 def test_items_without_boxes_do_not_pile_up(small_model):
@@ -153,7 +156,8 @@ def test_items_without_boxes_do_not_pile_up(small_model):
 def test_fp32_on_cpu():
     model = vitpose.ViTPose(vitpose.vitpose_config("S", embed_dim=32, depth=1, num_heads=2))
     predictor = TopDownPredictor(model, device="cpu")
-    assert predictor.dtype == torch.float32 and predictor.model.keypoint_head.final_layer.weight.dtype == torch.float32
+    assert predictor.dtype == torch.float32
+    assert predictor.model.keypoint_head.final_layer.weight.dtype == torch.float32
 
 
 @pytest.mark.gpu
