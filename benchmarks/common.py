@@ -172,13 +172,92 @@ def bench(fn: Callable[[], object], *, device="cuda", warmup: int = 3, rep: int 
 
 class Budget:
     """Wall-clock budget of a benchmark run: stop starting measurements once spent, so a run
-    inside a fixed device lease still writes its JSON (the rows not run say 'skipped')."""
+    inside a fixed device lease still writes its JSON (the rows not run say 'skipped').
+    None or inf: unlimited."""
 
-    def __init__(self, seconds: float):
-        self.end = time.perf_counter() + seconds
+    def __init__(self, seconds: float | None):
+        self.seconds = float("inf") if seconds is None else float(seconds)
+        self.end = time.perf_counter() + self.seconds
 
     def left(self) -> float:
         return self.end - time.perf_counter()
+
+    def allows(self, need_s: float = 0.0) -> bool:
+        """Whether a measurement expected to take about need_s seconds may still start."""
+        return self.left() > need_s
+
+    def skip_reason(self, need_s: float = 0.0) -> str:
+        if self.left() <= 0:
+            return "time budget spent (--budget-s)"
+        return f"time budget: {self.left():.0f} s left, this measurement needs ~{need_s:.0f} s (--budget-s)"
+
+
+def skip_reason(e: BaseException) -> str:
+    """One line for a measurement that failed: NotImplementedError (a forced backend that cannot
+    serve the call) gives its reasons as they are; OOM says so; anything else is typed."""
+    if isinstance(e, NotImplementedError):
+        return " ".join(str(e).split())
+    if isinstance(e, torch.cuda.OutOfMemoryError):
+        return "out of memory"
+    return f"error: {type(e).__name__}: {' '.join(str(e).split())[:300]}"
+
+
+class Interrupted(Exception):
+    """Raised in the main thread by SIGTERM (e.g. `timeout`): the benchmark stops where it is and
+    still writes what it measured so far."""
+
+
+def stop_on_sigterm() -> None:
+    import signal
+
+    def handler(signum, frame):
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second TERM kills
+        raise Interrupted(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+def peak_memory(fn: Callable[[], object], device) -> dict | None:
+    """Peak allocated bytes of one fn() above what was allocated before it (CUDA only)."""
+    if torch.device(device).type != "cuda":
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated()
+    return {"before_bytes": before, "peak_bytes": peak, "peak_above_before_bytes": peak - before}
+
+
+# ----------------------------------------------------------------------------- targets
+
+def check(issue: int, what: str, value: float | None, target: float, *, at_most: bool = False,
+          unit: str = "x", why_missing: str = "not measured") -> dict:
+    """One of the issues' performance targets: PASS / MISS, or n/a with the reason."""
+    op = "<=" if at_most else ">="
+    row = {"issue": issue, "what": what, "value": value, "target": f"{op} {target:g}{unit}"}
+    if value is None:
+        row["status"] = f"n/a ({why_missing})"
+    else:
+        row["status"] = "PASS" if (value <= target if at_most else value >= target) else "MISS"
+    return row
+
+
+def not_judged(checks: Sequence[dict], why: str) -> None:
+    """Targets are set for the H100 at full shapes: elsewhere the value is shown, not judged."""
+    for c in checks:
+        if c["status"] in ("PASS", "MISS"):
+            c["status"] = f"not judged ({why})"
+
+
+def render_checks(checks: Sequence[dict], title: str = "targets (the issues' performance goals)") -> str:
+    if not checks:
+        return ""
+    body = [[f"#{c['issue']}", c["what"], fmt(c["value"], ".3g"), c["target"], c["status"]] for c in checks]
+    return f"{title}\n" + format_table(["issue", "check", "value", "target", "status"], body,
+                                          align="<<>><")
 
 
 # ----------------------------------------------------------------------------- hardware floors
@@ -221,6 +300,22 @@ def floor_ms(flops: float, nbytes: float, peaks: dict) -> float:
     return max(flops / (peaks["matmul_tflops"] * 1e12), nbytes / (peaks["copy_tbps"] * 1e12)) * 1e3
 
 
+def floors(flops: float, nbytes: float, peaks: dict, phase: str) -> dict:
+    """PHASE_bw_floor_ms (bytes / measured bandwidth), PHASE_flop_floor_ms (FLOPs / measured
+    matmul peak) and PHASE_ms, the larger of the two."""
+    bw = nbytes / (peaks["copy_tbps"] * 1e12) * 1e3
+    fl = flops / (peaks["matmul_tflops"] * 1e12) * 1e3
+    return {f"{phase}_bw_floor_ms": bw, f"{phase}_flop_floor_ms": fl, f"{phase}_ms": max(bw, fl)}
+
+
+def peaks_line(peaks: dict) -> str:
+    line = (f"matmul {peaks['matmul_tflops']:.3g} TFLOP/s ({peaks['matmul_dtype']}), "
+            f"copy {peaks['copy_tbps'] * 1e3:.0f} GB/s (read + write)")
+    if peaks.get("nominal"):
+        line += f"; datasheet {peaks['nominal']['bf16_tflops']:.0f} TFLOP/s, {peaks['nominal']['hbm_tbps']:.2f} TB/s"
+    return line
+
+
 # ----------------------------------------------------------------------------- output
 
 def out_dir(path: str | os.PathLike | None) -> Path:
@@ -231,7 +326,39 @@ def out_dir(path: str | os.PathLike | None) -> Path:
 
 def save_json(payload: dict, directory: Path, stem: str) -> Path:
     path = directory / f"{stem}.json"
-    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    tmp.replace(path)  # never a half-written JSON, even when killed while writing
+    return path
+
+
+def add_run_args(p, *, rep: int = 20, budget_help: str = "") -> None:
+    """The flags every benchmark shares: --rep, --budget-s, --smoke, --out."""
+    p.add_argument("--rep", type=int, default=rep, help="timed repetitions per measurement (median)")
+    p.add_argument("--budget-s", type=float, default=None,
+                   help=budget_help or "start no new measurement after this many seconds (rows say "
+                                       "'skipped'); the JSON is still written")
+    p.add_argument("--smoke", action="store_true", help="tiny shapes on any device: checks the harness only")
+    p.add_argument("--out", default=None, help="directory for JSON + PNG (default benchmarks/results)")
+
+
+def finish(results: dict, out: str | os.PathLike | None, stem: str, render: Callable[[dict], str],
+           plot: Callable[[dict, Path], bool] | None = None, t0: float | None = None) -> Path:
+    """Print the table, write STEM.json (+ STEM.png) under out, say where. A failing plot or a
+    missing matplotlib costs the PNG only."""
+    if t0 is not None:
+        results["seconds"] = time.perf_counter() - t0
+    print(render(results), flush=True)
+    d = out_dir(out)
+    path = save_json(results, d, stem)
+    png, made = d / f"{stem}.png", False
+    if plot is not None:
+        try:
+            made = plot(results, png)
+        except Exception as e:  # the numbers matter more than the picture
+            print(f"(no PNG: {type(e).__name__}: {e})")
+    secs = f"  [{results['seconds']:.1f} s]" if "seconds" in results else ""
+    print(f"\nwrote {path}" + (f" and {png}" if made else " (no PNG)") + secs, flush=True)
     return path
 
 

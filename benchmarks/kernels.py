@@ -1,4 +1,4 @@
-"""Each vitpose_kernels op against its peers, forward and forward+backward, beside its roofline floor.
+"""Each vitpose_kernels op against its peers, forward and forward+backward, beside its floors.
 
     python benchmarks/kernels.py                 # on a GPU: every op, bf16
     python benchmarks/kernels.py --smoke         # tiny shapes on CPU: checks the harness, not speed
@@ -7,27 +7,38 @@
 window_attention (the Table 5 shapes at 32x24 tokens, full attention at 192, 768 and 3888 tokens,
 192 tokens + a knowledge token) against
   reference   vitpose_kernels' reference ops (cells by pad/reshape, logits materialized)
-  sdpa        F.scaled_dot_product_attention over [k, pooled k] with the equivalent boolean mask
-              (no mask, hence the flash kernel, for plain full attention)
+  sdpa flash  F.scaled_dot_product_attention forced to its flash backend
+              (torch.nn.attention.sdpa_kernel) for plain full attention
+  sdpa masked F.scaled_dot_product_attention over [k, pooled k] with the equivalent boolean mask
+              (its own backend choice: flash takes no mask)
   flex        FlexAttention, torch.compile'd, with the equivalent mask_mod (pooled tokens
               concatenated as extra keys); the block mask is built once, outside the timing
   triton/cuda our fused backends, forced; skipped with the dispatcher's reasons where unavailable.
 simple_decoder (ReLU, bilinear x4, 3x3 conv) against the reference (interpolate + cuDNN conv over
-the upsampled map). decode_heatmaps against transformers' VitPoseImageProcessor
-.post_process_pose_estimation (NumPy, CPU).
+the upsampled map). decode_heatmaps (1024 instances x 17 keypoints, flip merge) on the GPU against
+transformers' VitPoseImageProcessor.post_process_pose_estimation (NumPy, this machine's CPU).
 
-Floors: time >= max(bytes that must move / measured copy bandwidth, useful FLOPs / measured matmul
-peak). Attention FLOPs count only allowed (query, key) pairs: 4*D per pair forward (QK^T and PV),
-14*D per pair forward+backward (FlashAttention-2 style, scores recomputed: 7 matmuls). Bytes: q, k,
-v read and out written forward; plus out, dout, lse read and dq, dk, dv written backward.
+Two floors per measurement, from the measured copy bandwidth and matmul peak:
+  bw floor    the bytes that must move / bandwidth. Attention forward: q, k, v read once and out
+              written once; forward+backward adds out, dout, lse read and dq, dk, dv written.
+  flop floor  useful FLOPs / matmul peak. Attention counts only allowed (query, key) pairs: 4*D
+              per pair forward (QK^T, PV), 14*D forward+backward (FlashAttention-2: 7 matmuls).
+On a GPU, forward+backward also records its peak memory: inputs (q, k, v, dout) plus the peak
+allocated above them, over the bytes of q, k, v, out and their gradients (issue 4: <= 1.10).
+The run ends with the issues' targets (4, 5, 6, 7), each PASS, MISS or n/a.
+
+Measurements run in order of importance (the targets' rows first, FlexAttention's compiles and
+the remaining shapes last), so a spent --budget-s or a SIGTERM drops the least useful; the JSON is
+written either way.
 """
 from __future__ import annotations
 
 import argparse
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +52,7 @@ from vitpose_kernels.reference import pooled_tokens  # noqa: E402
 from vitpose_kernels.reference.window_attention import _cell_padding  # noqa: E402  (the spec's geometry)
 
 OURS = ("triton", "cuda")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 # ----------------------------------------------------------------------------- cases
@@ -56,26 +68,31 @@ class AttnCase:
     shift: tuple = (0, 0)
     pool: bool = False
     num_global: int = 0
+    role: str = ""  # "target": issue 4/6's window case; "full192"/"full768": the SDPA comparisons
 
     @property
     def N(self) -> int:
         return self.num_global + self.grid[0] * self.grid[1]
 
+    def kwargs(self) -> dict:
+        return dict(grid=self.grid, window=self.window, shift=self.shift, pool=self.pool,
+                    num_global=self.num_global)
+
 
 def attention_cases(smoke: bool) -> list[AttnCase]:
     if smoke:
-        return [AttnCase("smoke full 8x6", 2, 2, 16, (8, 6)),
-                AttnCase("smoke window 4x4 shift+pool", 2, 2, 16, (8, 6), (4, 4), (2, 2), True),
+        return [AttnCase("smoke full 8x6", 2, 2, 16, (8, 6), role="full192"),
+                AttnCase("smoke window 4x4 shift+pool", 2, 2, 16, (8, 6), (4, 4), (2, 2), True, role="target"),
                 AttnCase("smoke full + 1 global", 2, 2, 16, (8, 6), num_global=1)]
     t5 = dict(B=64, H=12, D=64, grid=(32, 24))
     return [
-        AttnCase("T5 full 32x24 (768 tok)", **t5),
+        AttnCase("T5 full 32x24 (768 tok)", **t5, role="full768"),
         AttnCase("T5 window 8x8", **t5, window=(8, 8)),
         AttnCase("T5 window 8x8 shift", **t5, window=(8, 8), shift=(4, 4)),
         AttnCase("T5 window 8x8 pool", **t5, window=(8, 8), pool=True),
-        AttnCase("T5 window 8x8 shift+pool", **t5, window=(8, 8), shift=(4, 4), pool=True),
+        AttnCase("T5 window 8x8 shift+pool", **t5, window=(8, 8), shift=(4, 4), pool=True, role="target"),
         AttnCase("T5 window 16x12 shift+pool", **t5, window=(16, 12), shift=(8, 6), pool=True),
-        AttnCase("full 16x12 (192 tok)", 64, 12, 64, (16, 12)),
+        AttnCase("full 16x12 (192 tok)", 64, 12, 64, (16, 12), role="full192"),
         AttnCase("full 192 tok + knowledge token", 64, 12, 64, (16, 12), num_global=1),
         AttnCase("full 72x54 (3888 tok)", 4, 12, 64, (72, 54)),
     ]
@@ -121,140 +138,145 @@ def extra_keys(k, v, spec):
 
 # ----------------------------------------------------------------------------- window_attention
 
-def make_qkv(case: AttnCase, dtype, device, requires_grad):
+def make_qkv(case: AttnCase, dtype, device, requires_grad=False):
     # The model's layout: one qkv projection (B, N, 3, H, D) read as strided views.
+    torch.manual_seed(0)
     qkv = torch.randn(case.B, case.N, 3, case.H, case.D, device=device, dtype=dtype)
     qkv.requires_grad_(requires_grad)
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
     return qkv, q, k, v
 
 
-def attention_peers(case: AttnCase, spec, device, smoke: bool, with_flex: bool = True) -> dict:
-    """name -> (fn(q, k, v) or None, reason when None)."""
-    kwargs = dict(grid=case.grid, window=case.window, shift=case.shift, pool=case.pool,
-                  num_global=case.num_global)
-    peers = {"reference": (lambda q, k, v: vitpose_kernels.window_attention(q, k, v, **kwargs,
-                                                                            backend="reference"), "")}
+@dataclass
+class AttnSetup:
+    """What every peer of one case shares: the spec, the equivalent mask's cell ids, the floors,
+    and the reference output (computed once, for the error column)."""
+    case: AttnCase
+    spec: object
+    q_ids: torch.Tensor
+    k_ids: torch.Tensor
+    floor: dict
+    want: torch.Tensor | None = None
+    want_error: str = ""
+
+    def reference_out(self, dtype, device):
+        if self.want is None and not self.want_error:
+            try:
+                _, q, k, v = make_qkv(self.case, dtype, device)
+                self.want = vitpose_kernels.window_attention(q, k, v, **self.case.kwargs(), backend="reference")
+            except Exception as e:
+                self.want_error = common.skip_reason(e)
+        return self.want
+
+
+def attention_setup(case: AttnCase, dtype, device, peaks) -> AttnSetup:
+    _, q, k, v = make_qkv(case, dtype, device)
+    spec = _validate.window_attention_spec(q, k, v, **case.kwargs(), rel_pos_h=None, rel_pos_w=None, scale=None)
     q_ids, k_ids = cell_ids(case, spec, device)
-    plain_full = spec.full and not spec.pool and case.num_global == 0
-    mask = None if plain_full else allowed(q_ids[:, None], k_ids[None, :])
-
-    def sdpa(q, k, v):
-        kx, vx = extra_keys(k, v, spec)
-        return F.scaled_dot_product_attention(q, kx, vx, attn_mask=mask, scale=spec.scale)
-
-    peers["sdpa" + ("" if plain_full else " (masked)")] = (sdpa, "")
-    peers["flex (compiled)"] = (flex_peer(case, spec, q_ids, k_ids, device, smoke) if with_flex
-                                else (None, "not built in this pass"))
-    for name in OURS:
-        peers[name] = (lambda q, k, v, _n=name: vitpose_kernels.window_attention(q, k, v, **kwargs, backend=_n), "")
-    return peers
+    return AttnSetup(case, spec, q_ids, k_ids, attention_floor(case, q_ids, k_ids, q.element_size(), peaks))
 
 
-def flex_peer(case, spec, q_ids, k_ids, device, smoke):
+def attention_floor(case: AttnCase, q_ids, k_ids, itemsize: int, peaks: dict) -> dict:
+    pairs = float(allowed(q_ids[:, None], k_ids[None, :]).sum()) * case.B * case.H
+    bhnd = case.B * case.H * case.N * case.D * itemsize  # one of q, k, v, out, dq, ...
+    lse = case.B * case.H * case.N * 4
+    fwd_bytes = 4 * bhnd  # q, k, v read, out written
+    bwd_bytes = 5 * bhnd + lse + 3 * bhnd  # q, k, v, out, dout, lse read; dq, dk, dv written
+    flops = {"fwd": 4 * case.D * pairs, "fwdbwd": 14 * case.D * pairs}
+    nbytes = {"fwd": fwd_bytes, "fwdbwd": fwd_bytes + lse + bwd_bytes}
+    out = {"fwd_gflop": flops["fwd"] / 1e9, "fwd_mbytes": nbytes["fwd"] / 1e6,
+           "fwdbwd_gflop": flops["fwdbwd"] / 1e9, "fwdbwd_mbytes": nbytes["fwdbwd"] / 1e6,
+           "qkv_out_and_grads_bytes": 8 * bhnd, "one_tensor_bytes": bhnd}
+    for phase in ("fwd", "fwdbwd"):
+        out.update(common.floors(flops[phase], nbytes[phase], peaks, phase))
+    return out
+
+
+def attention_fn(setup: AttnSetup, peer: str, device, smoke: bool):
+    """fn(q, k, v) for a peer, or raise NotImplementedError with the reason it cannot run."""
+    case, spec = setup.case, setup.spec
+    if peer in ("reference",) + OURS:
+        return lambda q, k, v: vitpose_kernels.window_attention(q, k, v, **case.kwargs(), backend=peer)
+    if peer == "sdpa flash":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        def sdpa_flash(q, k, v):
+            with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+                return F.scaled_dot_product_attention(q, k, v, scale=spec.scale)
+        return sdpa_flash
+    if peer == "sdpa masked":
+        mask = allowed(setup.q_ids[:, None], setup.k_ids[None, :])
+
+        def sdpa(q, k, v):
+            kx, vx = extra_keys(k, v, spec)
+            return F.scaled_dot_product_attention(q, kx, vx, attn_mask=mask, scale=spec.scale)
+        return sdpa
+    if peer == "flex (compiled)":
+        return flex_fn(setup, device, smoke)
+    raise ValueError(peer)
+
+
+def flex_fn(setup: AttnSetup, device, smoke: bool):
     if smoke or device.type != "cuda":
-        return None, "FlexAttention is timed compiled on a GPU only"
+        raise NotImplementedError("FlexAttention is timed compiled on a GPU only")
     try:
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
     except ImportError as e:
-        return None, f"torch.nn.attention.flex_attention unavailable: {e}"
+        raise NotImplementedError(f"torch.nn.attention.flex_attention unavailable: {e}") from None
+    q_ids, k_ids, spec = setup.q_ids, setup.k_ids, setup.spec
 
     def mask_mod(b, h, q_idx, kv_idx):
         return allowed(q_ids[q_idx], k_ids[kv_idx])
 
-    block_mask = create_block_mask(mask_mod, B=None, H=None, Q_LEN=case.N, KV_LEN=len(k_ids), device=device)
+    block_mask = create_block_mask(mask_mod, B=None, H=None, Q_LEN=setup.case.N, KV_LEN=len(k_ids), device=device)
     compiled = torch.compile(flex_attention, dynamic=False)
 
     def flex(q, k, v):
         kx, vx = extra_keys(k, v, spec)
         return compiled(q, kx, vx, block_mask=block_mask, scale=spec.scale)
 
-    return flex, ""
+    return flex
 
 
-def attention_floor(case: AttnCase, q_ids, k_ids, itemsize: int, peaks: dict) -> dict:
-    pairs = float(allowed(q_ids[:, None], k_ids[None, :]).sum()) * case.B * case.H
-    bhnd = case.B * case.H * case.N * case.D * itemsize
-    lse = case.B * case.H * case.N * 4
-    fwd = dict(flops=4 * case.D * pairs, bytes=4 * bhnd)
-    bwd = dict(flops=14 * case.D * pairs, bytes=4 * bhnd + 3 * bhnd + 2 * lse + 3 * bhnd)
-    return {"fwd_ms": common.floor_ms(fwd["flops"], fwd["bytes"], peaks),
-            "fwdbwd_ms": common.floor_ms(bwd["flops"], bwd["bytes"], peaks),
-            "fwd_gflop": fwd["flops"] / 1e9, "fwd_mbytes": fwd["bytes"] / 1e6}
+def attention_peers(case: AttnCase) -> list[str]:
+    plain_full = case.window is None and not case.pool and case.num_global == 0
+    return ["reference", "sdpa flash" if plain_full else "sdpa masked", "flex (compiled)", *OURS]
 
 
-def bench_attention(args, device, dtype, peaks) -> list[dict]:
-    """Every case with every peer; FlexAttention (a compile per shape) in a second pass, so that a
-    spent --budget-s costs the compiled peer's rows first."""
-    cases = []
-    for case in attention_cases(args.smoke):
-        torch.manual_seed(0)
-        _, q, k, v = make_qkv(case, dtype, device, requires_grad=False)
-        spec = _validate.window_attention_spec(q, k, v, grid=case.grid, window=case.window, shift=case.shift,
-                                               pool=case.pool, num_global=case.num_global,
-                                               rel_pos_h=None, rel_pos_w=None, scale=None)
-        q_ids, k_ids = cell_ids(case, spec, device)
-        cases.append((case, spec, attention_floor(case, q_ids, k_ids, q.element_size(), peaks)))
-    rows = []
-    for flex_pass in (False, True):
-        for case, spec, floor in cases:
-            peers = {name: peer for name, peer in attention_peers(case, spec, device, args.smoke, flex_pass).items()
-                     if name.startswith("flex") == flex_pass}
-            if not peers:
-                continue
-            torch.manual_seed(0)
-            _, q, k, v = make_qkv(case, dtype, device, requires_grad=False)
-            want = vitpose_kernels.window_attention(q, k, v, grid=case.grid, window=case.window, shift=case.shift,
-                                                    pool=case.pool, num_global=case.num_global, backend="reference")
-            for peer, (fn, why) in peers.items():
-                row = {"op": "window_attention", "case": case.name, "peer": peer, "floor": floor,
-                       "shape": f"B{case.B} H{case.H} N{case.N} D{case.D}"}
-                if args.budget.left() <= 0:
-                    row["skipped"] = "time budget spent (--budget-s)"
-                else:
-                    row.update(_run_attention(fn, why, case, dtype, device, want, args))
-                rows.append(row)
-                _progress(row)
-            del q, k, v, want
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-    order = {c.name: i for i, (c, _, _) in enumerate(cases)}
-    return sorted(rows, key=lambda r: order[r["case"]])  # stable: peers keep their order per case
-
-
-def _run_attention(fn, why, case, dtype, device, want, args) -> dict:
-    if fn is None:
-        return {"skipped": why}
-    try:
-        torch.manual_seed(0)
-        qkv, q, k, v = make_qkv(case, dtype, device, requires_grad=False)
-        out = fn(q, k, v)
-        err = (out.float() - want.float()).abs().max().item()
-        res = {"max_abs_err_vs_reference": err,
-               "fwd": common.bench(lambda: fn(q, k, v), device=device, rep=args.rep,
-                                   max_seconds=args.max_seconds)}
-        if not args.no_backward:
-            qkv.requires_grad_(True)
-            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-            grad = torch.randn_like(want)
-
-            def step():
-                qkv.grad = None
-                fn(q, k, v).backward(grad)
-
-            res["fwdbwd"] = common.bench(step, device=device, rep=args.rep, max_seconds=args.max_seconds)
+def run_attention(setup: AttnSetup, peer: str, dtype, device, args) -> dict:
+    case = setup.case
+    fn = attention_fn(setup, peer, device, args.smoke)
+    _, q, k, v = make_qkv(case, dtype, device)
+    out = fn(q, k, v)
+    res = {}
+    want = setup.reference_out(dtype, device)
+    if want is not None:
+        res["max_abs_err_vs_reference"] = (out.float() - want.float()).abs().max().item()
+    res["fwd"] = common.bench(lambda: fn(q, k, v), device=device, rep=args.rep, max_seconds=args.max_seconds)
+    if args.no_backward:
         return res
-    except NotImplementedError as e:  # a forced backend that cannot serve the call: its reasons
-        return {"skipped": " ".join(str(e).split())}
-    except torch.cuda.OutOfMemoryError:
-        return {"skipped": "out of memory"}
-    except Exception as e:  # a peer that breaks must not hide the others' numbers
-        return {"skipped": f"error: {type(e).__name__}: {' '.join(str(e).split())[:300]}"}
+    del out
+    qkv, q, k, v = make_qkv(case, dtype, device, requires_grad=True)
+    grad = torch.randn(case.B, case.H, case.N, case.D, device=device, dtype=dtype)
+
+    def step():
+        qkv.grad = None
+        fn(q, k, v).backward(grad)
+
+    res["fwdbwd"] = common.bench(step, device=device, rep=args.rep, max_seconds=args.max_seconds)
+    qkv.grad = None
+    mem = common.peak_memory(step, device)
+    if mem is not None:
+        inputs = qkv.numel() * qkv.element_size() + grad.numel() * grad.element_size()
+        res["fwdbwd_memory"] = {**mem, "inputs_bytes": inputs,
+                                "ratio_to_qkv_out_grads": (inputs + mem["peak_above_before_bytes"])
+                                / setup.floor["qkv_out_and_grads_bytes"]}
+    return res
 
 
 # ----------------------------------------------------------------------------- simple_decoder
 
-def bench_simple_decoder(args, device, dtype, peaks) -> list[dict]:
+def decoder_job(args, device, dtype, peaks):
     B, C, h, w, K, s = (2, 8, 8, 6, 5, 4) if args.smoke else (64, 768, 16, 12, 17, 4)
     torch.manual_seed(0)
     x = torch.randn(B, C, h, w, device=device, dtype=dtype)
@@ -265,44 +287,35 @@ def bench_simple_decoder(args, device, dtype, peaks) -> list[dict]:
     # Upsampling is linear, so the 9 taps can be applied at low resolution: the FLOP floor.
     fwd_flops = 2 * B * h * w * C * 9 * K
     fwd_bytes = (x.numel() + weight.numel() + out_numel) * item
-    floor = {"fwd_ms": common.floor_ms(fwd_flops, fwd_bytes, peaks),
-             "fwdbwd_ms": common.floor_ms(3 * fwd_flops, 2 * fwd_bytes + (x.numel() + out_numel) * item, peaks),
-             "fwd_gflop": fwd_flops / 1e9, "fwd_mbytes": fwd_bytes / 1e6,
+    floor = {"fwd_gflop": fwd_flops / 1e9, "fwd_mbytes": fwd_bytes / 1e6,
              "reference_conv_gflop": 2 * out_numel * C * 9 / 1e9}
-    want = vitpose_kernels.simple_decoder(x, weight, bias, scale_factor=s, backend="reference")
-    peers = {"reference (interpolate + cuDNN conv)" if device.type == "cuda" else "reference (interpolate + conv)":
-             lambda x_, w_, b_: vitpose_kernels.simple_decoder(x_, w_, b_, scale_factor=s, backend="reference")}
-    for name in OURS:
-        peers[name] = lambda x_, w_, b_, _n=name: vitpose_kernels.simple_decoder(x_, w_, b_, scale_factor=s, backend=_n)
-    rows = []
-    for peer, fn in peers.items():
-        row = {"op": "simple_decoder", "case": f"B{B} C{C} {h}x{w} -> K{K} {h * s}x{w * s}", "peer": peer,
-               "floor": floor, "shape": f"x {tuple(x.shape)}"}
-        if args.budget.left() <= 0:
-            rows.append({**row, "skipped": "time budget spent (--budget-s)"})
-            continue
-        try:
-            out = fn(x, weight, bias)
-            row["max_abs_err_vs_reference"] = (out.float() - want.float()).abs().max().item()
-            row["fwd"] = common.bench(lambda: fn(x, weight, bias), device=device, rep=args.rep,
-                                      max_seconds=args.max_seconds)
-            if not args.no_backward:
-                xg, wg, bg = (t.detach().clone().requires_grad_(True) for t in (x, weight, bias))
-                grad = torch.randn_like(want)
+    floor.update(common.floors(fwd_flops, fwd_bytes, peaks, "fwd"))
+    # backward: dx and dweight (2 more contractions), reading dout and x again, writing dx
+    floor.update(common.floors(3 * fwd_flops, 2 * fwd_bytes + (x.numel() + out_numel) * item, peaks, "fwdbwd"))
+    case = f"B{B} C{C} {h}x{w} -> K{K} {h * s}x{w * s}"
+    state = {}
 
-                def step():
-                    xg.grad = wg.grad = bg.grad = None
-                    fn(xg, wg, bg).backward(grad)
+    def run(peer):
+        fn = lambda x_, w_, b_: vitpose_kernels.simple_decoder(x_, w_, b_, scale_factor=s, backend=peer)  # noqa: E731
+        if "want" not in state:
+            state["want"] = vitpose_kernels.simple_decoder(x, weight, bias, scale_factor=s, backend="reference")
+        want = state["want"]
+        res = {"max_abs_err_vs_reference": (fn(x, weight, bias).float() - want.float()).abs().max().item(),
+               "fwd": common.bench(lambda: fn(x, weight, bias), device=device, rep=args.rep,
+                                   max_seconds=args.max_seconds)}
+        if not args.no_backward:
+            xg, wg, bg = (t.detach().clone().requires_grad_(True) for t in (x, weight, bias))
+            grad = torch.randn_like(want)
 
-                row["fwdbwd"] = common.bench(step, device=device, rep=args.rep,
-                                             max_seconds=args.max_seconds)
-        except NotImplementedError as e:
-            row = {**row, "skipped": " ".join(str(e).split())}
-        except Exception as e:
-            row = {**row, "skipped": f"error: {type(e).__name__}: {' '.join(str(e).split())[:300]}"}
-        rows.append(row)
-        _progress(row)
-    return rows
+            def step():
+                xg.grad = wg.grad = bg.grad = None
+                fn(xg, wg, bg).backward(grad)
+
+            res["fwdbwd"] = common.bench(step, device=device, rep=args.rep, max_seconds=args.max_seconds)
+        return res
+
+    ref_name = "reference (interpolate + cuDNN conv)" if device.type == "cuda" else "reference (interpolate + conv)"
+    return case, floor, [(ref_name, lambda: run("reference"))] + [(n, lambda _n=n: run(_n)) for n in OURS]
 
 
 # ----------------------------------------------------------------------------- decode_heatmaps
@@ -317,8 +330,11 @@ def hf_post_processor():
         return None, None, f"transformers VitPose unavailable: {type(e).__name__}: {e}"
 
 
-def bench_decode(args, device, peaks) -> list[dict]:
-    B, K, Hh, Wh = (4, 17, 64, 48) if args.smoke else (64, 17, 64, 48)
+def decode_jobs(args, device, dtype, peaks):
+    """(case, peer, device, run, floor) for: ours on the GPU with and without flip, the reference
+    (on the GPU; on the CPU where there is no GPU) and transformers' post-processing on the CPU."""
+    B = args.decode_batch or (4 if args.smoke else 1024 if device.type == "cuda" else 64)
+    K, Hh, Wh = 17, 64, 48
     torch.manual_seed(0)
     heat_cpu = torch.rand(B, K, Hh, Wh)
     flip_cpu = torch.rand(B, K, Hh, Wh)
@@ -326,72 +342,213 @@ def bench_decode(args, device, peaks) -> list[dict]:
     scales = torch.rand(B, 2) * 200 + 100
     flip_indices = list(range(K))
     try:
-        vp = common.import_vitpose("COCO_FLIP_INDICES")
-        flip_indices = list(vp.COCO_FLIP_INDICES)
+        flip_indices = list(common.import_vitpose("COCO_FLIP_INDICES").COCO_FLIP_INDICES)
     except ImportError:
         pass
-    floor_bytes = heat_cpu.numel() * 4
-    rows = []
-
-    def add(peer, dev, fn, note=""):
-        row = {"op": "decode_heatmaps", "case": f"B{B} K{K} {Hh}x{Wh}" + note, "peer": peer, "device": dev.type,
-               "floor": {"fwd_ms": common.floor_ms(0, floor_bytes * (2 if "flip" in note else 1), peaks)
-                         if dev.type == device.type else None}}
-        if args.budget.left() <= 0:
-            row["skipped"] = "time budget spent (--budget-s)"
-            rows.append(row)
-            return
-        try:
-            fn()
-            row["fwd"] = common.bench(fn, device=dev, rep=args.rep, max_seconds=args.max_seconds)
-        except NotImplementedError as e:
-            row["skipped"] = " ".join(str(e).split())
-        except Exception as e:
-            row["skipped"] = f"error: {type(e).__name__}: {' '.join(str(e).split())[:300]}"
-        rows.append(row)
-        _progress(row)
-
-    devices = [torch.device("cpu")] + ([device] if device.type == "cuda" else [])
-    for dev in devices:
-        h, fh, c, s = (t.to(dev) for t in (heat_cpu, flip_cpu, centers, scales))
-        for name in ("reference",) + OURS:
-            if dev.type == "cpu" and name != "reference":
+    hdt = dtype if device.type == "cuda" else torch.float32
+    h, fh, c, s = heat_cpu.to(device, hdt), flip_cpu.to(device, hdt), centers.to(device), scales.to(device)
+    base = f"B{B} K{K} {Hh}x{Wh}"
+    jobs = []
+    for flip in (True, False):
+        case = base + (" + flip" if flip else "")
+        nbytes = h.numel() * h.element_size() * (2 if flip else 1) + B * K * 3 * 4
+        floor = common.floors(0, nbytes, peaks, "fwd")
+        kw = dict(flip_heatmaps=fh, flip_indices=flip_indices) if flip else {}
+        for name in OURS + ("reference",):
+            if device.type == "cpu" and name != "reference":
                 continue
-            add(f"{name} [{dev.type}]", dev, lambda _n=name: vitpose_kernels.decode_heatmaps(
-                h, bbox_centers=c, bbox_scales=s, backend=_n))
-            add(f"{name} [{dev.type}]", dev, lambda _n=name: vitpose_kernels.decode_heatmaps(
-                h, flip_heatmaps=fh, flip_indices=flip_indices, bbox_centers=c, bbox_scales=s, backend=_n),
-                note=" + flip")
+            jobs.append((case, f"{name} [{device.type}]", device, floor, lambda _n=name, _kw=kw: (
+                lambda: vitpose_kernels.decode_heatmaps(h, **_kw, bbox_centers=c, bbox_scales=s, backend=_n))))
     proc, out_cls, why = hf_post_processor()
     boxes = [[[float(cx - sx / 2), float(cy - sy / 2), float(sx), float(sy)]]
              for (cx, cy), (sx, sy) in zip(centers.tolist(), scales.tolist())]
-    if proc is None:
-        rows.append({"op": "decode_heatmaps", "case": f"B{B} K{K} {Hh}x{Wh}", "peer": "transformers [cpu]",
-                     "skipped": why})
-    else:
-        add("transformers post_process_pose_estimation [cpu]", torch.device("cpu"),
-            lambda: proc.post_process_pose_estimation(out_cls(heatmaps=heat_cpu), boxes))
-    return rows
+
+    def hf():
+        if proc is None:
+            raise NotImplementedError(why)
+        return lambda: proc.post_process_pose_estimation(out_cls(heatmaps=heat_cpu), boxes)
+
+    jobs.append((base + " (no flip: it has none)", "transformers post_process_pose_estimation [cpu]",
+                 torch.device("cpu"), None, hf))
+    return B, jobs
+
+
+# ----------------------------------------------------------------------------- the run
+
+@dataclass
+class Job:
+    op: str
+    case: str
+    peer: str
+    run: Callable[[], dict]
+    priority: int
+    order: tuple
+    need_s: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+
+def plan(args, ops, device, dtype, peaks) -> list[Job]:
+    """Every measurement, with its priority: 0 the window case of issues 4/6, 1 the SDPA
+    comparisons, 2 the decoder, 3 decoding, 5 FlexAttention on the target case, 6 the rest, 7
+    FlexAttention elsewhere. Within a priority, the display order."""
+    jobs = []
+    gpu = device.type == "cuda"
+    if "attention" in ops:
+        for ci, case in enumerate(attention_cases(args.smoke)):
+            setup_cache = {}
+
+            def setup(_case=case, _cache=setup_cache):
+                if "s" not in _cache:
+                    _cache["s"] = attention_setup(_case, dtype, device, peaks)
+                return _cache["s"]
+
+            for pi, peer in enumerate(attention_peers(case)):
+                flex = peer.startswith("flex")
+                if case.role == "target":
+                    prio = 5 if flex else 6 if peer.startswith("sdpa") else 0
+                elif case.role in ("full192", "full768"):
+                    prio = 7 if flex else 6 if peer == "reference" else 1
+                else:
+                    prio = 7 if flex else 6
+                run = (lambda _s=setup, _p=peer: {"floor": _s().floor, "shape":
+                       f"B{_s().case.B} H{_s().case.H} N{_s().case.N} D{_s().case.D}",
+                       **run_attention(_s(), _p, dtype, device, args)})
+                jobs.append(Job("window_attention", case.name, peer, run, prio, (0, ci, pi),
+                                need_s=40.0 if flex and gpu else 0.0, extra={"role": case.role}))
+    if "decoder" in ops:
+        case, floor, peers = decoder_job(args, device, dtype, peaks)
+        for pi, (peer, run) in enumerate(peers):
+            jobs.append(Job("simple_decoder", case, peer, lambda _r=run, _f=floor: {"floor": _f, **_r()}, 2,
+                            (1, 0, pi)))
+    if "decode" in ops:
+        B, djobs = decode_jobs(args, device, dtype, peaks)
+        for pi, (case, peer, dev, floor, factory) in enumerate(djobs):
+            prio = 6 if peer.startswith("reference") and gpu else 3
+
+            def run(_dev=dev, _f=floor, _factory=factory):
+                fn = _factory()
+                fn()
+                reps = args.rep if _dev.type == "cuda" else min(args.rep, 5)
+                return {"floor": _f, "device": _dev.type,
+                        "fwd": common.bench(fn, device=_dev, warmup=1 if _dev.type == "cpu" else 3, rep=reps,
+                                            max_seconds=args.max_seconds)}
+            jobs.append(Job("decode_heatmaps", case, peer, run, prio, (2, 0, pi), extra={"instances": B}))
+    return sorted(jobs, key=lambda j: j.priority)  # stable: display order within a priority
+
+
+def run_jobs(jobs: list[Job], rows: list, budget: common.Budget, device) -> None:
+    for job in jobs:
+        row = {"op": job.op, "case": job.case, "peer": job.peer, **job.extra, "_order": job.order}
+        if not budget.allows(job.need_s):
+            row["skipped"] = budget.skip_reason(job.need_s)
+        else:
+            try:
+                row.update(job.run())
+            except common.Interrupted:
+                raise
+            except Exception as e:  # a peer that breaks must not hide the others' numbers
+                row["skipped"] = common.skip_reason(e)
+            finally:
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+        rows.append(row)
+        _progress(row)
+
+
+# ----------------------------------------------------------------------------- targets
+
+def find(rows, op, peer, *, role=None, case=None):
+    for r in rows:
+        if r["op"] == op and r["peer"] == peer and (role is None or r.get("role") == role) \
+                and (case is None or r["case"] == case) and "skipped" not in r:
+            return r
+    return None
+
+
+def _t(r, phase="fwd"):
+    return r[phase]["median_ms"] if r and phase in r else None
+
+
+def _ratio(a, b):
+    return None if a is None or b is None or not b else a / b
+
+
+def targets(rows, smoke: bool) -> list[dict]:
+    """Issues 4-7's performance goals, from the rows of this run."""
+    out = []
+    names = {c.role: c.name for c in attention_cases(smoke) if c.role}
+    wa = "window_attention"
+    ref = find(rows, wa, "reference", role="target")
+    flex = find(rows, wa, "flex (compiled)", role="target")
+    tri = find(rows, wa, "triton", role="target")
+    cud = find(rows, wa, "cuda", role="target")
+    name = names.get("target", "target")
+    for backend, r, issue, vs_flex, floor_x in (("triton", tri, 4, 1.5, 2.0), ("cuda", cud, 6, 1.5, 1.5)):
+        for ph in ("fwd", "fwdbwd"):
+            if backend == "triton":
+                out.append(common.check(4, f"{name} {ph}: triton vs reference", _ratio(_t(ref, ph), _t(r, ph)), 4))
+            else:
+                out.append(common.check(6, f"{name} {ph}: cuda vs triton", _ratio(_t(tri, ph), _t(r, ph)), 1.2))
+            out.append(common.check(issue, f"{name} {ph}: {backend} vs flex", _ratio(_t(flex, ph), _t(r, ph)), vs_flex))
+            bw = (r or {}).get("floor", {}).get(f"{ph}_bw_floor_ms")
+            out.append(common.check(issue, f"{name} {ph}: {backend} time / bandwidth floor",
+                                    _ratio(_t(r, ph), bw), floor_x, at_most=True))
+    for role in ("full192", "full768"):
+        sdpa = find(rows, wa, "sdpa flash", role=role)
+        for backend, issue, goal in (("triton", 4, 0.9), ("cuda", 6, 1.0)):
+            r = find(rows, wa, backend, role=role)
+            case = names.get(role, role)
+            for ph in ("fwd", "fwdbwd"):
+                out.append(common.check(issue, f"{case} {ph}: {backend} vs sdpa flash",
+                                        _ratio(_t(sdpa, ph), _t(r, ph)), goal))
+    for role in ("target", "full192", "full768"):
+        for backend, issue in (("triton", 4), ("cuda", 6)):
+            r = find(rows, wa, backend, role=role)
+            mem = (r or {}).get("fwdbwd_memory")
+            out.append(common.check(issue, f"{names.get(role, role)}: {backend} fwd+bwd peak / bytes of "
+                                    "q,k,v,out + grads", mem and mem["ratio_to_qkv_out_grads"], 1.10, at_most=True,
+                                    why_missing="not measured (GPU only)"))
+    dref = next((r for r in rows if r["op"] == "simple_decoder" and r["peer"].startswith("reference")
+                 and "skipped" not in r), None)
+    dtri, dcud = find(rows, "simple_decoder", "triton"), find(rows, "simple_decoder", "cuda")
+    for ph, goal in (("fwd", 5), ("fwdbwd", 3)):
+        out.append(common.check(5, f"simple_decoder {ph}: triton vs reference", _ratio(_t(dref, ph), _t(dtri, ph)), goal))
+        out.append(common.check(7, f"simple_decoder {ph}: cuda vs triton", _ratio(_t(dtri, ph), _t(dcud, ph)), 1.0))
+    hf = next((r for r in rows if r["op"] == "decode_heatmaps" and r["peer"].startswith("transformers")
+               and "skipped" not in r), None)
+    for backend, issue, ms in (("triton", 5, 1.0), ("cuda", 7, 0.5)):
+        r = next((r for r in rows if r["op"] == "decode_heatmaps" and r["peer"] == f"{backend} [cuda]"
+                  and r["case"].endswith("+ flip") and "skipped" not in r), None)
+        out.append(common.check(issue, f"decode {(r or {}).get('instances', 1024)}x17 + flip: {backend} ms",
+                                _t(r), ms, at_most=True, unit=" ms"))
+        out.append(common.check(issue, f"decode + flip: {backend} [cuda] instances/s vs transformers [cpu]",
+                                _ratio(_t(hf), _t(r)), 300))  # same instance count: a ratio of times
+    tri_dec = next((r for r in rows if r["op"] == "decode_heatmaps" and r["peer"] == "triton [cuda]"
+                    and r["case"].endswith("+ flip") and "skipped" not in r), None)
+    cud_dec = next((r for r in rows if r["op"] == "decode_heatmaps" and r["peer"] == "cuda [cuda]"
+                    and r["case"].endswith("+ flip") and "skipped" not in r), None)
+    out.append(common.check(7, "decode + flip: cuda vs triton", _ratio(_t(tri_dec), _t(cud_dec)), 1.0))
+    return out
 
 
 # ----------------------------------------------------------------------------- report
 
 def _progress(row):
     t = row.get("fwd", {}).get("median_ms")
-    print(f"  .. {row['op']:<16} {row['case']:<34} {row['peer']:<40} "
-          + (f"{t:.3f} ms" if t is not None else f"skipped: {row.get('skipped', '')[:80]}"), file=sys.stderr)
+    print(f"  .. {row['op']:<16} {row['case'][:34]:<34} {row['peer'][:40]:<40} "
+          + (f"{t:.3f} ms" if t is not None else f"skipped: {row.get('skipped', '')[:80]}"), file=sys.stderr,
+          flush=True)
 
 
 def render(results: dict) -> str:
     env, peaks = results["environment"], results["peaks"]
-    lines = [f"# kernels: {results['dtype']}, {'SMOKE (tiny shapes; timings mean nothing)' if results['smoke'] else 'full shapes'}",
+    lines = [f"# kernels: {results['dtype']}, {'SMOKE (tiny shapes; timings mean nothing)' if results['smoke'] else 'full shapes'}"
+             + (" -- INTERRUPTED, partial" if results.get("interrupted") else ""),
              f"# {common.environment_line(env)}",
-             f"# measured peaks: matmul {peaks['matmul_tflops']:.3g} TFLOP/s ({peaks['matmul_dtype']}), "
-             f"copy {peaks['copy_tbps'] * 1e3:.0f} GB/s"
-             + (f"; datasheet {peaks['nominal']['bf16_tflops']:.0f} TFLOP/s, {peaks['nominal']['hbm_tbps']:.2f} TB/s"
-                if peaks.get("nominal") else ""),
-             "# floor = max(bytes / measured bandwidth, useful FLOPs / measured matmul peak); "
-             "'% floor' = floor / time (100% = at the roofline); err = max |out - reference|"]
+             f"# measured peaks: {common.peaks_line(peaks)}",
+             "# bw = bytes that must move / measured bandwidth; flop = useful FLOPs / measured matmul peak; "
+             "'x bw' = time / bw floor (1 = at the floor); err = max |out - reference|; "
+             "mem = fwd+bwd peak / bytes of q,k,v,out + grads"]
     by_op = {}
     for r in results["rows"]:
         by_op.setdefault(r["op"], []).append(r)
@@ -403,21 +560,22 @@ def render(results: dict) -> str:
                 continue
             fl = r.get("floor") or {}
             f_ms, b_ms = r["fwd"]["median_ms"], r.get("fwdbwd", {}).get("median_ms")
-            body.append([r["case"], r["peer"], common.fmt(f_ms, ".3f"), common.fmt(fl.get("fwd_ms"), ".3f"),
-                         common.fmt(_pct(fl.get("fwd_ms"), f_ms), ".0f"),
-                         common.fmt(b_ms, ".3f"), common.fmt(fl.get("fwdbwd_ms"), ".3f"),
-                         common.fmt(_pct(fl.get("fwdbwd_ms"), b_ms), ".0f"),
+            mem = r.get("fwdbwd_memory")
+            body.append([r["case"], r["peer"], common.fmt(f_ms, ".3f"), common.fmt(fl.get("fwd_bw_floor_ms"), ".3f"),
+                         common.fmt(fl.get("fwd_flop_floor_ms"), ".3f"),
+                         common.fmt(_ratio(f_ms, fl.get("fwd_bw_floor_ms")), ".1f"),
+                         common.fmt(b_ms, ".3f"), common.fmt(fl.get("fwdbwd_bw_floor_ms"), ".3f"),
+                         common.fmt(fl.get("fwdbwd_flop_floor_ms"), ".3f"),
+                         common.fmt(_ratio(b_ms, fl.get("fwdbwd_bw_floor_ms")), ".1f"),
+                         common.fmt(mem and mem["ratio_to_qkv_out_grads"], ".2f"),
                          common.fmt(r.get("max_abs_err_vs_reference"), ".1e")])
         lines += ["", op, common.format_table(
-            ["case", "peer", "fwd ms", "floor", "% floor", "fwd+bwd ms", "floor", "% floor", "err"], body)]
+            ["case", "peer", "fwd ms", "bw", "flop", "x bw", "fwd+bwd ms", "bw", "flop", "x bw", "mem", "err"], body)]
         lines += skipped
+    lines += ["", common.render_checks(results.get("targets", []))]
     if results.get("notes"):
         lines += [""] + [f"# {n}" for n in results["notes"]]
     return "\n".join(lines)
-
-
-def _pct(floor, t):
-    return None if floor is None or not t else 100 * floor / t
 
 
 def plot(results: dict, path: Path) -> bool:
@@ -466,22 +624,21 @@ def plot(results: dict, path: Path) -> bool:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--ops", default="attention,decoder,decode", help="subset of attention,decoder,decode")
-    p.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16")
-    p.add_argument("--smoke", action="store_true", help="tiny shapes (CPU): exercises the harness only")
+    p.add_argument("--dtype", choices=tuple(DTYPES), default="bf16")
     p.add_argument("--no-backward", action="store_true", help="forward only")
-    p.add_argument("--rep", type=int, default=20, help="timed repetitions per measurement (median)")
     p.add_argument("--max-seconds", type=float, default=2.0, help="of timed reps per measurement")
-    p.add_argument("--budget-s", type=float, default=1e9,
-                   help="start no new measurement after this many seconds (rows say 'skipped'); JSON is still written")
-    p.add_argument("--out", default=None, help="directory for JSON + PNG (default benchmarks/results)")
+    p.add_argument("--decode-batch", type=int, default=None,
+                   help="instances to decode (default 1024 on a GPU, 64 on a CPU, 4 with --smoke)")
+    common.add_run_args(p, rep=20)
     args = p.parse_args(argv)
-    args.budget = common.Budget(args.budget_s)
+    common.stop_on_sigterm()
+    budget = common.Budget(args.budget_s)
     ops = {o.strip() for o in args.ops.split(",") if o.strip()}
     bad = ops - {"attention", "decoder", "decode"}
     if bad:
         p.error(f"--ops: unknown {sorted(bad)}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    dtype = DTYPES[args.dtype]
     notes = []
     if device.type == "cpu":
         if not args.smoke:
@@ -497,29 +654,24 @@ def main(argv=None) -> int:
             print("\n".join(f"# {n}" for n in notes))
             return 0
     t0 = time.perf_counter()
-    print("measuring peaks ...", file=sys.stderr)
+    print("measuring peaks ...", file=sys.stderr, flush=True)
     peaks = common.measure_peaks(device, dtype if device.type == "cuda" else torch.float32)
     results = {"environment": common.environment(device), "dtype": str(dtype).replace("torch.", ""),
-               "smoke": args.smoke, "peaks": peaks, "rows": [], "notes": notes}
+               "smoke": args.smoke, "peaks": peaks, "rows": [], "notes": notes,
+               "budget_s": args.budget_s}
     try:
-        results["backends"] = {op: {b: (why or "available") for b, why in t.items()}
-                               for op, t in vitpose_kernels.backends().items()}
-    except Exception as e:
-        results["notes"].append(f"vitpose_kernels.backends() failed: {type(e).__name__}: {e}")
-    if "attention" in ops:
-        results["rows"] += bench_attention(args, device, dtype, peaks)
-    if "decoder" in ops:
-        results["rows"] += bench_simple_decoder(args, device, dtype, peaks)
-    if "decode" in ops:
-        results["rows"] += bench_decode(args, device, peaks)
-    results["seconds"] = time.perf_counter() - t0
-    print(render(results))
-    d = common.out_dir(args.out)
+        run_jobs(plan(args, ops, device, dtype, peaks), results["rows"], budget, device)
+    except common.Interrupted as e:
+        results["interrupted"] = str(e)
+        notes.append(f"interrupted ({e}): rows not run are missing")
+    results["rows"].sort(key=lambda r: r["_order"])
+    for r in results["rows"]:
+        r.pop("_order", None)
+    results["targets"] = targets(results["rows"], args.smoke)
+    if args.smoke or device.type != "cuda":
+        common.not_judged(results["targets"], "smoke run" if args.smoke else "no GPU")
     stem = f"kernels_{'gpu' if device.type == 'cuda' else 'cpu'}{'_smoke' if args.smoke else ''}_{results['dtype']}"
-    path = common.save_json(results, d, stem)
-    png = d / f"{stem}.png"
-    made = plot(results, png)
-    print(f"\nwrote {path}" + (f" and {png}" if made else "") + f"  [{results['seconds']:.1f} s]")
+    common.finish(results, args.out, stem, render, plot, t0)
     return 0
 
 
