@@ -38,7 +38,9 @@ HF_SIZES = {"S": (384, 12, 12), "B": (768, 12, 12), "L": (1024, 24, 16), "H": (1
 def ours(vp, size: str, backend, dtype, device, smoke: bool):
     cfg = vp.vitpose_config(size, backend=backend) if not smoke else vp.vitpose_config(
         size, embed_dim=64, depth=2, num_heads=2, backend=backend)
-    return vp.ViTPose(cfg).eval().to(device, dtype).fold_batchnorm()
+    with torch.device(device):  # initialized in place: ViT-H on the CPU takes seconds
+        model = vp.ViTPose(cfg)
+    return model.eval().to(device, dtype).fold_batchnorm()
 
 
 def hf_model(size: str, dtype, device, smoke: bool):
@@ -47,9 +49,10 @@ def hf_model(size: str, dtype, device, smoke: bool):
     bc = VitPoseBackboneConfig(hidden_size=C, num_hidden_layers=depth, num_attention_heads=heads,
                                intermediate_size=4 * C, image_size=[256, 192], patch_size=[16, 16])
     # The classic decoder (two deconvolutions), as ours and as the paper's Table 9 models.
-    model = VitPoseForPoseEstimation._from_config(VitPoseConfig(backbone_config=bc, num_labels=17,
-                                                                use_simple_decoder=False),
-                                                  attn_implementation="eager")
+    with torch.device(device):
+        model = VitPoseForPoseEstimation._from_config(VitPoseConfig(backbone_config=bc, num_labels=17,
+                                                                    use_simple_decoder=False),
+                                                      attn_implementation="eager")
     # VitPoseForPoseEstimation refuses attn_implementation="sdpa" (no flag on the wrapper), but its
     # backbone supports SDPA; switch the backbone, where attention runs.
     note = "SDPA"
@@ -120,10 +123,11 @@ def e2e_hf(model, n: int, device, dtype):
 
 # ----------------------------------------------------------------------------- the run
 
-def measure(rows, budget, what: dict, fn_factory, batch: int, device, flops_per_image, peaks, rep):
+def measure(rows, budget, what: dict, fn_factory, batch: int, device, flops_per_image, peaks, rep,
+            need_s: float = 0.0):
     row = {**what, "batch": batch}
-    if budget.left() <= 0:
-        row["skipped"] = "time budget spent (--budget-s)"
+    if not budget.allows(need_s):
+        row["skipped"] = budget.skip_reason(need_s)
     else:
         try:
             fn = fn_factory()
@@ -131,24 +135,25 @@ def measure(rows, budget, what: dict, fn_factory, batch: int, device, flops_per_
             row.update(ms=t["median_ms"], img_s=batch * 1e3 / t["median_ms"], timing=t)
             if flops_per_image and peaks:
                 row["roofline_frac"] = flops_per_image * row["img_s"] / (peaks["matmul_tflops"] * 1e12)
-        except torch.cuda.OutOfMemoryError:
-            row["skipped"] = "out of memory"
+        except common.Interrupted:
+            raise
         except Exception as e:
-            row["skipped"] = f"{type(e).__name__}: {' '.join(str(e).split())[:300]}"
+            row["skipped"] = common.skip_reason(e)
         finally:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     rows.append(row)
     print(f"  .. {row['size']} {row['variant']:<34} b{batch:<4} "
-          + (f"{row['img_s']:9.1f} img/s" if "img_s" in row else f"skipped: {row['skipped'][:90]}"), file=sys.stderr)
+          + (f"{row['img_s']:9.1f} img/s" if "img_s" in row else f"skipped: {row['skipped'][:90]}"),
+          file=sys.stderr, flush=True)
 
 
-def run(args, vp, device, dtype):
-    """Measurements in order of importance, so that a spent --budget-s drops the least useful:
-    the paper's batch 64 for every size first, then compiled peers, batch 256, end to end, batch 1."""
+def run(args, vp, device, dtype, rows, notes, peaks):
+    """Measurements in order of importance, so that a spent --budget-s (or a SIGTERM) drops the
+    least useful: the paper's batch 64 for every size; end to end and batch-1 latency for the
+    first size; transformers compiled; batch 256; the rest. rows and notes fill as it goes."""
     budget = common.Budget(args.budget_s)
-    peaks = common.measure_peaks(device, torch.bfloat16 if device.type == "cuda" else torch.float32)
-    rows, notes, models = [], [], {}
+    models = {}
     gpu = device.type == "cuda"
     x1 = torch.randn(1, 3, 256, 192, device=device, dtype=dtype)
 
@@ -169,57 +174,71 @@ def run(args, vp, device, dtype):
         return {"size": size, "variant": variant, "kind": kind,
                 "paper_fps": None if args.smoke else PAPER_FPS.get(size)}
 
-    def model_rows(batch, compiled: bool):
-        for size in args.sizes:
-            m = get(size)
-            x = torch.randn(batch, 3, 256, 192, device=device, dtype=dtype)
-            a = (batch, device, m["flops"], peaks, args.rep)
-            if compiled:
-                if gpu and m["hf"] is not None and not args.no_compile:
-                    m["compiled"] = m["compiled"] or torch.compile(m["hf"], dynamic=False)
-                    measure(rows, budget, base(size, "transformers torch.compile", "model"),
-                            lambda: (lambda: _infer(m["compiled"], x)), *a)
-                continue
-            if gpu:
-                measure(rows, budget, base(size, "ours fused + CUDA graph", "model"),
-                        lambda: graphed(m["fused"], x), *a)
-            measure(rows, budget, base(size, "ours fused, eager", "model"), lambda: (lambda: _infer(m["fused"], x)), *a)
-            measure(rows, budget, base(size, "ours reference ops", "model"), lambda: (lambda: _infer(m["ref"], x)), *a)
-            if m["hf"] is not None:
-                measure(rows, budget, base(size, "transformers eager", "model"),
-                        lambda: (lambda: _infer(m["hf"], x)), *a)
+    def model_rows(size, batch):
+        if not budget.allows():
+            return
+        m = get(size)
+        x = torch.randn(batch, 3, 256, 192, device=device, dtype=dtype)
+        a = (batch, device, m["flops"], peaks, args.rep)
+        if gpu:
+            measure(rows, budget, base(size, "ours fused + CUDA graph", "model"), lambda: graphed(m["fused"], x), *a)
+        measure(rows, budget, base(size, "ours fused, eager", "model"), lambda: (lambda: _infer(m["fused"], x)), *a)
+        measure(rows, budget, base(size, "ours reference ops", "model"), lambda: (lambda: _infer(m["ref"], x)), *a)
+        if m["hf"] is not None:
+            measure(rows, budget, base(size, "transformers eager", "model"), lambda: (lambda: _infer(m["hf"], x)), *a)
 
-    def e2e_rows():
-        n = args.batches[0]
-        for size in args.sizes:
-            m = get(size)
-            for flip in (False, True):
-                measure(rows, budget, base(size, f"e2e ours, flip {'on' if flip else 'off'}", "end-to-end"),
-                        lambda: e2e_ours(vp, m["fused"], flip, n, device), n, device, None, None, args.rep)
-            if m["hf"] is not None:
-                measure(rows, budget, base(size, "e2e transformers (processor on CPU)", "end-to-end"),
-                        lambda: e2e_hf(m["hf"], n, device, dtype), n, device, None, None, min(args.rep, 5))
+    def compiled_rows(size, batch):
+        if not (gpu and budget.allows() and not args.no_compile):
+            return
+        m = get(size)
+        if m["hf"] is None:
+            return
+        x = torch.randn(batch, 3, 256, 192, device=device, dtype=dtype)
 
-    def latency_rows():
-        for size in args.sizes:
-            m = get(size)
-            a = (1, device, m["flops"], peaks, args.rep)
-            measure(rows, budget, base(size, "ours fused, eager", "batch-1 latency"),
-                    lambda: (lambda: _infer(m["fused"], x1)), *a)
-            measure(rows, budget, base(size, "ours fused + CUDA graph", "batch-1 latency"),
-                    lambda: graphed(m["fused"], x1), *a)
+        def factory():
+            m["compiled"] = m["compiled"] or torch.compile(m["hf"], dynamic=False)
+            return lambda: _infer(m["compiled"], x)
+        measure(rows, budget, base(size, "transformers torch.compile", "model"), factory,
+                batch, device, m["flops"], peaks, args.rep, need_s=60.0)
+
+    def e2e_rows(size):
+        if args.no_e2e or not budget.allows():
+            return
+        m, n = get(size), args.batches[0]
+        for flip in (False, True):
+            measure(rows, budget, base(size, f"e2e ours, flip {'on' if flip else 'off'}", "end-to-end"),
+                    lambda: e2e_ours(vp, m["fused"], flip, n, device), n, device, None, None, args.rep)
+        if m["hf"] is not None:
+            measure(rows, budget, base(size, "e2e transformers (processor on CPU)", "end-to-end"),
+                    lambda: e2e_hf(m["hf"], n, device, dtype), n, device, None, None, min(args.rep, 5))
+
+    def latency_rows(size):
+        if not (gpu and budget.allows()):
+            return
+        m = get(size)
+        a = (1, device, m["flops"], peaks, args.rep)
+        measure(rows, budget, base(size, "ours fused, eager", "batch-1 latency"),
+                lambda: (lambda: _infer(m["fused"], x1)), *a)
+        measure(rows, budget, base(size, "ours fused + CUDA graph", "batch-1 latency"),
+                lambda: graphed(m["fused"], x1), *a)
 
     first, rest = args.batches[0], args.batches[1:]
-    model_rows(first, compiled=False)
-    model_rows(first, compiled=True)
+    lead = "B" if "B" in args.sizes else args.sizes[0]
+    for size in args.sizes:
+        model_rows(size, first)
+    e2e_rows(lead)
+    latency_rows(lead)
+    compiled_rows(lead, first)
     for batch in rest:
-        model_rows(batch, compiled=False)
-        model_rows(batch, compiled=True)
-    if not args.no_e2e:
-        e2e_rows()
-    if gpu:
-        latency_rows()
-    return rows, notes, peaks
+        for size in args.sizes:
+            model_rows(size, batch)
+    for size in args.sizes:
+        if size != lead:
+            e2e_rows(size)
+            latency_rows(size)
+            compiled_rows(size, first)
+    for batch in rest:
+        compiled_rows(lead, batch)
 
 
 def _infer(model, x):
@@ -230,10 +249,12 @@ def _infer(model, x):
 def render(results) -> str:
     peaks = results["peaks"]
     lines = [f"# throughput (Table 9): {results['dtype']}, 256x192"
-             + (", SMOKE (tiny model; numbers mean nothing)" if results["smoke"] else ""),
+             + (", SMOKE (tiny model; numbers mean nothing)" if results["smoke"] else "")
+             + (" -- INTERRUPTED, partial" if results.get("interrupted") else ""),
              f"# {common.environment_line(results['environment'])}",
              f"# roofline = forward FLOPs/image x img/s / measured matmul peak "
-             f"({peaks['matmul_tflops']:.3g} TFLOP/s {peaks['matmul_dtype']}); paper fps: A100, batch 64"]
+             f"({peaks['matmul_tflops']:.3g} TFLOP/s {peaks['matmul_dtype']}); paper fps: A100, batch 64, "
+             "precision not stated (x paper compares different GPUs: context, not a target)"]
     for kind in ("model", "end-to-end", "batch-1 latency"):
         rows = [r for r in results["rows"] if r["kind"] == kind]
         if not rows:
@@ -243,11 +264,15 @@ def render(results) -> str:
             if "skipped" in r:
                 skipped.append(f"  ViTPose-{r['size']} {r['variant']} b{r['batch']}: skipped: {r['skipped']}")
                 continue
+            hf = next((h["img_s"] for h in rows if h["size"] == r["size"] and h["batch"] == r["batch"]
+                       and h["variant"] == "transformers eager" and "img_s" in h), None)
             body.append([f"ViTPose-{r['size']}", r["variant"], str(r["batch"]), common.fmt(r["img_s"], ",.0f"),
                          common.fmt(r["ms"], ".2f"), common.fmt(r.get("paper_fps"), ",.0f"),
+                         common.fmt(r.get("paper_fps") and r["img_s"] / r["paper_fps"], ".2f"),
+                         common.fmt(hf and r["img_s"] / hf, ".2f"),
                          common.fmt(r.get("roofline_frac") and 100 * r["roofline_frac"], ".0f")])
         lines += ["", kind, common.format_table(["model", "variant", "batch", "img/s", "ms", "paper fps",
-                                                 "% roofline"], body)] + skipped
+                                                 "x paper", "x hf eager", "% roofline"], body)] + skipped
     lines += [""] + [f"# {n}" for n in results["notes"]]
     return "\n".join(lines)
 
@@ -288,16 +313,15 @@ def main(argv=None) -> int:
     p.add_argument("--batches", default="64,256", help="the paper's batch is 64")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd transformers row")
     p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end rows")
-    p.add_argument("--rep", type=int, default=20)
-    p.add_argument("--budget-s", type=float, default=1e9,
-                   help="stop starting new measurements after this many seconds (rows say 'skipped')")
-    p.add_argument("--smoke", action="store_true", help="tiny model on CPU (fp32), harness check only")
-    p.add_argument("--out", default=None, help="directory for JSON + PNG (default benchmarks/results)")
+    common.add_run_args(p, rep=20)
     args = p.parse_args(argv)
+    common.stop_on_sigterm()
     args.sizes = [s.strip().upper() for s in args.sizes.split(",") if s.strip()]
     args.batches = [int(b) for b in args.batches.split(",") if b.strip()]
     if any(s not in PAPER_FPS for s in args.sizes):
         p.error(f"--sizes: choose from {sorted(PAPER_FPS)}")
+    if not args.batches or min(args.batches) < 1:
+        p.error("--batches: positive integers")
     gpu = torch.cuda.is_available()
     if not gpu and not args.smoke:
         print("throughput.py measures Table 9 on a CUDA GPU and none is visible here (torch "
@@ -310,23 +334,22 @@ def main(argv=None) -> int:
     dtype = torch.bfloat16 if gpu else torch.float32
     vp = common.import_vitpose("ViTPose", "vitpose_config", "TopDownPredictor")
     t0 = time.perf_counter()
-    rows, notes, peaks = run(args, vp, device, dtype)
+    peaks = common.measure_peaks(device, torch.bfloat16 if gpu else torch.float32)
     results = {"environment": common.environment(device), "dtype": str(dtype).replace("torch.", ""),
-               "smoke": args.smoke, "peaks": peaks, "rows": rows, "notes": notes,
-               "seconds": time.perf_counter() - t0}
+               "smoke": args.smoke, "peaks": peaks, "rows": [], "notes": [], "budget_s": args.budget_s}
+    try:
+        run(args, vp, device, dtype, results["rows"], results["notes"], peaks)
+    except common.Interrupted as e:
+        results["interrupted"] = str(e)
+        results["notes"].append(f"interrupted ({e}): rows not run are missing")
     try:
         import vitpose_kernels
         results["window_attention_backends"] = {b: (why or "available") for b, why in
                                                 vitpose_kernels.backends("window_attention").items()}
     except Exception as e:
-        notes.append(f"vitpose_kernels.backends() failed: {type(e).__name__}: {e}")
-    print(render(results))
-    d = common.out_dir(args.out)
+        results["notes"].append(f"vitpose_kernels.backends() failed: {type(e).__name__}: {e}")
     stem = f"throughput_{'gpu' if gpu else 'cpu'}{'_smoke' if args.smoke else ''}"
-    path = common.save_json(results, d, stem)
-    png = d / f"{stem}.png"
-    made = plot(results, png)
-    print(f"\nwrote {path}" + (f" and {png}" if made else "") + f"  [{results['seconds']:.1f} s]")
+    common.finish(results, args.out, stem, render, plot, t0)
     return 0
 
 
