@@ -90,16 +90,10 @@ def _step(model, x, backward: bool):
 
 
 def _peak_mib(fn, device) -> tuple[float | None, float | None]:
-    if device.type != "cuda":
+    mem = common.peak_memory(fn, device)
+    if mem is None:
         return None, None
-    torch.cuda.synchronize()
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    before = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
-    peak = torch.cuda.max_memory_allocated()
-    return peak / common.MIB, (peak - before) / common.MIB
+    return mem["peak_bytes"] / common.MIB, mem["peak_above_before_bytes"] / common.MIB
 
 
 def run_case(label, build, backward, path, args, device, dtype) -> dict:
@@ -155,8 +149,23 @@ def render(results: dict) -> str:
     title = (f"Patched vs unpatched Hugging Face models ({results['mode']}, {results['dtype']}, batch "
              f"{results['batch']}, backend={results['backend'] or 'auto'}); "
              f"goal >= {GOAL_SPEEDUP}x and a lower peak")
+    if results.get("interrupted"):
+        title += " -- INTERRUPTED, partial"
     return "\n".join([title, common.environment_line(results["environment"]), "",
-                      common.format_table(headers, rows)])
+                      common.format_table(headers, rows), "", common.render_checks(results.get("targets", []))])
+
+
+def targets(results: dict) -> list[dict]:
+    """Issue 9: patched at least 1.5x faster and with a lower peak, for every row."""
+    out = []
+    for r in results["rows"]:
+        name = r["case"]
+        why = r.get("skipped", "not measured")
+        out.append(common.check(9, f"{name}: speedup patched vs unpatched", r.get("speedup"), GOAL_SPEEDUP,
+                                why_missing=why))
+        out.append(common.check(9, f"{name}: peak memory patched / unpatched", r.get("peak_ratio"), 1.0,
+                                at_most=True, unit="", why_missing=why if "skipped" in r else "GPU only"))
+    return out
 
 
 def plot(results: dict, path: Path) -> bool:
@@ -185,17 +194,15 @@ def plot(results: dict, path: Path) -> bool:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--smoke", action="store_true", help="tiny configs; runs on a CPU (fp32) too")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--backend", choices=("reference", "triton", "cuda"), default=None,
                    help="force a window_attention backend (default: the fastest that fits each call)")
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--rep", type=int, default=20)
     p.add_argument("--max-seconds", type=float, default=10.0, help="per variant, of measured reps")
-    p.add_argument("--budget-s", type=float, default=None,
-                   help="wall-clock budget: rows not started when it is spent are recorded as skipped")
-    p.add_argument("--out", default=None, help="directory for JSON + PNG (default benchmarks/results)")
+    common.add_run_args(p, rep=20, budget_help="wall-clock budget: rows not started when it is spent are "
+                                                "recorded as skipped; the JSON is still written")
     args = p.parse_args(argv)
+    common.stop_on_sigterm()
     if args.batch < 1:
         p.error("--batch must be >= 1")
     gpu = torch.cuda.is_available()
@@ -218,23 +225,27 @@ def main(argv=None) -> int:
                "mode": "smoke" if args.smoke else "full", "dtype": str(dtype).replace("torch.", ""),
                "batch": args.batch, "backend": args.backend, "goal_speedup": GOAL_SPEEDUP,
                "timing": "CUDA events, median after warmup" if gpu else "perf_counter, median (CPU smoke)",
-               "rows": []}
-    budget = common.Budget(args.budget_s if args.budget_s is not None else float("inf"))
-    for case in CASES:
-        if budget.left() <= 0:
-            results["rows"].append({"case": case[0], "skipped": f"--budget-s {args.budget_s} spent"})
-            continue
-        results["rows"].append(run_case(*case, args, device, dtype))
-    results["seconds"] = time.perf_counter() - t0
-    print(render(results))
-    d = common.out_dir(args.out)
+               "budget_s": args.budget_s, "rows": []}
+    budget = common.Budget(args.budget_s)
+    try:
+        for case in CASES:
+            if not budget.allows():
+                results["rows"].append({"case": case[0], "skipped": budget.skip_reason()})
+                continue
+            try:
+                results["rows"].append(run_case(*case, args, device, dtype))
+            except common.Interrupted:
+                raise
+            except Exception as e:  # one model that breaks must not cost the others' rows
+                results["rows"].append({"case": case[0], "skipped": common.skip_reason(e)})
+    except common.Interrupted as e:
+        results["interrupted"] = str(e)
+    results["targets"] = targets(results)
+    if args.smoke or not gpu:
+        common.not_judged(results["targets"], "smoke run" if args.smoke else "no GPU")
     stem = f"patched_models_{'gpu' if gpu else 'cpu'}_{results['dtype']}_b{args.batch}"
     stem += "_smoke" if args.smoke else ""
-    path = common.save_json(results, d, stem)
-    png = d / f"{stem}.png"
-    made = plot(results, png)
-    print(f"\nwrote {path}" + (f" and {png}" if made else " (no PNG: matplotlib missing)")
-          + f"  [{results['seconds']:.1f} s]")
+    common.finish(results, args.out, stem, render, plot, t0)
     return 0
 
 
