@@ -396,6 +396,10 @@ def measure_step(vp, row: Row, *, batch: int, bf16: bool, backend: str) -> dict:
         return {"peak_bytes": None, "error": "OOM"}
     except NotImplementedError as e:
         return {"peak_bytes": None, "error": f"backend: {e}".splitlines()[0]}
+    except common.Interrupted:
+        raise
+    except Exception as e:  # a backend that breaks costs its column, not the table
+        return {"peak_bytes": None, "error": common.skip_reason(e)[:200]}
     finally:
         del model, teacher, opt
         torch.cuda.empty_cache()
@@ -442,9 +446,18 @@ def run(args) -> dict:
                                     count_flops=count_flops)
         return cache[key]
 
+    try:
+        _fill_tables(args, vp, results, trace, budget, gpu, bf16, fused_name, reference_impl, fused_impl)
+    except common.Interrupted as e:
+        results["interrupted"] = str(e)
+    return results
+
+
+def _fill_tables(args, vp, results, trace, budget, gpu, bf16, fused_name, reference_impl, fused_impl) -> None:
     for key in args.tables:
         title, rows = TABLES[key]
         out_rows = []
+        results["tables"][key] = {"title": title, "rows": out_rows}
         for row in rows:
             t0 = time.perf_counter()
             ref = trace(row, reference_impl, True)
@@ -452,7 +465,7 @@ def run(args) -> dict:
             r = {"label": row.label, "paper_mib": row.paper_mib, "paper_gflops": row.paper_gflops,
                  "paper_note": row.note, "estimate_reference": ref, "estimate_fused": fus,
                  "trace_seconds": time.perf_counter() - t0}
-            if gpu and budget.left() <= 0:
+            if gpu and not budget.allows():
                 skip = {"peak_bytes": None, "error": "budget spent"}
                 r["measured_reference"], r["measured_fused"] = skip, skip
             elif gpu:
@@ -460,8 +473,6 @@ def run(args) -> dict:
                 r["measured_fused"] = (measure_step(vp, row, batch=args.batch, bf16=bf16, backend=fused_name)
                                        if fused_name else {"peak_bytes": None, "error": "no fused backend"})
             out_rows.append(r)
-        results["tables"][key] = {"title": title, "rows": out_rows}
-    return results
 
 
 def _ratio(a, b):
@@ -485,8 +496,12 @@ def render(results: dict) -> str:
         lines.append(f"# measured = torch.cuda.max_memory_allocated of a real step; fused backend on GPU: {fb}")
     else:
         lines.append("# no GPU: estimates only. " + WHAT_GPU_ADDS)
+    if results.get("interrupted"):
+        lines.append(f"# INTERRUPTED ({results['interrupted']}): the tables are partial")
     for key, table in results["tables"].items():
         rows = table["rows"]
+        if not rows:
+            continue
         first = rows[0]
         headers = ["row", "paper MiB", "paper x", "est. ref", "x", "est. fused", "x", "attn saved ref/fused",
                    "floor", "GMACs", "paper GFLOPs"]
@@ -547,6 +562,8 @@ def plot(results: dict, path: Path) -> bool:
     width = 0.8 / len(series)
     for ax, (key, table) in zip(axes[0], tables.items()):
         rows = table["rows"]
+        if not rows:
+            continue
         for i, (name, get) in enumerate(series):
             vals = [get(r) or 0 for r in rows]
             ax.bar([j + i * width for j in range(len(rows))], vals, width, label=name)
@@ -573,10 +590,11 @@ def main(argv=None) -> int:
     p.add_argument("--tables", default="5,6,8", help="comma-separated subset of 5,6,8")
     p.add_argument("--device", choices=("auto", "cpu"), default="auto",
                    help="cpu: estimates only, even where a GPU is present")
-    p.add_argument("--budget-s", type=float, default=1e9,
+    p.add_argument("--budget-s", type=float, default=None,
                    help="GPU: measure no new row after this many seconds (estimates still printed)")
     p.add_argument("--out", default=None, help="directory for JSON + PNG (default benchmarks/results)")
     args = p.parse_args(argv)
+    common.stop_on_sigterm()
     args.tables = [t.strip() for t in args.tables.split(",") if t.strip()]
     bad = [t for t in args.tables if t not in TABLES]
     if bad:
@@ -586,16 +604,8 @@ def main(argv=None) -> int:
 
     t0 = time.perf_counter()
     results = run(args)
-    results["seconds"] = time.perf_counter() - t0
-    print(render(results))
-    d = common.out_dir(args.out)
     where = "gpu" if results["mode"] != "estimate" else "cpu-estimate"
-    stem = f"attention_memory_{where}_{args.precision}_b{args.batch}"
-    path = common.save_json(results, d, stem)
-    png = d / f"{stem}.png"
-    made = plot(results, png)
-    print(f"\nwrote {path}" + (f" and {png}" if made else " (no PNG: matplotlib missing)")
-          + f"  [{results['seconds']:.1f} s]")
+    common.finish(results, args.out, f"attention_memory_{where}_{args.precision}_b{args.batch}", render, plot, t0)
     return 0
 
 
