@@ -27,13 +27,11 @@ instead, and the output says which.
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
-import dataclasses
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -572,18 +570,13 @@ def plot(results: dict, path: Path) -> bool:
         ax.set_ylabel("training memory, MiB")
         ax.set_title(f"Table {key}", fontsize=10)
         ax.legend(fontsize=7)
-    env = results["environment"]
     what = "measured peak and trace estimates" if gpu else "ESTIMATES from a data-less trace (no GPU)"
-    fig.suptitle(f"ViTPose training memory ({what}), batch {results['batch']}, {results['precision']} - "
-                 f"{env['device']}, torch {env['torch']}, {env['date_utc'][:10]}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return common.save_figure(plt, fig, path, f"ViTPose training memory ({what}), batch {results['batch']}, "
+                              f"{results['precision']}", results["environment"])
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = common.parser(__doc__)
     p.add_argument("--batch", type=int, default=64, help="per-GPU batch (the paper's: 64)")
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
                    help="fp32, or bf16 autocast (one precision per run; the paper's Table 5 full row is fp16)")

@@ -383,6 +383,21 @@ def format_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, align
     return "\n".join([line(cells[0]), sep] + [line(r) for r in cells[1:]])
 
 
+def parser(doc: str):
+    """The benchmarks' argument parser: its description is the module docstring's first line."""
+    import argparse
+    return argparse.ArgumentParser(description=doc.split("\n")[0])
+
+
+def save_figure(plt, fig, path: Path, title: str, env: dict) -> bool:
+    """Stamp the figure with where and when it was measured, write it, close it."""
+    fig.suptitle(f"{title} - {env['device']}, torch {env['torch']}, {env['date_utc'][:10]}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 def pyplot():
     """matplotlib with a non-interactive backend, or None (the benchmark then skips the PNG)."""
     try:

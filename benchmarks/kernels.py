@@ -33,7 +33,6 @@ written either way.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from dataclasses import dataclass, field
@@ -612,17 +611,12 @@ def plot(results: dict, path: Path) -> bool:
         ax.set_title(title, fontsize=9)
         if subset:
             ax.legend(fontsize=6)
-    env = results["environment"]
-    fig.suptitle(f"vitpose_kernels ops vs peers, {results['dtype']} - {env['device']}, torch {env['torch']}, "
-                 f"{env['date_utc'][:10]}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return common.save_figure(plt, fig, path, f"vitpose_kernels ops vs peers, {results['dtype']}",
+                              results["environment"])
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = common.parser(__doc__)
     p.add_argument("--ops", default="attention,decoder,decode", help="subset of attention,decoder,decode")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="bf16")
     p.add_argument("--no-backward", action="store_true", help="forward only")

@@ -16,7 +16,6 @@ The issue's goal: patched >= 1.5x faster with a lower peak, for every row.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -185,15 +184,12 @@ def plot(results: dict, path: Path) -> bool:
         ax.set_xticks(list(xs), labels, rotation=15, fontsize=7)
         ax.set_ylabel(unit)
         ax.legend(fontsize=7)
-    fig.suptitle(common.environment_line(results["environment"]), fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return common.save_figure(plt, fig, path, f"patched vs unpatched, {results['dtype']}, batch {results['batch']}",
+                              results["environment"])
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = common.parser(__doc__)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--backend", choices=("reference", "triton", "cuda"), default=None,
                    help="force a window_attention backend (default: the fastest that fits each call)")

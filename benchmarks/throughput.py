@@ -19,7 +19,6 @@ roofline = forward FLOPs per image (torch.utils.flop_counter) x images/s / measu
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -298,17 +297,11 @@ def plot(results, path: Path) -> bool:
     ax.set_ylabel("images / s")
     ax.set_yscale("log")
     ax.legend(fontsize=7)
-    env = results["environment"]
-    ax.set_title(f"ViTPose throughput, {results['dtype']} - {env['device']}, torch {env['torch']}, "
-                 f"{env['date_utc'][:10]}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return common.save_figure(plt, fig, path, f"ViTPose throughput, {results['dtype']}", results["environment"])
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = common.parser(__doc__)
     p.add_argument("--sizes", default="S,B,L,H")
     p.add_argument("--batches", default="64,256", help="the paper's batch is 64")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd transformers row")
