@@ -2,8 +2,9 @@
 
     python benchmarks/summary.py OUTDIR
 
-Reads whatever attention_memory_*.json, kernels_*.json and throughput_*.json exist (a step that
-timed out leaves none, and its lines say so) and prints one line per headline number.
+Reads whatever attention_memory_*.json, kernels_*.json, throughput_*.json and patched_models_*.json
+exist (a step that timed out may leave a partial one, or none, and its lines say so), prints one
+line per headline number, then every target of the issues with PASS / MISS / n/a and a count.
 """
 from __future__ import annotations
 
@@ -16,8 +17,13 @@ import common  # noqa: E402
 
 
 def _load(d: Path, pattern: str):
-    files = sorted(p for p in d.glob(pattern) if "smoke" not in p.name)
-    return [(f, json.loads(f.read_text())) for f in files]
+    out = []
+    for f in sorted(p for p in d.glob(pattern) if "smoke" not in p.name):
+        try:
+            out.append((f, json.loads(f.read_text())))
+        except (OSError, ValueError) as e:
+            print(f"   (unreadable {f.name}: {e})")
+    return out
 
 
 def memory_lines(d: Path) -> list[list[str]]:
@@ -70,6 +76,14 @@ def throughput_lines(d: Path) -> list[list[str]]:
     return out
 
 
+def target_rows(d: Path) -> list[dict]:
+    rows = []
+    for pattern in ("kernels_*.json", "patched_models_*.json"):
+        for f, data in _load(d, pattern):
+            rows += data.get("targets", [])
+    return rows
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
@@ -86,6 +100,12 @@ def main(argv=None) -> int:
     for title, headers, rows in sections:
         print(f"\n== {title}")
         print(common.format_table(headers, rows) if rows else "   (no results: the step did not run or timed out)")
+    checks = target_rows(d)
+    print()
+    print(common.render_checks(checks, "== Targets (issues 4-7, 9)") if checks else "== Targets: no results")
+    if checks:
+        count = {k: sum(c["status"].startswith(k) for c in checks) for k in ("PASS", "MISS", "n/a", "not judged")}
+        print("   " + ", ".join(f"{v} {k}" for k, v in count.items() if v))
     return 0
 
 
