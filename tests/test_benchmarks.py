@@ -58,3 +58,35 @@ def test_json_written_to_out(run):
     assert t8[2]["estimate_reference"]["params"] > t8[0]["estimate_reference"]["params"]
     assert t8[2]["estimate_reference"]["adamw_state"] == t8[0]["estimate_reference"]["adamw_state"]
     assert (out / files[0].name.replace(".json", ".png")).exists() or "no PNG" in run[0]
+
+
+def _script(name, *args, tmp):
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / name), *args, "--out", str(tmp)],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def test_gpu_session_script_parses():
+    subprocess.run(["bash", "-n", str(REPO / "benchmarks" / "gpu_session.sh")], check=True, timeout=30)
+
+
+def test_kernels_smoke_decoding_and_targets(tmp_path):
+    """The harness the GPU run uses: rows, floors and the issues' targets (not judged on a CPU)."""
+    stdout = _script("kernels.py", "--smoke", "--ops", "decode", "--rep", "2", "--max-seconds", "0.2", tmp=tmp_path)
+    assert "targets" in stdout
+    data = json.loads(next(tmp_path.glob("kernels_*smoke*.json")).read_text())
+    peers = {r["peer"] for r in data["rows"]}
+    assert "reference [cpu]" in peers and any(p.startswith("transformers") for p in peers)
+    assert all("fwd_bw_floor_ms" in r["floor"] for r in data["rows"] if r.get("floor"))
+    assert {t["issue"] for t in data["targets"]} >= {4, 5, 6, 7}
+    assert not any(t["status"] in ("PASS", "MISS") for t in data["targets"])  # never judged off the H100 shapes
+
+
+def test_summary_reads_the_results(run):
+    _, out = run
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "summary.py"), str(out)],
+                          capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr
+    assert "T5 window 8x8 + shift + pool" in proc.stdout and "Targets" in proc.stdout
