@@ -8,16 +8,13 @@ error checks; everything that launches a kernel needs a GPU and skips with the r
 """
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 import parity
+import sanitizer
 import vitpose_kernels as vk
 from vitpose_kernels import _alloc, _ext, dispatch
 from vitpose_kernels import reference as R
@@ -295,25 +292,13 @@ def small_sweep() -> None:
     torch.cuda.synchronize()
 
 
-def _sanitize(tool: str, extra=()):
-    exe = shutil.which("compute-sanitizer")
-    if exe is None:
-        pytest.skip("compute-sanitizer is not on PATH")
-    code = ("import sys; sys.path.insert(0, %r); import test_heads_cuda as t; t.small_sweep(); print('SWEEP-DONE')"
-            % str(Path(__file__).parent))
-    env = dict(os.environ, PYTORCH_NO_CUDA_MEMORY_CACHING="1")  # so that out-of-bounds accesses land outside
-    proc = subprocess.run([exe, f"--tool={tool}", "--error-exitcode=97", *extra, sys.executable, "-c", code],
-                          capture_output=True, text=True, timeout=900, env=env)
-    tail = (proc.stdout + proc.stderr)[-6000:]
-    assert proc.returncode == 0 and "SWEEP-DONE" in proc.stdout, f"compute-sanitizer {tool} failed:\n{tail}"
-
-
 @needs_gpu
 def test_memcheck_small_sweep():
-    _sanitize("memcheck", ["--kernel-name", "kns=vitpose"])
+    sanitizer.run_sweep("memcheck", "test_heads_cuda", extra=["--kernel-name", "kns=vitpose"])
 
 
 @needs_gpu
 def test_racecheck_decode_heatmaps():
     # decode_heatmaps is the only kernel that shares memory between threads.
-    _sanitize("racecheck", ["--kernel-name", "kns=decode_heatmaps", "--racecheck-report", "hazard"])
+    sanitizer.run_sweep("racecheck", "test_heads_cuda",
+                       extra=["--kernel-name", "kns=decode_heatmaps", "--racecheck-report", "hazard"])

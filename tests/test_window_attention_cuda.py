@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import parity
+import sanitizer
 import vitpose_kernels as vk
 from vitpose_kernels import _ext, _validate
 
@@ -213,3 +214,24 @@ def test_custom_ops_trace_on_meta(pool, G, rel):
     for t in (q, k, v, rh, rw):
         if t is not None:
             assert t.grad is not None and t.grad.shape == t.shape
+
+
+# ----------------------------------------------------------------------------- compute-sanitizer
+def small_sweep() -> None:
+    """A few forward + backward launches covering every code path (run under compute-sanitizer)."""
+    for case in [parity.AttentionCase(grid=(7, 9), window=(4, 3), shift=(2, 1), pool=True, num_global=1,
+                                      rel_pos=True, D=64, dtype=torch.bfloat16),
+                 parity.AttentionCase(grid=(5, 6), window=None, num_global=2, D=80, dtype=torch.float16),
+                 parity.AttentionCase(grid=(9, 9), window=(8, 8), shift=(4, 4), pool=True, D=32,
+                                      dtype=torch.float16, packed=False),
+                 parity.AttentionCase(grid=(4, 3), window=(2, 2), D=128, dtype=torch.bfloat16)]:
+        parity.check_window_attention("cuda", case)
+    torch.cuda.synchronize()
+
+
+@gpu
+@pytest.mark.parametrize("tool", ["memcheck", "racecheck"])
+def test_sanitizer_small_sweep(tool):
+    _require_cuda_backend()
+    extra = ["--racecheck-report", "hazard"] if tool == "racecheck" else []
+    sanitizer.run_sweep(tool, "test_window_attention_cuda", extra=extra)
