@@ -23,29 +23,54 @@ __device__ __forceinline__ uint32_t smem_u32(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
+// VITPOSE_CPU_EMULATION (tests/cuda_emulator only, never nvcc): each asm statement below is
+// replaced by a call into the emulator's model of the same PTX instruction, with the same operands.
+
 // 16-byte global -> shared copy; with valid == false the 16 bytes are zero-filled and nothing is
 // read (src must still be a mapped address: callers pass the operand's base).
 __device__ __forceinline__ void cp_async16(void* smem, const void* gmem, bool valid) {
+#ifdef VITPOSE_CPU_EMULATION
+  vpemu::ptx_cp_async(smem_u32(smem), gmem, 16, valid ? 16 : 0, true);
+#else
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem),
                "r"(valid ? 16 : 0)
                : "memory");
+#endif
 }
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+__device__ __forceinline__ void cp_async_commit() {
+#ifdef VITPOSE_CPU_EMULATION
+  vpemu::ptx_cp_async_commit_group();
+#else
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+#endif
+}
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
+#ifdef VITPOSE_CPU_EMULATION
+  vpemu::ptx_cp_async_wait_group(N);
+#else
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
 }
 
 // Four 8x8 b16 matrices; lanes 8i..8i+7 give the row addresses of matrix i.
 __device__ __forceinline__ void ldsm_x4(uint32_t (&r)[4], const void* p) {
+#ifdef VITPOSE_CPU_EMULATION
+  vpemu::ptx_ldmatrix_m8n8_b16(r, 4, false, smem_u32(p));
+#else
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(smem_u32(p)));
+#endif
 }
 __device__ __forceinline__ void ldsm_x4_t(uint32_t (&r)[4], const void* p) {
+#ifdef VITPOSE_CPU_EMULATION
+  vpemu::ptx_ldmatrix_m8n8_b16(r, 4, true, smem_u32(p));
+#else
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(smem_u32(p)));
+#endif
 }
 
 // Lane offsets (row, column) into a row-major smem tile for one ldsm_x4 that yields
@@ -64,11 +89,16 @@ struct Mma;
 template <>
 struct Mma<__nv_bfloat16> {
   static __device__ __forceinline__ void run(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#ifdef VITPOSE_CPU_EMULATION
+    const uint32_t b[2] = {b0, b1};
+    vpemu::ptx_mma_m16n8k16_f32(vpemu::MmaType::kBF16, c, a, b, c);
+#else
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
         "{%8, %9}, {%0, %1, %2, %3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
   }
   static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
@@ -80,11 +110,16 @@ struct Mma<__nv_bfloat16> {
 template <>
 struct Mma<__half> {
   static __device__ __forceinline__ void run(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+#ifdef VITPOSE_CPU_EMULATION
+    const uint32_t b[2] = {b0, b1};
+    vpemu::ptx_mma_m16n8k16_f32(vpemu::MmaType::kF16, c, a, b, c);
+#else
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
         "{%8, %9}, {%0, %1, %2, %3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
   }
   static __device__ __forceinline__ uint32_t pack(float lo, float hi) {
     __half2 v = __floats2half2_rn(lo, hi);
