@@ -1,0 +1,185 @@
+"""The CUDA kernels of csrc/, run on the CPU through tests/cuda_emulator, against the reference.
+
+No GPU needed: the real .cu sources are compiled with the host C++ compiler (inline PTX swapped
+for the emulator's models of mma.sync, ldmatrix and cp.async) into a stand-in for
+vitpose_kernels._C, and the real Python launchers of the cuda backend run on CPU tensors through
+the shared parity harness (tests/parity.py), outputs NaN-poisoned. This checks the kernels'
+logic (indexing, tiling, fragment layouts, masking, barriers, warp convergence, launch limits)
+on every CI run; speed and timing-dependent races still need the GPU (test_*_cuda.py).
+Skipped with the reason where no host C++ compiler or pybind11 is available.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import pytest
+import torch
+
+import cuda_emulator
+import parity
+import vitpose_kernels as vk
+
+_WHY = cuda_emulator.skip_reason()
+pytestmark = pytest.mark.skipif(_WHY is not None, reason=f"CUDA emulator unavailable: {_WHY}")
+
+CPU = torch.device("cpu")
+LOW = (torch.float16, torch.bfloat16)
+
+
+@pytest.fixture
+def emu():
+    """The CUDA backends patched onto the emulated extension for the duration of one test (the
+    library is built once, on first use, and cached under build/cuda_emulator)."""
+    with cuda_emulator.emulated() as mod:
+        yield mod
+
+
+def test_emulator_selftest(emu):
+    """The emulator's PTX models reproduce plain matrix products when fragments are addressed as
+    the PTX ISA tables say; cp.async lands at wait_group; divergence and exited lanes are caught."""
+    assert cuda_emulator.selftest() == ""
+
+
+def test_extension_surface_matches(emu):
+    """The emulated module is built from the real bindings: same functions as the real _C."""
+    names = {n for n in dir(emu) if not n.startswith("_")}
+    assert {"window_attention_fwd", "window_attention_bwd", "simple_decoder_forward", "simple_decoder_backward",
+            "decode_heatmaps", "udp_targets", "build_info", "device_status"} <= names
+    assert emu.build_info()["archs"] == "cpu-emulation"
+
+
+# ----------------------------------------------------------------------------- window_attention
+def _low(case: parity.AttentionCase, i: int) -> parity.AttentionCase:
+    """The CUDA kernel declines fp32 (Triton serves it): run such cases in fp16 / bf16."""
+    return case if case.dtype in LOW else dataclasses.replace(case, dtype=LOW[i % 2])
+
+
+def _degenerate_rel_pos(case: parity.AttentionCase) -> bool:
+    """Relative position along a window side of 1: the true gradient of that table is exactly 0
+    (it adds one constant to a whole softmax row), and what a low-precision backward returns is
+    the rounding of `out` inside FlashAttention's delta = rowsum(dout * out), summed over all
+    rows; it exceeds the harness's absolute floor in bf16 for the Triton backend as well."""
+    wh, ww = case.window or case.grid
+    return case.rel_pos and min(wh, ww) == 1
+
+
+# The whole CI sweep (every feature: full attention, windows with partial edge cells, shift,
+# pooling, global tokens, relative position, unpacked strides, D 16/32/80), shapes that need more
+# than one tile (a cell of 81 rows: two query blocks and two key tiles; 70 global tokens: two
+# global query blocks and two key blocks; D 80 padded to 96), and seeded random configs of the
+# GPU sweep's kind (head dims 32..128, fp16/bf16) on grids up to 16x16.
+_RANDOM = [c for c in parity.random_attention_cases(400, seed=11, small=False)
+           if max(c.grid) <= 16 and not _degenerate_rel_pos(c)][:32]
+ATTENTION = [_low(c, i) for i, c in enumerate(parity.attention_sweep("ci"))] + [
+    parity.AttentionCase(grid=(9, 9), window=None, num_global=2, rel_pos=True, D=32, dtype=torch.bfloat16, H=1),
+    parity.AttentionCase(grid=(5, 7), window=(9, 9), shift=(4, 6), pool=True, num_global=70, D=16,
+                         dtype=torch.float16, H=1, packed=False),
+    parity.AttentionCase(grid=(6, 5), window=(4, 4), shift=(2, 2), pool=True, num_global=1, rel_pos=True, D=80,
+                         dtype=torch.bfloat16, H=1),
+] + [_low(dataclasses.replace(c, H=min(c.H, 2)), i) for i, c in enumerate(_RANDOM)]
+
+
+@pytest.mark.parametrize("case", ATTENTION, ids=str)
+def test_window_attention(emu, case):
+    before = cuda_emulator.launch_count()
+    parity.check_window_attention("cuda", case, CPU)
+    assert cuda_emulator.launch_count() >= before + 4  # forward, delta, dq, dk/dv all ran emulated
+
+
+def _run_attention(case):
+    q, k, v, rh, rw, grad = parity.attention_inputs(case, CPU)
+    leaves = [t.detach().clone().requires_grad_(True) if t is not None else None for t in (q, k, v, rh, rw)]
+    out = vk.window_attention(*leaves[:3], grid=case.grid, window=case.window, shift=case.shift, pool=case.pool,
+                              num_global=case.num_global, rel_pos_h=leaves[3], rel_pos_w=leaves[4], backend="cuda")
+    out.backward(grad)
+    return [out.detach()] + [t.grad for t in leaves if t is not None]
+
+
+# Thread orders and cp.async timings under which a race-free kernel gives the same bits: warps in
+# lockstep (the default) or one warp running ahead to the next barrier (serial), copies landing at
+# the retiring wait (late: a missing wait reads stale data) or at issue (early: a missing barrier
+# before a buffer is refilled lets the refill overwrite data other warps still read).
+SCHEDULES = [("reverse", "late"), ("serial", "early"), ("serial-reverse", "late"), ("serial-reverse", "early")]
+
+
+@pytest.mark.parametrize("case", [
+    parity.AttentionCase(grid=(6, 5), window=(4, 4), shift=(2, 2), pool=True, num_global=1, rel_pos=True, D=32,
+                         dtype=torch.bfloat16, H=1),
+    parity.AttentionCase(grid=(9, 9), window=None, num_global=2, rel_pos=True, D=32, dtype=torch.float16, H=1),
+], ids=str)
+def test_window_attention_schedule_independent(emu, monkeypatch, case):
+    """Results must not change by a bit with the thread order or the copy timing: a barrier
+    missing between warps changes them (checked by breaking the kernel on purpose)."""
+    first = _run_attention(case)
+    for schedule, copies in SCHEDULES:
+        monkeypatch.setenv("VPEMU_SCHEDULE", schedule)
+        monkeypatch.setenv("VPEMU_CP_ASYNC", copies)
+        again = _run_attention(case)
+        for i, (a, b) in enumerate(zip(first, again)):
+            assert torch.equal(a.nan_to_num(7.0), b.nan_to_num(7.0)), \
+                f"result {i} changes with the thread order ({schedule}, cp.async {copies})"
+
+
+def test_window_attention_strided_and_misaligned_inputs(emu):
+    """Views the kernel cannot read in place are copied by the launcher; a (B, N, H, D)-strided
+    output gradient is read through its strides (the GPU test of the same name, emulated)."""
+    B, H, hg, wg, D, G = 2, 2, 6, 5, 32, 1
+    N = G + hg * wg
+    base = torch.randn(B * H * N * D + 1, dtype=torch.bfloat16)
+    q = base[1:].view(B, H, N, D)  # 2-byte offset: rows not 16-byte aligned
+    k = torch.randn(B, H, D, N, dtype=torch.bfloat16).transpose(2, 3)  # head dim strided
+    v = torch.randn(B, N, H, D, dtype=torch.bfloat16).transpose(1, 2)  # (B, N, H, D) layout, read in place
+    kw = dict(grid=(hg, wg), window=(4, 4), shift=(2, 2), pool=True, num_global=G)
+    leaves = [t.detach().requires_grad_(True) for t in (q, k, v)]
+    ref_leaves = [t.detach().double().requires_grad_(True) for t in (q, k, v)]
+    out = vk.window_attention(*leaves, backend="cuda", **kw)
+    ref = vk.window_attention(*ref_leaves, backend="reference", **kw)
+    parity.assert_close("out", out, ref, parity.TOL[torch.bfloat16]["fwd"])
+    grad = torch.randn(B, N, H, D, dtype=torch.bfloat16).transpose(1, 2)
+    out.backward(grad)
+    ref.backward(grad.double())
+    for name, a, e in zip(("dq", "dk", "dv"), leaves, ref_leaves):
+        parity.assert_close(name, a.grad, e.grad, parity.TOL[torch.bfloat16]["bwd"])
+
+
+def test_window_attention_custom_op_opcheck(emu):
+    """torch.library.opcheck of the forward op (schema, fake tensor, autograd registration)
+    with the real kernels behind it."""
+    from vitpose_kernels.cuda_backend import window_attention as wa
+
+    hg, wg, D = 6, 5, 32
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 1 + hg * wg, D, generator=g).bfloat16() for _ in range(3))
+    kp, vp = (torch.randn(1, 2, 4, D, generator=g).bfloat16() for _ in range(2))
+    qrh, qrw = (torch.randn(1, 2, hg * wg, 7, generator=g) for _ in range(2))
+    leaves = [t.requires_grad_(True) for t in (q, k, v, kp, vp, qrh, qrw)]
+    torch.library.opcheck(wa.window_attention_fwd, (*leaves, [1, hg, wg, 4, 4, 2, 2], D ** -0.5),
+                          test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+
+
+# ----------------------------------------------------------------------------- heads
+@pytest.mark.parametrize("case", parity.decoder_sweep("ci") + [parity.DecoderCase(dtype=torch.bfloat16, K=3),
+                                                               parity.DecoderCase(scale=3, hw=(5, 6), K=4)], ids=str)
+def test_simple_decoder(emu, case):
+    parity.check_simple_decoder("cuda", case, CPU)
+
+
+@pytest.mark.parametrize("case", parity.heatmap_sweep("ci") + [
+    parity.HeatmapCase(size=(64, 48), B=1, K=3, flip=True, boxes=True, border=True),
+    parity.HeatmapCase(size=(3, 17), B=1, K=9, flip=True, boxes=True, method="argmax")], ids=str)
+def test_decode_heatmaps(emu, case):
+    parity.check_decode_heatmaps("cuda", case, CPU)
+
+
+@pytest.mark.parametrize("case", parity.target_sweep("ci"), ids=str)
+def test_udp_targets(emu, case):
+    parity.check_udp_targets("cuda", case, CPU)
+
+
+def test_forced_cuda_on_cpu_still_refused_outside_the_emulator():
+    """emulated() leaves nothing behind: outside it a forced cuda backend on CPU tensors is refused."""
+    q = torch.randn(1, 1, 4, 16, dtype=torch.float16)
+    with pytest.raises(NotImplementedError):
+        vk.window_attention(q, q, q, grid=(2, 2), backend="cuda")
+    assert os.environ.get("VPEMU_SCHEDULE") is None and os.environ.get("VPEMU_CP_ASYNC") is None
