@@ -12,7 +12,7 @@ configuration (dynamic shared memory limits) and the Python/C++ glue. What it ca
 register or shared-memory bank pressure, and races that depend on real timing (see README.md).
 
 Environment: CXX picks the compiler (default g++, then clang++); VPEMU_BUILD_DIR the cache
-(default <repo>/build/cuda_emulator); VPEMU_OPT the optimisation flag (default -O1); VPEMU_CSRC
+(default <repo>/build/cuda_emulator); VPEMU_OPT the optimisation flags (default -O1); VPEMU_CSRC
 another kernel tree (to check that a deliberately broken kernel fails);
 VPEMU_SCHEDULE=reverse runs each block's threads in reverse order (race probe).
 """
@@ -127,6 +127,11 @@ def _compiler_id(cxx: str) -> str:
     return subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
 
 
+def _tmp(p: Path) -> Path:
+    """A per-process temporary name next to p (concurrent builds replace atomically)."""
+    return p.with_name(f"{p.name}.{os.getpid()}.tmp")
+
+
 def build_dir() -> Path:
     return Path(os.environ.get("VPEMU_BUILD_DIR", REPO / "build" / "cuda_emulator"))
 
@@ -140,8 +145,8 @@ def build(verbose: bool = False) -> Path:
     if why:
         raise RuntimeError(why)
     cxx = compiler()
-    opt = os.environ.get("VPEMU_OPT", "-O1")
-    flags = _FLAGS + [opt] + _includes()
+    opt = os.environ.get("VPEMU_OPT", "-O1").split()  # extra flags may follow, e.g. "-O1 -DVPEMU_UCONTEXT"
+    flags = _FLAGS + opt + _includes()
     headers = sorted(list(CSRC.glob("*.h")) + list(CSRC.glob("*.cuh")) + list(INCLUDE.glob("*.h")))
     common = hashlib.sha256("\0".join([cxx, _compiler_id(cxx), *flags]).encode())
     for h in headers:
@@ -159,7 +164,8 @@ def build(verbose: bool = False) -> Path:
         key = hashlib.sha256(common.digest() + text.encode()).hexdigest()[:16]
         cpp = gen / f"{src.stem}.{key}.cpp"
         if not cpp.exists():
-            cpp.write_text(text)
+            _tmp(cpp).write_text(text)
+            os.replace(_tmp(cpp), cpp)
         jobs.append((cpp, out / f"{src.stem}.cu.{key}.o"))
     for src in sorted(CSRC.glob("*.cpp")) + RUNTIME:
         key = hashlib.sha256(common.digest() + src.read_bytes()).hexdigest()[:16]
@@ -175,14 +181,14 @@ def build(verbose: bool = False) -> Path:
         if p.returncode:
             errors.append(f"{s}:\n{stdout}")
         else:
-            os.replace(o.with_suffix(".tmp"), o)
+            os.replace(_tmp(o), o)
             if stdout:  # warnings: the emulator build is -Wall clean, keep it so
                 print(stdout, file=sys.stderr)
 
     for s, o in todo:
         while len(procs) >= limit:
             reap(procs.pop(0))
-        cmd = [cxx, *flags, "-x", "c++", "-c", str(s), "-o", str(o.with_suffix(".tmp"))]
+        cmd = [cxx, *flags, "-x", "c++", "-c", str(s), "-o", str(_tmp(o))]
         if verbose:
             print(" ".join(cmd), file=sys.stderr)
         procs.append((subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True), s, o))
@@ -197,7 +203,7 @@ def build(verbose: bool = False) -> Path:
     lib = out / key / f"_C{suffix}"
     if not lib.exists():
         lib.parent.mkdir(exist_ok=True)
-        tmp = lib.with_suffix(".tmp")
+        tmp = _tmp(lib)
         subprocess.run([cxx, "-shared", "-o", str(tmp), *objs, "-lpthread"], check=True)
         os.replace(tmp, lib)
     return lib

@@ -12,7 +12,10 @@
 #include <string>
 #include <vector>
 
-#if !defined(__x86_64__)
+// The hand-written switch is x86-64 only; -DVPEMU_UCONTEXT forces the portable path there too.
+#if defined(__x86_64__) && !defined(VPEMU_UCONTEXT)
+#define VPEMU_ASM_SWITCH 1
+#else
 #include <ucontext.h>
 #endif
 
@@ -28,7 +31,7 @@ namespace {
 // stack, swap stack pointers, restore. About 20 instructions, no system call (swapcontext
 // saves the signal mask with one), which keeps a 128-thread block with thousands of warp
 // collectives cheap. Elsewhere the portable ucontext path is used.
-#if defined(__x86_64__)
+#if defined(VPEMU_ASM_SWITCH)
 extern "C" void vpemu_ctx_switch(void** save_sp, void* load_sp);
 asm(R"(
   .pushsection .text
@@ -76,7 +79,7 @@ struct Fiber {
   int tid = 0;
   St st = St::kReady;
   char* stack = nullptr;  // lowest usable address; a guard page sits below it
-#if defined(__x86_64__)
+#if defined(VPEMU_ASM_SWITCH)
   void* sp = nullptr;
 #else
   ucontext_t uc;
@@ -119,7 +122,7 @@ struct State {
   std::vector<Fiber> fibers;
   std::vector<Warp> warps;
   Fiber* cur = nullptr;
-#if defined(__x86_64__)
+#if defined(VPEMU_ASM_SWITCH)
   void* sched_sp = nullptr;
 #else
   ucontext_t sched_uc;
@@ -154,7 +157,7 @@ std::string where() {
 void switch_to_scheduler() {
   State& s = S();
   Fiber* f = s.cur;
-#if defined(__x86_64__)
+#if defined(VPEMU_ASM_SWITCH)
   vpemu_ctx_switch(&f->sp, s.sched_sp);
 #else
   swapcontext(&f->uc, &s.sched_uc);
@@ -166,7 +169,7 @@ void resume(Fiber& f) {
   s.cur = &f;
   const dim3 b = s.launch->block;
   threadIdx = dim3(f.tid % b.x, (f.tid / b.x) % b.y, f.tid / (b.x * b.y));
-#if defined(__x86_64__)
+#if defined(VPEMU_ASM_SWITCH)
   vpemu_ctx_switch(&s.sched_sp, f.sp);
 #else
   swapcontext(&s.sched_uc, &f.uc);
@@ -176,7 +179,7 @@ void resume(Fiber& f) {
 
 void thread_exit();
 
-#if defined(__x86_64__)
+#if defined(VPEMU_ASM_SWITCH)
 [[noreturn]] void fiber_entry() {
 #else
 void fiber_entry() {
@@ -202,7 +205,7 @@ void prepare(Fiber& f) {
     mprotect(m, page, PROT_NONE);  // stack overflow faults instead of corrupting a neighbour
     f.stack = static_cast<char*>(m) + page;
   }
-#if defined(__x86_64__)
+#if defined(VPEMU_ASM_SWITCH)
   // Frame popped by vpemu_ctx_switch: x87 cw, mxcsr, r15..rbx, rbp, then `ret` into
   // fiber_entry with the stack as after a call (rsp + 8 16-byte aligned).
   uintptr_t top = (reinterpret_cast<uintptr_t>(f.stack) + kStackBytes) & ~uintptr_t(15);
