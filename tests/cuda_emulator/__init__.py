@@ -265,12 +265,48 @@ def _register_cpu_kernels():
         op.register_kernel("cpu", cpu_kernel)
 
 
-@contextlib.contextmanager
-def emulated():
-    """Inside: the CUDA backends accept CPU tensors and launch their kernels through the emulator."""
+_GUARD_BYTES = 256  # canary zone on each side of every output buffer (keeps 16-byte alignment)
+_CANARY = 0xA5
+
+
+def _guarded_empty(orig_empty, guarded):
+    """_alloc.empty with canary zones before and after the tensor: a kernel that writes outside
+    its output shows up when emulated() checks the zones."""
     import torch
 
-    from vitpose_kernels import _ext, dispatch
+    def empty(*shape, dtype, device):
+        n = 1
+        for s in shape:
+            n *= int(s)
+        g = _GUARD_BYTES // torch.empty(0, dtype=dtype).element_size()
+        buf = orig_empty(n + 2 * g, dtype=dtype, device=device)
+        raw = buf.view(torch.uint8).view(-1)
+        gb = g * buf.element_size()
+        raw[:gb] = _CANARY
+        raw[-gb:] = _CANARY
+        guarded.append((buf, gb, tuple(shape), dtype))
+        return buf[g:g + n].view(*shape)
+
+    return empty
+
+
+def _check_guards(guarded):
+    for buf, gb, shape, dtype in guarded:
+        raw = buf.view(-1).view(__import__("torch").uint8)
+        for where, zone in (("before", raw[:gb]), ("after", raw[-gb:])):
+            if bool((zone != _CANARY).any()):
+                raise AssertionError(f"a kernel wrote {where} its output buffer of shape {shape} ({dtype}): "
+                                     "out-of-bounds global store")
+
+
+@contextlib.contextmanager
+def emulated(guard_outputs: bool = True):
+    """Inside: the CUDA backends accept CPU tensors and launch their kernels through the emulator.
+    With guard_outputs, output buffers (vitpose_kernels._alloc) get canary zones, checked on the
+    way out (their storage offset is then not 0, which opcheck's fake-tensor comparison rejects)."""
+    import torch
+
+    from vitpose_kernels import _alloc, _ext, dispatch
     from vitpose_kernels.cuda_backend import _launch
 
     mod = load()
@@ -284,7 +320,8 @@ def emulated():
     props = types.SimpleNamespace(shared_memory_per_block_optin=227 * 1024, name="vpemu (CPU emulation)")
     saved = [(_ext, "load", _ext.load), (_launch, "stream", _launch.stream),
              (_launch, "common_reasons", orig_reasons), (torch.cuda, "device", torch.cuda.device),
-             (torch.cuda, "get_device_properties", torch.cuda.get_device_properties)]
+             (torch.cuda, "get_device_properties", torch.cuda.get_device_properties), (_alloc, "empty", _alloc.empty)]
+    guarded = []
     machine = dispatch._MACHINE.get("cuda")
     try:
         _ext.load = lambda: (mod, None)
@@ -293,8 +330,11 @@ def emulated():
         torch.cuda.device = _NoDevice
         torch.cuda.get_device_properties = lambda *a, **k: props
         dispatch._MACHINE["cuda"] = []
+        if guard_outputs:
+            _alloc.empty = _guarded_empty(_alloc.empty, guarded)
         _ACTIVE[0] = True
         yield mod
+        _check_guards(guarded)
     finally:
         _ACTIVE[0] = False
         for obj, name, value in saved:

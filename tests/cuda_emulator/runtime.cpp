@@ -66,6 +66,7 @@ vpemu_ctx_switch:
 #endif
 
 constexpr size_t kStackBytes = 256 * 1024;
+constexpr size_t kCanary = 4096;
 
 enum class St : uint8_t { kReady, kWarp, kBarrier, kExited, kFailed };
 
@@ -130,7 +131,10 @@ struct State {
   int nthreads = 0, live = 0;
   int bar_arrived = 0, bar_acc[2] = {0, 0}, bar_result = 0, bar_total = 0;  // __syncthreads_count & co
   std::string error;
-  alignas(128) unsigned char smem[kSmemOptin + 128];
+  // Dynamic shared memory with canary zones on both sides (kCanary bytes before, the unused
+  // rest of the 227 KB after): a write outside the launch's smem_bytes is reported.
+  alignas(128) unsigned char storage[kCanary + kSmemOptin + kCanary];
+  unsigned char* smem = storage + kCanary;
   size_t smem_bytes = 0;
   bool reverse = false, serial = false, early_copies = false;
   long long launches = 0, blocks = 0;
@@ -305,7 +309,7 @@ void run_block() {
   s.bar_arrived = 0;
   // Shared memory starts as NaN bytes (0xff: NaN in fp32/fp16/bf16, -1 in integers), so a read
   // of anything not written first shows up in the outputs.
-  std::memset(s.smem, 0xff, s.smem_bytes);
+  std::memset(s.storage, 0xff, sizeof s.storage);
   while (true) {
     bool ran = false, all_done = true;
     for (int i = 0; i < n; ++i) {
@@ -323,6 +327,29 @@ void run_block() {
     s.error = std::string(s.launch->name) + " block (" + std::to_string(blockIdx.x) + "," +
               std::to_string(blockIdx.y) + "," + std::to_string(blockIdx.z) + "): " + describe_deadlock();
     return;
+  }
+}
+
+// Bytes outside [smem, smem + smem_bytes) that are no longer 0xff were written by the block.
+void check_canaries() {
+  State& s = S();
+  const unsigned char* lo = s.storage;
+  const unsigned char* hi_begin = s.smem + s.smem_bytes;
+  const unsigned char* end = s.storage + sizeof s.storage;
+  static const std::vector<unsigned char> ff(sizeof s.storage, 0xff);
+  auto first_bad = [](const unsigned char* a, const unsigned char* b) -> const unsigned char* {
+    if (std::memcmp(a, ff.data(), static_cast<size_t>(b - a)) == 0) return nullptr;
+    for (const unsigned char* p = a; p < b; ++p)
+      if (*p != 0xff) return p;
+    return nullptr;
+  };
+  const unsigned char* bad = first_bad(lo, s.smem);
+  if (!bad) bad = first_bad(hi_begin, end);
+  if (bad) {
+    s.error = std::string(s.launch->name) + " block (" + std::to_string(blockIdx.x) + "," +
+              std::to_string(blockIdx.y) + "," + std::to_string(blockIdx.z) + "): shared memory written at byte offset " +
+              std::to_string(bad - s.smem) + ", outside the launch's " + std::to_string(s.smem_bytes) +
+              " bytes of dynamic shared memory";
   }
 }
 
@@ -704,6 +731,7 @@ void run(const Launch& l) {
         blockIdx = dim3(x, y, z);
         ++s.blocks;
         run_block();
+        if (s.error.empty()) check_canaries();
         if (!s.error.empty()) {
           const std::string e = "vpemu: " + s.error;
           s.error.clear();

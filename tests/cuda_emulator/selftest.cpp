@@ -117,6 +117,11 @@ void divergent_kernel(int* out) {
 
 void smem_limit_kernel() {}
 
+void smem_overrun_kernel() {
+  float* s = reinterpret_cast<float*>(vpemu::dynamic_smem());
+  s[threadIdx.x + 1] = 0.f;  // 32 floats of dynamic shared memory: lane 31 writes one past the end
+}
+
 template <class F, class... A>
 std::string expect_failure(const char* what, const char* needle, F kernel, size_t smem, A... args) {
   try {
@@ -151,6 +156,7 @@ extern "C" __attribute__((visibility("default"))) const char* vpemu_selftest() {
   int x = 0;
   msg = expect_failure("selftest_early_exit", "exited", early_exit_kernel, 0, &x);
   if (msg.empty()) msg = expect_failure("selftest_divergent", "deadlock", divergent_kernel, 0, &x);
+  if (msg.empty()) msg = expect_failure("selftest_smem_overrun", "outside the launch", smem_overrun_kernel, 128);
   if (msg.empty()) {
     cudaGetLastError();
     vpemu::launch("selftest_smem_limit", smem_limit_kernel, dim3(1), dim3(32), size_t(64 * 1024), nullptr);
