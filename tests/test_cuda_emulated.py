@@ -173,6 +173,19 @@ def test_decode_heatmaps(emu, case):
     parity.check_decode_heatmaps("cuda", case, CPU)
 
 
+def test_decode_heatmaps_schedule_independent(emu, monkeypatch):
+    """decode_heatmaps stages maps in shared memory between barriers and reduces across warps:
+    the same bits under every thread order (a removed barrier changes them)."""
+    case = parity.HeatmapCase(size=(40, 30), B=2, K=5, flip=True, boxes=True, border=True)
+    hm, kw = parity.heatmap_inputs(case, CPU)
+    first = vk.decode_heatmaps(hm, backend="cuda", **kw)
+    for schedule, copies in SCHEDULES:
+        monkeypatch.setenv("VPEMU_SCHEDULE", schedule)
+        again = vk.decode_heatmaps(hm, backend="cuda", **kw)
+        for a, b in zip(first, again):
+            assert torch.equal(a, b), f"decode_heatmaps changes with the thread order ({schedule})"
+
+
 @pytest.mark.parametrize("case", parity.target_sweep("ci"), ids=str)
 def test_udp_targets(emu, case):
     parity.check_udp_targets("cuda", case, CPU)
