@@ -55,22 +55,13 @@ def _low(case: parity.AttentionCase, i: int) -> parity.AttentionCase:
     return case if case.dtype in LOW else dataclasses.replace(case, dtype=LOW[i % 2])
 
 
-def _degenerate_rel_pos(case: parity.AttentionCase) -> bool:
-    """Relative position along a window side of 1: the true gradient of that table is exactly 0
-    (it adds one constant to a whole softmax row), and what a low-precision backward returns is
-    the rounding of `out` inside FlashAttention's delta = rowsum(dout * out), summed over all
-    rows; it exceeds the harness's absolute floor in bf16 for the Triton backend as well."""
-    wh, ww = case.window or case.grid
-    return case.rel_pos and min(wh, ww) == 1
-
-
 # The whole CI sweep (every feature: full attention, windows with partial edge cells, shift,
 # pooling, global tokens, relative position, unpacked strides, D 16/32/80), shapes that need more
 # than one tile (a cell of 81 rows: two query blocks and two key tiles; 70 global tokens: two
 # global query blocks and two key blocks; D 80 padded to 96), and seeded random configs of the
 # GPU sweep's kind (head dims 32..128, fp16/bf16) on grids up to 16x16.
 _RANDOM = [c for c in parity.random_attention_cases(400, seed=11, small=False)
-           if max(c.grid) <= 16 and not _degenerate_rel_pos(c)][:32]
+           if max(c.grid) <= 16][:32]
 ATTENTION = [_low(c, i) for i, c in enumerate(parity.attention_sweep("ci"))] + [
     parity.AttentionCase(grid=(9, 9), window=None, num_global=2, rel_pos=True, D=32, dtype=torch.bfloat16, H=1),
     parity.AttentionCase(grid=(5, 7), window=(9, 9), shift=(4, 6), pool=True, num_global=70, D=16,
