@@ -1,5 +1,11 @@
 """Reference decode_heatmaps: mmpose 1.x ``UDPHeatmap.decode`` for a whole batch, then the box
-back-transform. Float32 math throughout, whatever the input dtype."""
+back-transform. Float32 math throughout, whatever the input dtype.
+
+One deliberate difference: mmpose's get_heatmap_maximum marks a map whose maximum is <= 0 with
+location -1, and its refinement then reads outside that map (numpy wraps the negative index into
+the previous keypoint's map). The spec keeps the argmax and refines there; the score (<= 0) is
+what tells the caller the keypoint was not found.
+"""
 from __future__ import annotations
 
 import math
