@@ -50,9 +50,9 @@ void set_sizes(Params& p, const std::vector<std::int64_t>& s) {
 
 using Vec = std::vector<std::int64_t>;
 
-void fwd(const Vec& q, const Vec& k, const Vec& v, const Vec& kp, const Vec& vp, std::int64_t qrh,
-         std::int64_t qrw, std::int64_t out, std::int64_t lse, const Vec& sizes, double scale, int dtype,
-         std::int64_t stream) {
+// The forward's arguments, which the backward takes too (it recomputes the probabilities).
+Params forward_params(const Vec& q, const Vec& k, const Vec& v, const Vec& kp, const Vec& vp, std::int64_t qrh,
+                      std::int64_t qrw, std::int64_t out, std::int64_t lse, const Vec& sizes, double scale) {
   Params p;
   p.q = operand(q, "q");
   p.k = operand(k, "k");
@@ -65,24 +65,23 @@ void fwd(const Vec& q, const Vec& k, const Vec& v, const Vec& kp, const Vec& vp,
   p.lse = as_f32(lse);
   set_sizes(p, sizes);
   p.scale = static_cast<float>(scale);
-  vitpose::wa::forward(p, dtype, vitpose::as_stream(static_cast<std::uintptr_t>(stream)));
+  return p;
+}
+
+cudaStream_t stream_of(std::int64_t stream) { return vitpose::as_stream(static_cast<std::uintptr_t>(stream)); }
+
+void fwd(const Vec& q, const Vec& k, const Vec& v, const Vec& kp, const Vec& vp, std::int64_t qrh,
+         std::int64_t qrw, std::int64_t out, std::int64_t lse, const Vec& sizes, double scale, int dtype,
+         std::int64_t stream) {
+  vitpose::wa::forward(forward_params(q, k, v, kp, vp, qrh, qrw, out, lse, sizes, scale), dtype, stream_of(stream));
 }
 
 void bwd(const Vec& q, const Vec& k, const Vec& v, const Vec& kp, const Vec& vp, const Vec& dout,
          std::int64_t qrh, std::int64_t qrw, std::int64_t out, std::int64_t lse, std::int64_t delta,
          std::int64_t dq, std::int64_t dk, std::int64_t dv, std::int64_t dkp, std::int64_t dvp,
          std::int64_t dqrh, std::int64_t dqrw, const Vec& sizes, double scale, int dtype, std::int64_t stream) {
-  Params p;
-  p.q = operand(q, "q");
-  p.k = operand(k, "k");
-  p.v = operand(v, "v");
-  p.kp = operand(kp, "kp");
-  p.vp = operand(vp, "vp");
+  Params p = forward_params(q, k, v, kp, vp, qrh, qrw, out, lse, sizes, scale);
   p.dout = operand(dout, "dout");
-  p.qrh = as_f32(qrh);
-  p.qrw = as_f32(qrw);
-  p.out = as_mut(out);
-  p.lse = as_f32(lse);
   p.delta = as_f32(delta);
   p.dq = as_mut(dq);
   p.dk = as_mut(dk);
@@ -91,9 +90,7 @@ void bwd(const Vec& q, const Vec& k, const Vec& v, const Vec& kp, const Vec& vp,
   p.dvp = as_mut(dvp);
   p.dqrh = as_f32(dqrh);
   p.dqrw = as_f32(dqrw);
-  set_sizes(p, sizes);
-  p.scale = static_cast<float>(scale);
-  vitpose::wa::backward(p, dtype, vitpose::as_stream(static_cast<std::uintptr_t>(stream)));
+  vitpose::wa::backward(p, dtype, stream_of(stream));
 }
 
 }  // namespace
