@@ -86,29 +86,6 @@ __device__ __forceinline__ int seg_yx(const Seg& s, int i) {
   return ((s.y0 + y) << 16) | (s.x0 + i - y * s.cw);
 }
 
-// Tile `tile` of the concatenation of up to three segments (empty ones are never listed).
-__device__ __forceinline__ void locate(const Seg& a, const Seg& b, const Seg& c, int n, int bs, int tile,
-                                       Seg& out, int& r0) {
-  const int ta = cdiv(a.len, bs);
-  if (tile < ta || n == 1) {
-    out = a;
-    r0 = tile * bs;
-    return;
-  }
-  tile -= ta;
-  const int tb = cdiv(b.len, bs);
-  if (tile < tb || n == 2) {
-    out = b;
-    r0 = tile * bs;
-    return;
-  }
-  out = c;
-  r0 = (tile - tb) * bs;
-}
-__device__ __forceinline__ int num_tiles(const Seg& a, const Seg& b, const Seg& c, int n, int bs) {
-  return cdiv(a.len, bs) + (n > 1 ? cdiv(b.len, bs) : 0) + (n > 2 ? cdiv(c.len, bs) : 0);
-}
-
 // Rows r0..r0+ROWS-1 of a segment into a padded smem tile [ROWS][DP + kPad], 16 bytes per
 // cp.async; rows past the segment and columns past D are zero-filled. The pooled rows of a
 // kExtra segment come from (pbase, psn), everything else from (base, sn).
@@ -159,16 +136,320 @@ __device__ __forceinline__ const T* bh_ptr(const Operand& o, int b, int h) {
   return static_cast<const T*>(o.ptr) + b * o.sb + h * o.sh;
 }
 
+// q . rel_pos_h^T and q . rel_pos_w^T of one (batch, head), rows y*Wg + x; null where absent.
+struct RelPos {
+  const float* qrh;
+  const float* qrw;
+  __device__ __forceinline__ bool any() const { return qrh || qrw; }
+};
+
+__device__ __forceinline__ RelPos rel_pos_of(const Params& p, int64_t bh) {
+  const int64_t ngrid = static_cast<int64_t>(p.Hg) * p.Wg;
+  return RelPos{p.qrh ? p.qrh + bh * ngrid * p.Rh : nullptr, p.qrw ? p.qrw + bh * ngrid * p.Rw : nullptr};
+}
+
 // Relative-position logit of a grid query (row `grow` = y*Wg + x of q . rel_pos^T, coords qyx)
 // and a key of the same cell (coords kyx): q . Rh[yq - yk + wh - 1] + q . Rw[xq - xk + ww - 1].
-__device__ __forceinline__ float rel_bias(const Params& p, const float* qrh_bh, const float* qrw_bh, int qyx,
-                                          int kyx) {
+__device__ __forceinline__ float rel_bias(const Params& p, const RelPos& rp, int qyx, int kyx) {
   const int yq = qyx >> 16, xq = qyx & 0xffff, yk = kyx >> 16, xk = kyx & 0xffff;
   const int64_t grow = static_cast<int64_t>(yq) * p.Wg + xq;
   float b = 0.f;
-  if (qrh_bh) b += __ldg(qrh_bh + grow * p.Rh + (yq - yk + p.wh - 1));
-  if (qrw_bh) b += __ldg(qrw_bh + grow * p.Rw + (xq - xk + p.ww - 1));
+  if (rp.qrh) b += __ldg(rp.qrh + grow * p.Rh + (yq - yk + p.wh - 1));
+  if (rp.qrw) b += __ldg(rp.qrw + grow * p.Rw + (xq - xk + p.ww - 1));
   return b;
+}
+
+// ============================================================================ block decomposition
+// The segments a block walks, concatenated and cut into tiles of `bs` rows. Never more than two
+// today: a grid query's extra keys (P pooled rows, G global tokens) are one kExtra segment so that
+// they share a tile. Empty segments are never listed. The third slot is dead but kept: without it
+// nvcc 13.0 allocates the tile loops differently, up to 58 more registers and the dq kernel at
+// D 128 spilling (measured).
+struct SegList {
+  Seg a, b, c;
+  int n;  // 1 or 2
+
+  __device__ __forceinline__ int tiles(int bs) const {
+    return cdiv(a.len, bs) + (n > 1 ? cdiv(b.len, bs) : 0) + (n > 2 ? cdiv(c.len, bs) : 0);
+  }
+  // Tile `tile`: its segment and the segment row it starts at.
+  __device__ __forceinline__ void locate(int bs, int tile, Seg& out, int& r0) const {
+    const int ta = cdiv(a.len, bs);
+    if (tile < ta || n == 1) {
+      out = a;
+      r0 = tile * bs;
+      return;
+    }
+    tile -= ta;
+    const int tb = cdiv(b.len, bs);
+    if (tile < tb || n == 2) {
+      out = b;
+      r0 = tile * bs;
+      return;
+    }
+    out = c;
+    r0 = (tile - tb) * bs;
+  }
+};
+
+// A CTA's work: rows r0.. of segment `own` (its output rows), and the segments it walks. r0 >=
+// own.len for the empty blocks of a partial cell.
+struct Block {
+  Seg own;
+  int r0;
+  SegList walk;
+};
+
+// The forward's (and the dq kernel's) decomposition, BM query rows a block:
+//   global query block (rows 0..G-1):     keys = [all N tokens]
+//   grid query block (rows of one cell):  keys = [its cell] + [P pooled rows, then the G global tokens]
+__device__ __forceinline__ Block query_block(const Params& p, const Cells& cells, int bm, int bx) {
+  const int nqg = cdiv(p.G, bm), qbpc = cdiv(p.wh * p.ww, bm);
+  Block blk;
+  if (bx < nqg) {
+    blk.own = range_seg(kRange, 0, p.G);
+    blk.r0 = bx * bm;
+    blk.walk = SegList{range_seg(kRange, 0, p.N), Seg{}, Seg{}, 1};
+  } else {
+    bx -= nqg;
+    blk.own = cell_seg(p, cells, bx / qbpc);
+    blk.r0 = (bx % qbpc) * bm;
+    blk.walk = SegList{blk.own, Seg{}, Seg{}, 1};
+    if (p.P + p.G > 0) blk.walk = SegList{blk.own, range_seg(kExtra, 0, p.P + p.G), Seg{}, 2};
+  }
+  return blk;
+}
+
+// The dk/dv kernel's (transposed) decomposition, BN key rows a block:
+//   pooled key block:  queries = [all grid tokens]
+//   global key block:  queries = [all N tokens]
+//   cell key block:    queries = [its cell] + [global tokens]
+__device__ __forceinline__ Block key_block(const Params& p, const Cells& cells, int bn, int bx) {
+  const int npb = cdiv(p.P, bn), ngb = cdiv(p.G, bn), kbpc = cdiv(p.wh * p.ww, bn);
+  Block blk;
+  if (bx < npb) {
+    blk.own = range_seg(kPool, 0, p.P);
+    blk.r0 = bx * bn;
+    blk.walk = SegList{range_seg(kRange, p.G, p.Hg * p.Wg), Seg{}, Seg{}, 1};
+  } else if ((bx -= npb) < ngb) {
+    blk.own = range_seg(kRange, 0, p.G);
+    blk.r0 = bx * bn;
+    blk.walk = SegList{range_seg(kRange, 0, p.N), Seg{}, Seg{}, 1};
+  } else {
+    bx -= ngb;
+    blk.own = cell_seg(p, cells, bx / kbpc);
+    blk.r0 = (bx % kbpc) * bn;
+    blk.walk = SegList{blk.own, Seg{}, Seg{}, 1};
+    if (p.G > 0) blk.walk = SegList{blk.own, range_seg(kRange, 0, p.G), Seg{}, 2};
+  }
+  return blk;
+}
+
+// ============================================================================ tile pipeline
+// One (batch, head) of the keys and values; the pooled rows of a kExtra segment come from kp/vp.
+template <typename T>
+struct KeySrc {
+  const T *k, *v, *kp, *vp;
+};
+
+template <typename T>
+__device__ __forceinline__ KeySrc<T> key_src(const Params& p, int b, int h) {
+  const T* k = bh_ptr<T>(p.k, b, h);
+  const T* v = bh_ptr<T>(p.v, b, h);
+  return KeySrc<T>{k, v, p.P > 0 ? bh_ptr<T>(p.kp, b, h) : k, p.P > 0 ? bh_ptr<T>(p.vp, b, h) : v};
+}
+
+// Key tile `tile` of `keys` into one buffer of sK, sV ([BN][DP + kPad]) and, when with_yx and the
+// tile is a cell's, the keys' grid coordinates into sKyx[BN] for the relative-position term.
+template <typename T, int DP, int BN>
+__device__ __forceinline__ void load_key_tile(T* sK, T* sV, int* sKyx, const KeySrc<T>& src, const SegList& keys,
+                                              int tile, bool with_yx, const Params& p) {
+  Seg s;
+  int n0;
+  keys.locate(BN, tile, s, n0);
+  load_rows<T, DP, BN>(sK, src.k, p.k.sn, s, n0, p, src.kp, p.kp.sn);
+  load_rows<T, DP, BN>(sV, src.v, p.v.sn, s, n0, p, src.vp, p.vp.sn);
+  if (with_yx && s.kind == kCell && threadIdx.x < BN)
+    sKyx[threadIdx.x] = n0 + static_cast<int>(threadIdx.x) < s.len ? seg_yx(s, n0 + threadIdx.x) : 0;
+}
+
+// Double buffering: issue tile + 1's copies into the other buffer (load(tile, buf)), then wait for
+// tile's own group only (cp.async groups retire in order) and make it visible to the whole CTA.
+template <typename Load>
+__device__ __forceinline__ void prefetch_next_and_wait(int tile, int ntiles, const Load& load) {
+  if (tile + 1 < ntiles) {
+    load(tile + 1, (tile & 1) ^ 1);
+    cp_async_commit();
+    cp_async_wait<1>();
+  } else {
+    cp_async_wait<0>();
+  }
+  __syncthreads();
+}
+
+// ============================================================================ warp tile math
+// A warp owns 16 rows of every product; a thread holds rows g and g + 8 of them (mma C fragment,
+// window_attention_mma.cuh). Whether segment row i is in segment s, and its grid coordinates
+// where s is a cell.
+__device__ __forceinline__ void own_row(const Seg& s, int i, bool& ok, int& yx) {
+  ok = i < s.len;
+  yx = (ok && s.kind == kCell) ? seg_yx(s, i) : 0;
+}
+
+// The forward's saved statistics of query i of segment s (when ok, else zeros): logsumexp in log2
+// units and delta = rowsum(dout * out).
+__device__ __forceinline__ void row_stats(const Params& p, int64_t bh, const Seg& s, int i, bool ok, float& lse2,
+                                          float& dlt) {
+  const int64_t row = ok ? bh * p.N + seg_row(s, i, p) : 0;
+  lse2 = ok ? p.lse[row] * kLog2e : 0.f;
+  dlt = ok ? p.delta[row] : 0.f;
+}
+
+template <int N>
+__device__ __forceinline__ void zero(float (&acc)[N][4]) {
+#pragma unroll
+  for (int j = 0; j < N; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+}
+
+// f(j, e, col, r) for every element e of every n8 accumulator tile j of a 16 x 8N product: its
+// column in the product and its thread row r (g + 8r of the warp's 16).
+template <int N, typename F>
+__device__ __forceinline__ void for_each_acc(int tq, const F& f) {
+#pragma unroll
+  for (int j = 0; j < N; ++j) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) f(j, e, j * 8 + 2 * tq + (e & 1), e >> 1);
+  }
+}
+
+// The C fragments of n8 tiles 2kk and 2kk + 1, rounded to T, are the A fragment of the next
+// product's k-step kk: P and dS never leave registers (window_attention_mma.cuh).
+template <typename T, int N>
+__device__ __forceinline__ void acc_to_a(uint32_t (&a)[4], const float (&c)[N][4], int kk) {
+  a[0] = Mma<T>::pack(c[2 * kk][0], c[2 * kk][1]);
+  a[1] = Mma<T>::pack(c[2 * kk][2], c[2 * kk][3]);
+  a[2] = Mma<T>::pack(c[2 * kk + 1][0], c[2 * kk + 1][1]);
+  a[3] = Mma<T>::pack(c[2 * kk + 1][2], c[2 * kk + 1][3]);
+}
+
+// S = A B^T over the head dim for the warp's 16 rows, A's fragments already in registers, B the
+// NB rows of a padded tile.
+template <typename T, int DP, int NB>
+__device__ __forceinline__ void mma_abt(float (&s)[NB / 8][4], const uint32_t (&af)[DP / 16][4], const T* b,
+                                        int lane) {
+  constexpr int LD = DP + kPad;
+  zero(s);
+#pragma unroll
+  for (int kk = 0; kk < DP / 16; ++kk) {
+#pragma unroll
+    for (int nn = 0; nn < NB / 16; ++nn) {
+      uint32_t bf[4];
+      ldsm_x4(bf, b + (nn * 16 + lrow_b(lane)) * LD + kk * 16 + lcol_b(lane));
+      Mma<T>::run(s[2 * nn], af[kk], bf[0], bf[1]);
+      Mma<T>::run(s[2 * nn + 1], af[kk], bf[2], bf[3]);
+    }
+  }
+}
+
+// The backward's two score products in one pass over the head dim: S = A B^T and dP = A2 B2^T,
+// A and A2 the rows a_row0..a_row0+15 of padded tiles, B and B2 all NB rows of theirs.
+template <typename T, int DP, int NB>
+__device__ __forceinline__ void mma_abt_pair(float (&s)[NB / 8][4], float (&dp)[NB / 8][4], const T* a, const T* a2,
+                                             int a_row0, const T* b, const T* b2, int lane) {
+  constexpr int LD = DP + kPad;
+  zero(s);
+  zero(dp);
+#pragma unroll
+  for (int kk = 0; kk < DP / 16; ++kk) {
+    uint32_t af[4], af2[4];
+    ldsm_x4(af, a + (a_row0 + lrow_a(lane)) * LD + kk * 16 + lcol_a(lane));
+    ldsm_x4(af2, a2 + (a_row0 + lrow_a(lane)) * LD + kk * 16 + lcol_a(lane));
+#pragma unroll
+    for (int nn = 0; nn < NB / 16; ++nn) {
+      uint32_t bf[4], bf2[4];
+      ldsm_x4(bf, b + (nn * 16 + lrow_b(lane)) * LD + kk * 16 + lcol_b(lane));
+      ldsm_x4(bf2, b2 + (nn * 16 + lrow_b(lane)) * LD + kk * 16 + lcol_b(lane));
+      Mma<T>::run(s[2 * nn], af, bf[0], bf[1]);
+      Mma<T>::run(s[2 * nn + 1], af, bf[2], bf[3]);
+      Mma<T>::run(dp[2 * nn], af2, bf2[0], bf2[1]);
+      Mma<T>::run(dp[2 * nn + 1], af2, bf2[2], bf2[3]);
+    }
+  }
+}
+
+// acc += P B: P (16 x NB) the warp's C fragments of the previous product, B a padded NB x DP tile.
+template <typename T, int DP, int NB>
+__device__ __forceinline__ void mma_acc_pb(float (&acc)[DP / 8][4], const float (&pc)[NB / 8][4], const T* b,
+                                           int lane) {
+  constexpr int LD = DP + kPad;
+#pragma unroll
+  for (int kk = 0; kk < NB / 16; ++kk) {
+    uint32_t a[4];
+    acc_to_a<T>(a, pc, kk);
+#pragma unroll
+    for (int dd = 0; dd < DP / 16; ++dd) {
+      uint32_t bf[4];
+      ldsm_x4_t(bf, b + (kk * 16 + lrow_a(lane)) * LD + dd * 16 + lcol_a(lane));
+      Mma<T>::run(acc[2 * dd], a, bf[0], bf[1]);
+      Mma<T>::run(acc[2 * dd + 1], a, bf[2], bf[3]);
+    }
+  }
+}
+
+// Both at once, sharing the k-steps: acc += P B and acc2 += P2 B2.
+template <typename T, int DP, int NB>
+__device__ __forceinline__ void mma_acc_pb_pair(float (&acc)[DP / 8][4], const float (&pc)[NB / 8][4], const T* b,
+                                                float (&acc2)[DP / 8][4], const float (&pc2)[NB / 8][4],
+                                                const T* b2, int lane) {
+  constexpr int LD = DP + kPad;
+#pragma unroll
+  for (int kk = 0; kk < NB / 16; ++kk) {
+    uint32_t a[4], a2[4];
+    acc_to_a<T>(a, pc, kk);
+    acc_to_a<T>(a2, pc2, kk);
+#pragma unroll
+    for (int dd = 0; dd < DP / 16; ++dd) {
+      uint32_t bf[4], bf2[4];
+      ldsm_x4_t(bf, b + (kk * 16 + lrow_a(lane)) * LD + dd * 16 + lcol_a(lane));
+      ldsm_x4_t(bf2, b2 + (kk * 16 + lrow_a(lane)) * LD + dd * 16 + lcol_a(lane));
+      Mma<T>::run(acc[2 * dd], a, bf[0], bf[1]);
+      Mma<T>::run(acc[2 * dd + 1], a, bf[2], bf[3]);
+      Mma<T>::run(acc2[2 * dd], a2, bf2[0], bf2[1]);
+      Mma<T>::run(acc2[2 * dd + 1], a2, bf2[2], bf2[3]);
+    }
+  }
+}
+
+// One key tile of the online softmax (logits s in log2 units, updated to their exponentials):
+// the running row max m and sum l, and the output accumulator o rescaled to the new max. The
+// row's 4 lanes (a quad) share its max; l stays per-lane until the end.
+template <int DP, int NB>
+__device__ __forceinline__ void online_softmax(float (&s)[NB / 8][4], float (&o)[DP / 8][4], float (&m)[2],
+                                               float (&l)[2]) {
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float mx = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < NB / 8; ++j) mx = fmaxf(mx, fmaxf(s[j][2 * r], s[j][2 * r + 1]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float m_new = fmaxf(m[r], mx);
+    const float m_use = m_new == -INFINITY ? 0.f : m_new;  // a row with no key yet: avoid inf - inf
+    const float alpha = exp2f(m[r] - m_use);
+    m[r] = m_new;
+    l[r] *= alpha;
+#pragma unroll
+    for (int j = 0; j < DP / 8; ++j) {
+      o[j][2 * r] *= alpha;
+      o[j][2 * r + 1] *= alpha;
+    }
+#pragma unroll
+    for (int j = 0; j < NB / 8; ++j) {
+      s[j][2 * r] = exp2f(s[j][2 * r] - m_use);
+      s[j][2 * r + 1] = exp2f(s[j][2 * r + 1] - m_use);
+      l[r] += s[j][2 * r] + s[j][2 * r + 1];
+    }
+  }
 }
 
 // ============================================================================ forward
@@ -193,78 +474,40 @@ __global__ void __launch_bounds__(kThreads) wa_fwd_kernel(const Params p, const 
   int* sKyx = reinterpret_cast<int*>(sV + 2 * BN * LD);  // [2][BN] key grid coords (cell tiles)
 
   const int b = blockIdx.z, h = blockIdx.y;
-  const int nqg = cdiv(p.G, BM), qbpc = cdiv(p.wh * p.ww, BM);
-  Seg qs, k0, k1 = {}, k2 = {};  // key segments (k2 unused: at most two)
-  int m0, nks = 1;
-  if (static_cast<int>(blockIdx.x) < nqg) {
-    qs = range_seg(kRange, 0, p.G);
-    m0 = blockIdx.x * BM;
-    k0 = range_seg(kRange, 0, p.N);
-  } else {
-    const int bx = blockIdx.x - nqg;
-    qs = cell_seg(p, cells, bx / qbpc);
-    m0 = (bx % qbpc) * BM;
-    k0 = qs;
-    if (p.P + p.G > 0) {
-      k1 = range_seg(kExtra, 0, p.P + p.G);
-      nks = 2;
-    }
-  }
+  const Block blk = query_block(p, cells, BM, blockIdx.x);
+  const Seg& qs = blk.own;
+  const int m0 = blk.r0;
   if (m0 >= qs.len) return;  // an empty block of a partial cell
 
   const T* q_bh = bh_ptr<T>(p.q, b, h);
-  const T* k_bh = bh_ptr<T>(p.k, b, h);
-  const T* v_bh = bh_ptr<T>(p.v, b, h);
-  const T* kp_bh = p.P > 0 ? bh_ptr<T>(p.kp, b, h) : k_bh;
-  const T* vp_bh = p.P > 0 ? bh_ptr<T>(p.vp, b, h) : v_bh;
+  const KeySrc<T> kv = key_src<T>(p, b, h);
   const int64_t bh = static_cast<int64_t>(b) * p.H + h;
-  const int64_t ngrid = static_cast<int64_t>(p.Hg) * p.Wg;
-  const float* qrh_bh = p.qrh ? p.qrh + bh * ngrid * p.Rh : nullptr;
-  const float* qrw_bh = p.qrw ? p.qrw + bh * ngrid * p.Rw : nullptr;
-  const bool has_bias = (qrh_bh || qrw_bh) && qs.kind == kCell;
+  const RelPos rp = rel_pos_of(p, bh);
+  const bool has_bias = rp.any() && qs.kind == kCell;
 
-  const int T_ = num_tiles(k0, k1, k2, nks, BN);
+  const int T_ = blk.walk.tiles(BN);
   auto load_kv = [&](int tile, int buf) {
-    Seg s;
-    int n0;
-    locate(k0, k1, k2, nks, BN, tile, s, n0);
-    load_rows<T, DP, BN>(sK + buf * BN * LD, k_bh, p.k.sn, s, n0, p, kp_bh, p.kp.sn);
-    load_rows<T, DP, BN>(sV + buf * BN * LD, v_bh, p.v.sn, s, n0, p, vp_bh, p.vp.sn);
-    if (has_bias && s.kind == kCell && threadIdx.x < BN)
-      sKyx[buf * BN + threadIdx.x] = n0 + static_cast<int>(threadIdx.x) < s.len ? seg_yx(s, n0 + threadIdx.x) : 0;
+    load_key_tile<T, DP, BN>(sK + buf * BN * LD, sV + buf * BN * LD, sKyx + buf * BN, kv, blk.walk, tile, has_bias, p);
   };
   load_rows<T, DP, BM>(sQ, q_bh, p.q.sn, qs, m0, p);
   load_kv(0, 0);
   cp_async_commit();
 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
-  // This thread's two rows (g and g+8 of the warp's 16) and their grid coordinates.
   int qyx[2];
   bool qok[2];
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int i = m0 + warp * 16 + g + 8 * r;
-    qok[r] = i < qs.len;
-    qyx[r] = (qok[r] && qs.kind == kCell) ? seg_yx(qs, i) : 0;
-  }
+  for (int r = 0; r < 2; ++r) own_row(qs, m0 + warp * 16 + g + 8 * r, qok[r], qyx[r]);
   const float scale_log2 = p.scale * kLog2e;
 
   uint32_t qf[DP / 16][4];
   float o[DP / 8][4];
-#pragma unroll
-  for (int j = 0; j < DP / 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+  zero(o);
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
 
   for (int tile = 0; tile < T_; ++tile) {
     const int buf = tile & 1;
-    if (tile + 1 < T_) {
-      load_kv(tile + 1, buf ^ 1);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
+    prefetch_next_and_wait(tile, T_, load_kv);
     if (tile == 0) {
 #pragma unroll
       for (int kk = 0; kk < DP / 16; ++kk)
@@ -272,79 +515,27 @@ __global__ void __launch_bounds__(kThreads) wa_fwd_kernel(const Params p, const 
     }
     Seg seg;
     int n0;
-    locate(k0, k1, k2, nks, BN, tile, seg, n0);
+    blk.walk.locate(BN, tile, seg, n0);
     const T* tK = sK + buf * BN * LD;
     const T* tV = sV + buf * BN * LD;
 
     // S = Q K^T for the warp's 16 rows x BN keys.
     float s[BN / 8][4];
-#pragma unroll
-    for (int j = 0; j < BN / 8; ++j) s[j][0] = s[j][1] = s[j][2] = s[j][3] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < DP / 16; ++kk) {
-#pragma unroll
-      for (int nn = 0; nn < BN / 16; ++nn) {
-        uint32_t bf[4];
-        ldsm_x4(bf, tK + (nn * 16 + lrow_b(lane)) * LD + kk * 16 + lcol_b(lane));
-        Mma<T>::run(s[2 * nn], qf[kk], bf[0], bf[1]);
-        Mma<T>::run(s[2 * nn + 1], qf[kk], bf[2], bf[3]);
-      }
-    }
+    mma_abt<T, DP, BN>(s, qf, tK, lane);
     // Logits in log2 units; keys past the segment get -inf.
     const bool bias_tile = has_bias && seg.kind == kCell;
-#pragma unroll
-    for (int j = 0; j < BN / 8; ++j) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int col = j * 8 + 2 * tq + (e & 1), r = e >> 1;
-        float x = s[j][e] * scale_log2;
-        if (n0 + col >= seg.len) {
-          x = -INFINITY;
-        } else if (bias_tile && qok[r]) {
-          x += kLog2e * rel_bias(p, qrh_bh, qrw_bh, qyx[r], sKyx[buf * BN + col]);
-        }
-        s[j][e] = x;
+    for_each_acc<BN / 8>(tq, [&](int j, int e, int col, int r) {
+      float x = s[j][e] * scale_log2;
+      if (n0 + col >= seg.len) {
+        x = -INFINITY;
+      } else if (bias_tile && qok[r]) {
+        x += kLog2e * rel_bias(p, rp, qyx[r], sKyx[buf * BN + col]);
       }
-    }
-    // Online softmax; the row's 4 lanes (a quad) share its max.
-#pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      float mx = -INFINITY;
-#pragma unroll
-      for (int j = 0; j < BN / 8; ++j) mx = fmaxf(mx, fmaxf(s[j][2 * r], s[j][2 * r + 1]));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
-      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
-      const float m_new = fmaxf(m[r], mx);
-      const float m_use = m_new == -INFINITY ? 0.f : m_new;  // a row with no key yet: avoid inf - inf
-      const float alpha = exp2f(m[r] - m_use);
-      m[r] = m_new;
-      l[r] *= alpha;
-#pragma unroll
-      for (int j = 0; j < DP / 8; ++j) {
-        o[j][2 * r] *= alpha;
-        o[j][2 * r + 1] *= alpha;
-      }
-#pragma unroll
-      for (int j = 0; j < BN / 8; ++j) {
-        s[j][2 * r] = exp2f(s[j][2 * r] - m_use);
-        s[j][2 * r + 1] = exp2f(s[j][2 * r + 1] - m_use);
-        l[r] += s[j][2 * r] + s[j][2 * r + 1];
-      }
-    }
-    // O += P V, P straight from the accumulators (see window_attention_mma.cuh).
-#pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) {
-      const uint32_t a[4] = {Mma<T>::pack(s[2 * kk][0], s[2 * kk][1]), Mma<T>::pack(s[2 * kk][2], s[2 * kk][3]),
-                             Mma<T>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                             Mma<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-#pragma unroll
-      for (int dd = 0; dd < DP / 16; ++dd) {
-        uint32_t bf[4];
-        ldsm_x4_t(bf, tV + (kk * 16 + lrow_a(lane)) * LD + dd * 16 + lcol_a(lane));
-        Mma<T>::run(o[2 * dd], a, bf[0], bf[1]);
-        Mma<T>::run(o[2 * dd + 1], a, bf[2], bf[3]);
-      }
-    }
+      s[j][e] = x;
+    });
+    online_softmax<DP, BN>(s, o, m, l);
+    // O += P V, P straight from the accumulators.
+    mma_acc_pb<T, DP, BN>(o, s, tV, lane);
     __syncthreads();  // the buffer just read is the next prefetch's target
   }
 
@@ -418,36 +609,18 @@ __global__ void __launch_bounds__(kThreads) wa_dq_kernel(const Params p, const C
   float* sdS = reinterpret_cast<float*>(sKyx + 2 * BN);  // [BM][LDS], only with relative position
 
   const int b = blockIdx.z, h = blockIdx.y;
-  const int nqg = cdiv(p.G, BM), qbpc = cdiv(p.wh * p.ww, BM);
-  Seg qs, k0, k1 = {}, k2 = {};  // key segments (k2 unused: at most two)
-  int m0, nks = 1;
-  if (static_cast<int>(blockIdx.x) < nqg) {
-    qs = range_seg(kRange, 0, p.G);
-    m0 = blockIdx.x * BM;
-    k0 = range_seg(kRange, 0, p.N);
-  } else {
-    const int bx = blockIdx.x - nqg;
-    qs = cell_seg(p, cells, bx / qbpc);
-    m0 = (bx % qbpc) * BM;
-    k0 = qs;
-    if (p.P + p.G > 0) {
-      k1 = range_seg(kExtra, 0, p.P + p.G);
-      nks = 2;
-    }
-  }
+  const Block blk = query_block(p, cells, BM, blockIdx.x);
+  const Seg& qs = blk.own;
+  const int m0 = blk.r0;
   if (m0 >= qs.len) return;
 
   const T* q_bh = bh_ptr<T>(p.q, b, h);
-  const T* k_bh = bh_ptr<T>(p.k, b, h);
-  const T* v_bh = bh_ptr<T>(p.v, b, h);
-  const T* kp_bh = p.P > 0 ? bh_ptr<T>(p.kp, b, h) : k_bh;
-  const T* vp_bh = p.P > 0 ? bh_ptr<T>(p.vp, b, h) : v_bh;
+  const KeySrc<T> kv = key_src<T>(p, b, h);
   const T* do_bh = bh_ptr<T>(p.dout, b, h);
   const int64_t bh = static_cast<int64_t>(b) * p.H + h;
   const int64_t ngrid = static_cast<int64_t>(p.Hg) * p.Wg;
-  const float* qrh_bh = p.qrh ? p.qrh + bh * ngrid * p.Rh : nullptr;
-  const float* qrw_bh = p.qrw ? p.qrw + bh * ngrid * p.Rw : nullptr;
-  const bool has_bias = (qrh_bh || qrw_bh) && qs.kind == kCell;
+  const RelPos rp = rel_pos_of(p, bh);
+  const bool has_bias = rp.any() && qs.kind == kCell;
 
   // With relative position, thread t owns d(q . rel_pos_h) of block row t (t < BM) or
   // d(q . rel_pos_w) of row t - BM, and accumulates it in a fixed order: deterministic.
@@ -465,15 +638,9 @@ __global__ void __launch_bounds__(kThreads) wa_dq_kernel(const Params p, const C
       for (int i = 0; i < R; ++i) red_dst[i] = 0.f;
   }
 
-  const int T_ = num_tiles(k0, k1, k2, nks, BN);
+  const int T_ = blk.walk.tiles(BN);
   auto load_kv = [&](int tile, int buf) {
-    Seg s;
-    int n0;
-    locate(k0, k1, k2, nks, BN, tile, s, n0);
-    load_rows<T, DP, BN>(sK + buf * BN * LD, k_bh, p.k.sn, s, n0, p, kp_bh, p.kp.sn);
-    load_rows<T, DP, BN>(sV + buf * BN * LD, v_bh, p.v.sn, s, n0, p, vp_bh, p.vp.sn);
-    if (has_bias && s.kind == kCell && threadIdx.x < BN)
-      sKyx[buf * BN + threadIdx.x] = n0 + static_cast<int>(threadIdx.x) < s.len ? seg_yx(s, n0 + threadIdx.x) : 0;
+    load_key_tile<T, DP, BN>(sK + buf * BN * LD, sV + buf * BN * LD, sKyx + buf * BN, kv, blk.walk, tile, has_bias, p);
   };
   load_rows<T, DP, BM>(sQ, q_bh, p.q.sn, qs, m0, p);
   load_rows<T, DP, BM>(sdO, do_bh, p.dout.sn, qs, m0, p);
@@ -487,86 +654,38 @@ __global__ void __launch_bounds__(kThreads) wa_dq_kernel(const Params p, const C
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
     const int i = m0 + warp * 16 + g + 8 * r;
-    qok[r] = i < qs.len;
-    qyx[r] = (qok[r] && qs.kind == kCell) ? seg_yx(qs, i) : 0;
-    const int64_t row = qok[r] ? bh * p.N + seg_row(qs, i, p) : 0;
-    lse2[r] = qok[r] ? p.lse[row] * kLog2e : 0.f;
-    dlt[r] = qok[r] ? p.delta[row] : 0.f;
+    own_row(qs, i, qok[r], qyx[r]);
+    row_stats(p, bh, qs, i, qok[r], lse2[r], dlt[r]);
   }
   const float scale_log2 = p.scale * kLog2e;
 
   float dq[DP / 8][4];
-#pragma unroll
-  for (int j = 0; j < DP / 8; ++j) dq[j][0] = dq[j][1] = dq[j][2] = dq[j][3] = 0.f;
+  zero(dq);
 
   for (int tile = 0; tile < T_; ++tile) {
     const int buf = tile & 1;
-    if (tile + 1 < T_) {
-      load_kv(tile + 1, buf ^ 1);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
+    prefetch_next_and_wait(tile, T_, load_kv);
     Seg seg;
     int n0;
-    locate(k0, k1, k2, nks, BN, tile, seg, n0);
+    blk.walk.locate(BN, tile, seg, n0);
     const T* tK = sK + buf * BN * LD;
     const T* tV = sV + buf * BN * LD;
 
     // S = Q K^T and dP = dO V^T.
     float s[BN / 8][4], dp[BN / 8][4];
-#pragma unroll
-    for (int j = 0; j < BN / 8; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[j][e] = dp[j][e] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < DP / 16; ++kk) {
-      uint32_t qa[4], da[4];
-      ldsm_x4(qa, sQ + (warp * 16 + lrow_a(lane)) * LD + kk * 16 + lcol_a(lane));
-      ldsm_x4(da, sdO + (warp * 16 + lrow_a(lane)) * LD + kk * 16 + lcol_a(lane));
-#pragma unroll
-      for (int nn = 0; nn < BN / 16; ++nn) {
-        uint32_t kb[4], vb[4];
-        ldsm_x4(kb, tK + (nn * 16 + lrow_b(lane)) * LD + kk * 16 + lcol_b(lane));
-        ldsm_x4(vb, tV + (nn * 16 + lrow_b(lane)) * LD + kk * 16 + lcol_b(lane));
-        Mma<T>::run(s[2 * nn], qa, kb[0], kb[1]);
-        Mma<T>::run(s[2 * nn + 1], qa, kb[2], kb[3]);
-        Mma<T>::run(dp[2 * nn], da, vb[0], vb[1]);
-        Mma<T>::run(dp[2 * nn + 1], da, vb[2], vb[3]);
-      }
-    }
+    mma_abt_pair<T, DP, BN>(s, dp, sQ, sdO, warp * 16, tK, tV, lane);
     // P from the saved logsumexp; dS = P * (dP - delta).
     const bool bias_tile = has_bias && seg.kind == kCell;
-#pragma unroll
-    for (int j = 0; j < BN / 8; ++j) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int col = j * 8 + 2 * tq + (e & 1), r = e >> 1;
-        float x = s[j][e] * scale_log2;
-        if (bias_tile && qok[r] && n0 + col < seg.len)
-          x += kLog2e * rel_bias(p, qrh_bh, qrw_bh, qyx[r], sKyx[buf * BN + col]);
-        const float pr = n0 + col < seg.len ? exp2f(x - lse2[r]) : 0.f;
-        const float ds = pr * (dp[j][e] - dlt[r]);
-        s[j][e] = ds;
-        if (bias_tile) sdS[(warp * 16 + g + 8 * r) * LDS + col] = ds;
-      }
-    }
+    for_each_acc<BN / 8>(tq, [&](int j, int e, int col, int r) {
+      float x = s[j][e] * scale_log2;
+      if (bias_tile && qok[r] && n0 + col < seg.len) x += kLog2e * rel_bias(p, rp, qyx[r], sKyx[buf * BN + col]);
+      const float pr = n0 + col < seg.len ? exp2f(x - lse2[r]) : 0.f;
+      const float ds = pr * (dp[j][e] - dlt[r]);
+      s[j][e] = ds;
+      if (bias_tile) sdS[(warp * 16 + g + 8 * r) * LDS + col] = ds;
+    });
     // dQ += dS K.
-#pragma unroll
-    for (int kk = 0; kk < BN / 16; ++kk) {
-      const uint32_t a[4] = {Mma<T>::pack(s[2 * kk][0], s[2 * kk][1]), Mma<T>::pack(s[2 * kk][2], s[2 * kk][3]),
-                             Mma<T>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                             Mma<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-#pragma unroll
-      for (int dd = 0; dd < DP / 16; ++dd) {
-        uint32_t bf[4];
-        ldsm_x4_t(bf, tK + (kk * 16 + lrow_a(lane)) * LD + dd * 16 + lcol_a(lane));
-        Mma<T>::run(dq[2 * dd], a, bf[0], bf[1]);
-        Mma<T>::run(dq[2 * dd + 1], a, bf[2], bf[3]);
-      }
-    }
+    mma_acc_pb<T, DP, BN>(dq, s, tK, lane);
     if (bias_tile) {  // uniform over the CTA
       __syncthreads();
       if (red_dst) {
@@ -621,26 +740,9 @@ __global__ void __launch_bounds__(kThreads) wa_dkv_kernel(const Params p, const 
   int* sQyx = reinterpret_cast<int*>(sDlt + 2 * BQ);          // [2][BQ]
 
   const int b = blockIdx.z, h = blockIdx.y;
-  const int npb = cdiv(p.P, BN), ngb = cdiv(p.G, BN), kbpc = cdiv(p.wh * p.ww, BN);
-  const int ngrid_i = p.Hg * p.Wg;
-  Seg ks, q0, q1 = {}, q2 = {};
-  int n0, nqs = 1;
-  int bx = blockIdx.x;
-  if (bx < npb) {  // pooled keys: seen by every grid query
-    ks = range_seg(kPool, 0, p.P);
-    n0 = bx * BN;
-    q0 = range_seg(kRange, p.G, ngrid_i);
-  } else if ((bx -= npb) < ngb) {  // global keys: seen by every query
-    ks = range_seg(kRange, 0, p.G);
-    n0 = bx * BN;
-    q0 = range_seg(kRange, 0, p.N);
-  } else {  // keys of one cell: seen by the cell's queries and the global queries
-    bx -= ngb;
-    ks = cell_seg(p, cells, bx / kbpc);
-    n0 = (bx % kbpc) * BN;
-    q0 = ks;
-    if (p.G > 0) q1 = range_seg(kRange, 0, p.G), nqs = 2;
-  }
+  const Block blk = key_block(p, cells, BN, blockIdx.x);
+  const Seg& ks = blk.own;
+  const int n0 = blk.r0;
   if (n0 >= ks.len) return;
   const bool pooled = ks.kind == kPool;
 
@@ -649,24 +751,21 @@ __global__ void __launch_bounds__(kThreads) wa_dkv_kernel(const Params p, const 
   const T* k_bh = pooled ? bh_ptr<T>(p.kp, b, h) : bh_ptr<T>(p.k, b, h);
   const T* v_bh = pooled ? bh_ptr<T>(p.vp, b, h) : bh_ptr<T>(p.v, b, h);
   const int64_t bh = static_cast<int64_t>(b) * p.H + h;
-  const int64_t ngrid = ngrid_i;
-  const float* qrh_bh = p.qrh ? p.qrh + bh * ngrid * p.Rh : nullptr;
-  const float* qrw_bh = p.qrw ? p.qrw + bh * ngrid * p.Rw : nullptr;
-  const bool has_bias = (qrh_bh || qrw_bh) && ks.kind == kCell;
+  const RelPos rp = rel_pos_of(p, bh);
+  const bool has_bias = rp.any() && ks.kind == kCell;
 
-  const int T_ = num_tiles(q0, q1, q2, nqs, BQ);
+  const int T_ = blk.walk.tiles(BQ);
+  // A query tile with its rows' saved statistics and grid coordinates.
   auto load_q = [&](int tile, int buf) {
     Seg s;
     int i0;
-    locate(q0, q1, q2, nqs, BQ, tile, s, i0);
+    blk.walk.locate(BQ, tile, s, i0);
     load_rows<T, DP, BQ>(sQ + buf * BQ * LD, q_bh, p.q.sn, s, i0, p);
     load_rows<T, DP, BQ>(sdO + buf * BQ * LD, do_bh, p.dout.sn, s, i0, p);
     if (threadIdx.x < BQ) {
       const int i = i0 + threadIdx.x;
       const bool ok = i < s.len;
-      const int64_t row = ok ? bh * p.N + seg_row(s, i, p) : 0;
-      sLse[buf * BQ + threadIdx.x] = ok ? p.lse[row] * kLog2e : 0.f;
-      sDlt[buf * BQ + threadIdx.x] = ok ? p.delta[row] : 0.f;
+      row_stats(p, bh, s, i, ok, sLse[buf * BQ + threadIdx.x], sDlt[buf * BQ + threadIdx.x]);
       sQyx[buf * BQ + threadIdx.x] = (ok && s.kind == kCell) ? seg_yx(s, i) : 0;
     }
   };
@@ -679,32 +778,19 @@ __global__ void __launch_bounds__(kThreads) wa_dkv_kernel(const Params p, const 
   int kyx[2];
   bool kok[2];
 #pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    const int j = n0 + warp * 16 + g + 8 * r;
-    kok[r] = j < ks.len;
-    kyx[r] = (kok[r] && ks.kind == kCell) ? seg_yx(ks, j) : 0;
-  }
+  for (int r = 0; r < 2; ++r) own_row(ks, n0 + warp * 16 + g + 8 * r, kok[r], kyx[r]);
   const float scale_log2 = p.scale * kLog2e;
 
   float dk[DP / 8][4], dv[DP / 8][4];
-#pragma unroll
-  for (int j = 0; j < DP / 8; ++j)
-#pragma unroll
-    for (int e = 0; e < 4; ++e) dk[j][e] = dv[j][e] = 0.f;
+  zero(dk);
+  zero(dv);
 
   for (int tile = 0; tile < T_; ++tile) {
     const int buf = tile & 1;
-    if (tile + 1 < T_) {
-      load_q(tile + 1, buf ^ 1);
-      cp_async_commit();
-      cp_async_wait<1>();
-    } else {
-      cp_async_wait<0>();
-    }
-    __syncthreads();
+    prefetch_next_and_wait(tile, T_, load_q);
     Seg seg;
     int i0;
-    locate(q0, q1, q2, nqs, BQ, tile, seg, i0);
+    blk.walk.locate(BQ, tile, seg, i0);
     const T* tQ = sQ + buf * BQ * LD;
     const T* tdO = sdO + buf * BQ * LD;
     const float* tLse = sLse + buf * BQ;
@@ -713,60 +799,19 @@ __global__ void __launch_bounds__(kThreads) wa_dkv_kernel(const Params p, const 
 
     // S^T = K Q^T and dP^T = V dO^T for the warp's 16 keys x BQ queries.
     float s[BQ / 8][4], dp[BQ / 8][4];
-#pragma unroll
-    for (int j = 0; j < BQ / 8; ++j)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) s[j][e] = dp[j][e] = 0.f;
-#pragma unroll
-    for (int kk = 0; kk < DP / 16; ++kk) {
-      uint32_t ka[4], va[4];
-      ldsm_x4(ka, sK + (warp * 16 + lrow_a(lane)) * LD + kk * 16 + lcol_a(lane));
-      ldsm_x4(va, sV + (warp * 16 + lrow_a(lane)) * LD + kk * 16 + lcol_a(lane));
-#pragma unroll
-      for (int nn = 0; nn < BQ / 16; ++nn) {
-        uint32_t qb[4], db[4];
-        ldsm_x4(qb, tQ + (nn * 16 + lrow_b(lane)) * LD + kk * 16 + lcol_b(lane));
-        ldsm_x4(db, tdO + (nn * 16 + lrow_b(lane)) * LD + kk * 16 + lcol_b(lane));
-        Mma<T>::run(s[2 * nn], ka, qb[0], qb[1]);
-        Mma<T>::run(s[2 * nn + 1], ka, qb[2], qb[3]);
-        Mma<T>::run(dp[2 * nn], va, db[0], db[1]);
-        Mma<T>::run(dp[2 * nn + 1], va, db[2], db[3]);
-      }
-    }
+    mma_abt_pair<T, DP, BQ>(s, dp, sK, sV, warp * 16, tQ, tdO, lane);
+    // P^T from the saved logsumexp; dS^T = P^T * (dP^T - delta).
     const bool bias_tile = has_bias && seg.kind == kCell;
-#pragma unroll
-    for (int j = 0; j < BQ / 8; ++j) {
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const int col = j * 8 + 2 * tq + (e & 1), r = e >> 1;
-        const bool ok = i0 + col < seg.len;
-        float x = s[j][e] * scale_log2;
-        if (bias_tile && ok && kok[r]) x += kLog2e * rel_bias(p, qrh_bh, qrw_bh, tQyx[col], kyx[r]);
-        const float pr = ok ? exp2f(x - tLse[col]) : 0.f;
-        s[j][e] = pr;
-        dp[j][e] = pr * (dp[j][e] - tDlt[col]);
-      }
-    }
+    for_each_acc<BQ / 8>(tq, [&](int j, int e, int col, int r) {
+      const bool ok = i0 + col < seg.len;
+      float x = s[j][e] * scale_log2;
+      if (bias_tile && ok && kok[r]) x += kLog2e * rel_bias(p, rp, tQyx[col], kyx[r]);
+      const float pr = ok ? exp2f(x - tLse[col]) : 0.f;
+      s[j][e] = pr;
+      dp[j][e] = pr * (dp[j][e] - tDlt[col]);
+    });
     // dV += P^T dO and dK += dS^T Q.
-#pragma unroll
-    for (int kk = 0; kk < BQ / 16; ++kk) {
-      const uint32_t pa[4] = {Mma<T>::pack(s[2 * kk][0], s[2 * kk][1]), Mma<T>::pack(s[2 * kk][2], s[2 * kk][3]),
-                              Mma<T>::pack(s[2 * kk + 1][0], s[2 * kk + 1][1]),
-                              Mma<T>::pack(s[2 * kk + 1][2], s[2 * kk + 1][3])};
-      const uint32_t sa[4] = {Mma<T>::pack(dp[2 * kk][0], dp[2 * kk][1]), Mma<T>::pack(dp[2 * kk][2], dp[2 * kk][3]),
-                              Mma<T>::pack(dp[2 * kk + 1][0], dp[2 * kk + 1][1]),
-                              Mma<T>::pack(dp[2 * kk + 1][2], dp[2 * kk + 1][3])};
-#pragma unroll
-      for (int dd = 0; dd < DP / 16; ++dd) {
-        uint32_t ob[4], qb[4];
-        ldsm_x4_t(ob, tdO + (kk * 16 + lrow_a(lane)) * LD + dd * 16 + lcol_a(lane));
-        ldsm_x4_t(qb, tQ + (kk * 16 + lrow_a(lane)) * LD + dd * 16 + lcol_a(lane));
-        Mma<T>::run(dv[2 * dd], pa, ob[0], ob[1]);
-        Mma<T>::run(dv[2 * dd + 1], pa, ob[2], ob[3]);
-        Mma<T>::run(dk[2 * dd], sa, qb[0], qb[1]);
-        Mma<T>::run(dk[2 * dd + 1], sa, qb[2], qb[3]);
-      }
-    }
+    mma_acc_pb_pair<T, DP, BQ>(dv, s, tdO, dk, dp, tQ, lane);
     __syncthreads();
   }
 
@@ -777,6 +822,7 @@ __global__ void __launch_bounds__(kThreads) wa_dkv_kernel(const Params p, const 
   store_rows<T, DP, BN>(static_cast<T*>(pooled ? p.dkp : p.dk) + bh * rows * p.D, sK, ks, n0, pooled, p);
   store_rows<T, DP, BN>(static_cast<T*>(pooled ? p.dvp : p.dv) + bh * rows * p.D, sV, ks, n0, pooled, p);
 }
+
 
 // ============================================================================ host side
 void fail(const std::string& what) { throw std::invalid_argument(std::string("vitpose_kernels.") + kOp + ": " + what); }
