@@ -54,6 +54,21 @@ def _mm(a, b, PREC: tl.constexpr):
 
 
 @triton.jit
+def _head(PTR, bh, H, sb, sh):
+    """PTR advanced to head bh = b * H + h of a strided (B, H, ...) tensor. Offsets in int64:
+    B * H * N * D overflows int32 at ViTPose sizes."""
+    b = bh // H
+    h = bh - b * H
+    return PTR + b.to(tl.int64) * sb + h.to(tl.int64) * sh
+
+
+@triton.jit
+def _rows(PTR, bh, n, width):
+    """PTR advanced to head bh of a contiguous (B * H, n, width) buffer."""
+    return PTR + bh.to(tl.int64) * n * width
+
+
+@triton.jit
 def _cell_tokens(cell, s, NCW, WH, WW, TOP, LEFT, HG, WG, G):
     """Slot s of cell `cell` -> (token index, slot holds a real token, row in cell, col in cell).
 
@@ -118,10 +133,8 @@ def _extra_kv_kernel(K, V, KX, VX, skb, skh, skn, skd, svb, svh, svn, svd,
     """KX/VX[b, h, e] = mean of k/v over pooled tile e (e < P), or global token e - P."""
     e = tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // H
-    h = bh - b * H
-    K += b.to(tl.int64) * skb + h.to(tl.int64) * skh
-    V += b.to(tl.int64) * svb + h.to(tl.int64) * svh
+    K = _head(K, bh, H, skb, skh)
+    V = _head(V, bh, H, svb, svh)
     d = tl.arange(0, D_PAD)
     dmask = d < D
     if e < P:
@@ -157,9 +170,7 @@ def _rel_proj_kernel(Q, R, OUT, sqb, sqh, sqn, sqd, sr0, sr1, H, G, NG, NR,
     """OUT[b, h, m, j] = q[b, h, G + m] . R[j] in fp32 (R cast to q's dtype, as the spec does)."""
     pid = tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // H
-    h = bh - b * H
-    Q += b.to(tl.int64) * sqb + h.to(tl.int64) * sqh
+    Q = _head(Q, bh, H, sqb, sqh)
     m = pid * BLOCK + tl.arange(0, BLOCK)
     d = tl.arange(0, D_PAD)
     j = tl.arange(0, R_PAD)
@@ -178,15 +189,12 @@ def _delta_kernel(O, DO, DELTA, sdb, sdh, sdn, sdd, H, N,
                   D: tl.constexpr, D_PAD: tl.constexpr, BLOCK: tl.constexpr):
     pid = tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // H
-    h = bh - b * H
     n = pid * BLOCK + tl.arange(0, BLOCK)
     d = tl.arange(0, D_PAD)
     m = (n < N)[:, None] & (d < D)[None, :]
-    o = tl.load(O + bh.to(tl.int64) * N * D + n[:, None] * D + d[None, :], mask=m, other=0.0)
-    do = tl.load(DO + b.to(tl.int64) * sdb + h.to(tl.int64) * sdh + n[:, None] * sdn + d[None, :] * sdd,
-                 mask=m, other=0.0)
-    tl.store(DELTA + bh.to(tl.int64) * N + n, tl.sum(o.to(tl.float32) * do.to(tl.float32), 1), mask=n < N)
+    o = tl.load(_rows(O, bh, N, D) + n[:, None] * D + d[None, :], mask=m, other=0.0)
+    do = tl.load(_head(DO, bh, H, sdb, sdh) + n[:, None] * sdn + d[None, :] * sdd, mask=m, other=0.0)
+    tl.store(_rows(DELTA, bh, N, 1) + n, tl.sum(o.to(tl.float32) * do.to(tl.float32), 1), mask=n < N)
 
 
 # ----------------------------------------------------------------------------- forward
@@ -199,18 +207,16 @@ def _fwd_kernel(Q, K, V, KX, VX, RELH, RELW, O, LSE,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid = tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // H
-    h = bh - b * H
     S = WH * WW
     per_cell = tl.cdiv(S, BLOCK_M)
     n_grid = NCELLS * per_cell
-    Q += b.to(tl.int64) * sqb + h.to(tl.int64) * sqh
-    K += b.to(tl.int64) * skb + h.to(tl.int64) * skh
-    V += b.to(tl.int64) * svb + h.to(tl.int64) * svh
-    KX += bh.to(tl.int64) * E * D
-    VX += bh.to(tl.int64) * E * D
-    RELH += bh.to(tl.int64) * (N - G) * RHS
-    RELW += bh.to(tl.int64) * (N - G) * RWS
+    Q = _head(Q, bh, H, sqb, sqh)
+    K = _head(K, bh, H, skb, skh)
+    V = _head(V, bh, H, svb, svh)
+    KX = _rows(KX, bh, E, D)
+    VX = _rows(VX, bh, E, D)
+    RELH = _rows(RELH, bh, (N - G), RHS)
+    RELW = _rows(RELW, bh, (N - G), RWS)
     d = tl.arange(0, D_PAD)
     dmask = d < D
     offs_m = tl.arange(0, BLOCK_M)
@@ -277,12 +283,10 @@ def _bwd_extra_kernel(Q, KX, VX, DO, LSE, DELTA, DK, DV, DKP, DVP,
     """Gradients of the extra keys: pooled (seen by grid queries) and global (seen by all)."""
     pid = tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // H
-    h = bh - b * H
-    Q += b.to(tl.int64) * sqb + h.to(tl.int64) * sqh
-    DO += b.to(tl.int64) * sdb + h.to(tl.int64) * sdh
-    LSE += bh.to(tl.int64) * N
-    DELTA += bh.to(tl.int64) * N
+    Q = _head(Q, bh, H, sqb, sqh)
+    DO = _head(DO, bh, H, sdb, sdh)
+    LSE = _rows(LSE, bh, N, 1)
+    DELTA = _rows(DELTA, bh, N, 1)
     d = tl.arange(0, D_PAD)
     dmask = d < D
     offs_m = tl.arange(0, BLOCK_M)
@@ -333,18 +337,16 @@ def _bwd_cell_kernel(Q, K, V, DO, LSE, DELTA, RELH, RELW, DKP, DVP, DK, DV,
     plus the pooled keys' gradients spread over their tiles (the mean's backward)."""
     pid = tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // H
-    h = bh - b * H
     S = WH * WW
     per_cell = tl.cdiv(S, BLOCK_N)
-    Q += b.to(tl.int64) * sqb + h.to(tl.int64) * sqh
-    K += b.to(tl.int64) * skb + h.to(tl.int64) * skh
-    V += b.to(tl.int64) * svb + h.to(tl.int64) * svh
-    DO += b.to(tl.int64) * sdb + h.to(tl.int64) * sdh
-    LSE += bh.to(tl.int64) * N
-    DELTA += bh.to(tl.int64) * N
-    RELH += bh.to(tl.int64) * (N - G) * RHS
-    RELW += bh.to(tl.int64) * (N - G) * RWS
+    Q = _head(Q, bh, H, sqb, sqh)
+    K = _head(K, bh, H, skb, skh)
+    V = _head(V, bh, H, svb, svh)
+    DO = _head(DO, bh, H, sdb, sdh)
+    LSE = _rows(LSE, bh, N, 1)
+    DELTA = _rows(DELTA, bh, N, 1)
+    RELH = _rows(RELH, bh, (N - G), RHS)
+    RELW = _rows(RELW, bh, (N - G), RWS)
     d = tl.arange(0, D_PAD)
     dmask = d < D
     offs_m = tl.arange(0, BLOCK_M)
@@ -434,23 +436,21 @@ def _bwd_q_kernel(Q, K, V, KX, VX, DO, LSE, DELTA, RELH, RELW, RH, RW, DQ, DRELH
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
     pid = tl.program_id(0)
     bh = tl.program_id(1)
-    b = bh // H
-    h = bh - b * H
     S = WH * WW
     per_cell = tl.cdiv(S, BLOCK_M)
     n_grid = NCELLS * per_cell
-    Q += b.to(tl.int64) * sqb + h.to(tl.int64) * sqh
-    K += b.to(tl.int64) * skb + h.to(tl.int64) * skh
-    V += b.to(tl.int64) * svb + h.to(tl.int64) * svh
-    DO += b.to(tl.int64) * sdb + h.to(tl.int64) * sdh
-    KX += bh.to(tl.int64) * E * D
-    VX += bh.to(tl.int64) * E * D
-    LSE += bh.to(tl.int64) * N
-    DELTA += bh.to(tl.int64) * N
-    RELH += bh.to(tl.int64) * (N - G) * RHS
-    RELW += bh.to(tl.int64) * (N - G) * RWS
-    DRELH += bh.to(tl.int64) * (N - G) * RHS
-    DRELW += bh.to(tl.int64) * (N - G) * RWS
+    Q = _head(Q, bh, H, sqb, sqh)
+    K = _head(K, bh, H, skb, skh)
+    V = _head(V, bh, H, svb, svh)
+    DO = _head(DO, bh, H, sdb, sdh)
+    KX = _rows(KX, bh, E, D)
+    VX = _rows(VX, bh, E, D)
+    LSE = _rows(LSE, bh, N, 1)
+    DELTA = _rows(DELTA, bh, N, 1)
+    RELH = _rows(RELH, bh, (N - G), RHS)
+    RELW = _rows(RELW, bh, (N - G), RWS)
+    DRELH = _rows(DRELH, bh, (N - G), RHS)
+    DRELW = _rows(DRELW, bh, (N - G), RWS)
     d = tl.arange(0, D_PAD)
     dmask = d < D
     offs_m = tl.arange(0, BLOCK_M)
