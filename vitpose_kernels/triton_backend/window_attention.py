@@ -86,6 +86,66 @@ def _cell_tokens(cell, s, NCW, WH, WW, TOP, LEFT, HG, WG, G):
 
 
 @triton.jit
+def _query_block(pid, NCELLS, NCW, WH, WW, TOP, LEFT, HG, WG, G, BLOCK_M: tl.constexpr):
+    """Query block `pid` of the forward and dq grids: the first NCELLS * per_cell blocks tile the
+    cells, the rest tile the G global tokens. -> (cell, is_grid, token, valid, row in cell,
+    col in cell); a global row's in-cell position is a placeholder (no relative position)."""
+    per_cell = tl.cdiv(WH * WW, BLOCK_M)
+    n_grid = NCELLS * per_cell
+    offs_m = tl.arange(0, BLOCK_M)
+    cell = pid // per_cell
+    is_grid = pid < n_grid
+    if is_grid:
+        tok, valid, ly, lx = _cell_tokens(cell, (pid - cell * per_cell) * BLOCK_M + offs_m,
+                                          NCW, WH, WW, TOP, LEFT, HG, WG, G)
+    else:
+        tok = (pid - n_grid) * BLOCK_M + offs_m
+        valid = tok < G
+        ly = offs_m * 0
+        lx = offs_m * 0
+    return cell, is_grid, tok, valid, ly, lx
+
+
+@triton.jit
+def _load_rows(PTR, tok, valid, sn, sd, d, dmask):
+    """Rows `tok` of one head of a strided (N, D) tensor; masked rows and padded columns read 0."""
+    return tl.load(PTR + tok.to(tl.int64)[:, None] * sn + d[None, :] * sd,
+                   mask=valid[:, None] & dmask[None, :], other=0.0)
+
+
+@triton.jit
+def _load_kv(K, V, tok, valid, skn, skd, svn, svd, d, dmask):
+    """k and v rows `tok` of one head."""
+    return (_load_rows(K, tok, valid, skn, skd, d, dmask),
+            _load_rows(V, tok, valid, svn, svd, d, dmask))
+
+
+@triton.jit
+def _load_extra_kv(KX, VX, e, E, d, dmask, D: tl.constexpr):
+    """Extra keys/values e of one head of the contiguous (B, H, E, D) buffers."""
+    m = (e < E)[:, None] & dmask[None, :]
+    return (tl.load(KX + e[:, None] * D + d[None, :], mask=m, other=0.0),
+            tl.load(VX + e[:, None] * D + d[None, :], mask=m, other=0.0))
+
+
+@triton.jit
+def _load_q_rows(Q, DO, LSE, DELTA, tok, valid, sqn, sqd, sdn, sdd, d, dmask):
+    """What the backward needs of query rows `tok`: q, dO and the row's saved lse and delta."""
+    q = _load_rows(Q, tok, valid, sqn, sqd, d, dmask)
+    do = _load_rows(DO, tok, valid, sdn, sdd, d, dmask)
+    lse = tl.load(LSE + tok, mask=valid, other=0.0)
+    delta = tl.load(DELTA + tok, mask=valid, other=0.0)
+    return q, do, lse, delta
+
+
+@triton.jit
+def _store_rows(PTR, bh, N, tok, x, mask, d, D: tl.constexpr):
+    """x into rows `tok` of head bh of a contiguous (B, H, N, D) output, in its dtype."""
+    tl.store(PTR + ((bh.to(tl.int64) * N + tok)[:, None] * D + d[None, :]),
+             x.to(PTR.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _rel_bias(RELH, RELW, tok_q, ly_q, lx_q, ly_k, lx_k, pair_mask, G, WH, WW, RHS, RWS,
               HAS_RELH: tl.constexpr, HAS_RELW: tl.constexpr, BLOCK_M: tl.constexpr,
               BLOCK_N: tl.constexpr):
@@ -123,6 +183,23 @@ def _grad_step(q, k, v, do, lse, delta, bias, pmask, qk_scale, PREC: tl.constexp
     dp = _mm(do, tl.trans(v), PREC)
     ds = p * (dp - delta[:, None])
     return p, ds
+
+
+@triton.jit
+def _kv_grad_step(dk, dv, q, k, v, do, lse, delta, bias, pmask, qk_scale, PREC: tl.constexpr):
+    """Adds one query tile's share to a key tile's dk (before the softmax scale) and dv."""
+    p, ds = _grad_step(q, k, v, do, lse, delta, bias, pmask, qk_scale, PREC)
+    dv += _mm(tl.trans(p).to(do.dtype), do, PREC)
+    dk += _mm(tl.trans(ds).to(q.dtype), q, PREC)
+    return dk, dv
+
+
+@triton.jit
+def _dq_step(dq, q, k, v, do, lse, delta, bias, pmask, qk_scale, PREC: tl.constexpr):
+    """Adds one key tile's share to dq (before the softmax scale); also returns the tile's ds."""
+    p, ds = _grad_step(q, k, v, do, lse, delta, bias, pmask, qk_scale, PREC)
+    dq += _mm(ds.to(k.dtype), k, PREC)
+    return dq, ds
 
 
 # ----------------------------------------------------------------------------- small kernels
@@ -205,72 +282,49 @@ def _fwd_kernel(Q, K, V, KX, VX, RELH, RELW, O, LSE,
                 S_KEY, E_KEY, D: tl.constexpr, D_PAD: tl.constexpr, HAS_RELH: tl.constexpr,
                 HAS_RELW: tl.constexpr, PREC: tl.constexpr,
                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    pid = tl.program_id(0)
     bh = tl.program_id(1)
-    S = WH * WW
-    per_cell = tl.cdiv(S, BLOCK_M)
-    n_grid = NCELLS * per_cell
     Q = _head(Q, bh, H, sqb, sqh)
     K = _head(K, bh, H, skb, skh)
     V = _head(V, bh, H, svb, svh)
     KX = _rows(KX, bh, E, D)
     VX = _rows(VX, bh, E, D)
-    RELH = _rows(RELH, bh, (N - G), RHS)
-    RELW = _rows(RELW, bh, (N - G), RWS)
+    RELH = _rows(RELH, bh, N - G, RHS)
+    RELW = _rows(RELW, bh, N - G, RWS)
     d = tl.arange(0, D_PAD)
     dmask = d < D
-    offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
 
-    cell = pid // per_cell
-    is_grid = pid < n_grid
-    if is_grid:
-        tok_q, valid_q, ly_q, lx_q = _cell_tokens(cell, (pid - cell * per_cell) * BLOCK_M + offs_m,
-                                                  NCW, WH, WW, TOP, LEFT, HG, WG, G)
-    else:
-        tok_q = (pid - n_grid) * BLOCK_M + offs_m
-        valid_q = tok_q < G
-        ly_q = offs_m * 0
-        lx_q = offs_m * 0
-    q = tl.load(Q + tok_q.to(tl.int64)[:, None] * sqn + d[None, :] * sqd,
-                mask=valid_q[:, None] & dmask[None, :], other=0.0)
+    cell, is_grid, tok_q, valid_q, ly_q, lx_q = _query_block(tl.program_id(0), NCELLS, NCW, WH, WW,
+                                                             TOP, LEFT, HG, WG, G, BLOCK_M)
+    q = _load_rows(Q, tok_q, valid_q, sqn, sqd, d, dmask)
     acc = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
     m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     no_bias = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
 
     if is_grid:
-        for n0 in range(0, S, BLOCK_N):
+        for n0 in range(0, WH * WW, BLOCK_N):
             tok_k, valid_k, ly_k, lx_k = _cell_tokens(cell, n0 + offs_n, NCW, WH, WW, TOP, LEFT,
                                                       HG, WG, G)
-            kv_mask = valid_k[:, None] & dmask[None, :]
-            k = tl.load(K + tok_k.to(tl.int64)[:, None] * skn + d[None, :] * skd, mask=kv_mask, other=0.0)
-            v = tl.load(V + tok_k.to(tl.int64)[:, None] * svn + d[None, :] * svd, mask=kv_mask, other=0.0)
+            k, v = _load_kv(K, V, tok_k, valid_k, skn, skd, svn, svd, d, dmask)
             bias = _rel_bias(RELH, RELW, tok_q, ly_q, lx_q, ly_k, lx_k,
                              valid_q[:, None] & valid_k[None, :], G, WH, WW, RHS, RWS,
                              HAS_RELH, HAS_RELW, BLOCK_M, BLOCK_N)
             acc, m_i, l_i = _softmax_step(acc, m_i, l_i, q, k, v, bias, valid_k[None, :], qk_scale, PREC)
         for e0 in range(0, E, BLOCK_N):
             e = e0 + offs_n
-            kv_mask = (e < E)[:, None] & dmask[None, :]
-            k = tl.load(KX + e[:, None] * D + d[None, :], mask=kv_mask, other=0.0)
-            v = tl.load(VX + e[:, None] * D + d[None, :], mask=kv_mask, other=0.0)
+            k, v = _load_extra_kv(KX, VX, e, E, d, dmask, D)
             acc, m_i, l_i = _softmax_step(acc, m_i, l_i, q, k, v, no_bias, (e < E)[None, :], qk_scale, PREC)
     else:
         for n0 in range(0, N, BLOCK_N):
             tok_k = n0 + offs_n
-            kv_mask = (tok_k < N)[:, None] & dmask[None, :]
-            k = tl.load(K + tok_k.to(tl.int64)[:, None] * skn + d[None, :] * skd, mask=kv_mask, other=0.0)
-            v = tl.load(V + tok_k.to(tl.int64)[:, None] * svn + d[None, :] * svd, mask=kv_mask, other=0.0)
+            k, v = _load_kv(K, V, tok_k, tok_k < N, skn, skd, svn, svd, d, dmask)
             acc, m_i, l_i = _softmax_step(acc, m_i, l_i, q, k, v, no_bias, (tok_k < N)[None, :],
                                           qk_scale, PREC)
 
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)
-    out = acc / l_safe[:, None]
-    row = bh.to(tl.int64) * N + tok_q
-    tl.store(O + row[:, None] * D + d[None, :], out.to(O.dtype.element_ty),
-             mask=valid_q[:, None] & dmask[None, :])
-    tl.store(LSE + row, m_i + tl.log2(l_safe), mask=valid_q)
+    _store_rows(O, bh, N, tok_q, acc / l_safe[:, None], valid_q[:, None] & dmask[None, :], d, D)
+    tl.store(LSE + (bh.to(tl.int64) * N + tok_q), m_i + tl.log2(l_safe), mask=valid_q)
 
 
 # ----------------------------------------------------------------------------- backward
@@ -285,6 +339,8 @@ def _bwd_extra_kernel(Q, KX, VX, DO, LSE, DELTA, DK, DV, DKP, DVP,
     bh = tl.program_id(1)
     Q = _head(Q, bh, H, sqb, sqh)
     DO = _head(DO, bh, H, sdb, sdh)
+    KX = _rows(KX, bh, E, D)
+    VX = _rows(VX, bh, E, D)
     LSE = _rows(LSE, bh, N, 1)
     DELTA = _rows(DELTA, bh, N, 1)
     d = tl.arange(0, D_PAD)
@@ -292,9 +348,7 @@ def _bwd_extra_kernel(Q, KX, VX, DO, LSE, DELTA, DK, DV, DKP, DVP,
     offs_m = tl.arange(0, BLOCK_M)
     e = pid * BLOCK_N + tl.arange(0, BLOCK_N)
     valid_e = e < E
-    kv_mask = valid_e[:, None] & dmask[None, :]
-    k = tl.load(KX + bh.to(tl.int64) * E * D + e[:, None] * D + d[None, :], mask=kv_mask, other=0.0)
-    v = tl.load(VX + bh.to(tl.int64) * E * D + e[:, None] * D + d[None, :], mask=kv_mask, other=0.0)
+    k, v = _load_extra_kv(KX, VX, e, E, d, dmask, D)
     dk = tl.zeros([BLOCK_N, D_PAD], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, D_PAD], dtype=tl.float32)
     no_bias = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
@@ -303,25 +357,17 @@ def _bwd_extra_kernel(Q, KX, VX, DO, LSE, DELTA, DK, DV, DKP, DVP,
     for m0 in range(start, N, BLOCK_M):
         tok = m0 + offs_m
         valid_q = tok < N
-        qmask = valid_q[:, None] & dmask[None, :]
-        q = tl.load(Q + tok.to(tl.int64)[:, None] * sqn + d[None, :] * sqd, mask=qmask, other=0.0)
-        do = tl.load(DO + tok.to(tl.int64)[:, None] * sdn + d[None, :] * sdd, mask=qmask, other=0.0)
-        lse = tl.load(LSE + tok, mask=valid_q, other=0.0)
-        delta = tl.load(DELTA + tok, mask=valid_q, other=0.0)
+        q, do, lse, delta = _load_q_rows(Q, DO, LSE, DELTA, tok, valid_q, sqn, sqd, sdn, sdd, d, dmask)
         sees = (tok[:, None] >= G) | (e[None, :] >= P)
         pmask = valid_q[:, None] & valid_e[None, :] & sees
-        p, ds = _grad_step(q, k, v, do, lse, delta, no_bias, pmask, qk_scale, PREC)
-        dv += _mm(tl.trans(p).to(do.dtype), do, PREC)
-        dk += _mm(tl.trans(ds).to(q.dtype), q, PREC)
+        dk, dv = _kv_grad_step(dk, dv, q, k, v, do, lse, delta, no_bias, pmask, qk_scale, PREC)
     dk *= scale
-    pooled = valid_e & (e < P)
-    pp = bh.to(tl.int64) * P * D + e[:, None] * D + d[None, :]
-    tl.store(DKP + pp, dk, mask=pooled[:, None] & dmask[None, :])
-    tl.store(DVP + pp, dv, mask=pooled[:, None] & dmask[None, :])
-    glob = valid_e & (e >= P)
-    gp = (bh.to(tl.int64) * N + (e - P))[:, None] * D + d[None, :]
-    tl.store(DK + gp, dk.to(DK.dtype.element_ty), mask=glob[:, None] & dmask[None, :])
-    tl.store(DV + gp, dv.to(DV.dtype.element_ty), mask=glob[:, None] & dmask[None, :])
+    pooled = (valid_e & (e < P))[:, None] & dmask[None, :]
+    _store_rows(DKP, bh, P, e, dk, pooled, d, D)
+    _store_rows(DVP, bh, P, e, dv, pooled, d, D)
+    glob = (valid_e & (e >= P))[:, None] & dmask[None, :]
+    _store_rows(DK, bh, N, e - P, dk, glob, d, D)
+    _store_rows(DV, bh, N, e - P, dv, glob, d, D)
 
 
 @triton.jit
@@ -345,8 +391,8 @@ def _bwd_cell_kernel(Q, K, V, DO, LSE, DELTA, RELH, RELW, DKP, DVP, DK, DV,
     DO = _head(DO, bh, H, sdb, sdh)
     LSE = _rows(LSE, bh, N, 1)
     DELTA = _rows(DELTA, bh, N, 1)
-    RELH = _rows(RELH, bh, (N - G), RHS)
-    RELW = _rows(RELW, bh, (N - G), RWS)
+    RELH = _rows(RELH, bh, N - G, RHS)
+    RELW = _rows(RELW, bh, N - G, RWS)
     d = tl.arange(0, D_PAD)
     dmask = d < D
     offs_m = tl.arange(0, BLOCK_M)
@@ -354,36 +400,23 @@ def _bwd_cell_kernel(Q, K, V, DO, LSE, DELTA, RELH, RELW, DKP, DVP, DK, DV,
     tok_k, valid_k, ly_k, lx_k = _cell_tokens(cell, (pid - cell * per_cell) * BLOCK_N + tl.arange(0, BLOCK_N),
                                               NCW, WH, WW, TOP, LEFT, HG, WG, G)
     kv_mask = valid_k[:, None] & dmask[None, :]
-    k = tl.load(K + tok_k.to(tl.int64)[:, None] * skn + d[None, :] * skd, mask=kv_mask, other=0.0)
-    v = tl.load(V + tok_k.to(tl.int64)[:, None] * svn + d[None, :] * svd, mask=kv_mask, other=0.0)
+    k, v = _load_kv(K, V, tok_k, valid_k, skn, skd, svn, svd, d, dmask)
     dk = tl.zeros([BLOCK_N, D_PAD], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, D_PAD], dtype=tl.float32)
     for m0 in range(0, S, BLOCK_M):
         tok_q, valid_q, ly_q, lx_q = _cell_tokens(cell, m0 + offs_m, NCW, WH, WW, TOP, LEFT, HG, WG, G)
-        qmask = valid_q[:, None] & dmask[None, :]
-        q = tl.load(Q + tok_q.to(tl.int64)[:, None] * sqn + d[None, :] * sqd, mask=qmask, other=0.0)
-        do = tl.load(DO + tok_q.to(tl.int64)[:, None] * sdn + d[None, :] * sdd, mask=qmask, other=0.0)
-        lse = tl.load(LSE + tok_q, mask=valid_q, other=0.0)
-        delta = tl.load(DELTA + tok_q, mask=valid_q, other=0.0)
+        q, do, lse, delta = _load_q_rows(Q, DO, LSE, DELTA, tok_q, valid_q, sqn, sqd, sdn, sdd, d, dmask)
         pmask = valid_q[:, None] & valid_k[None, :]
         bias = _rel_bias(RELH, RELW, tok_q, ly_q, lx_q, ly_k, lx_k, pmask, G, WH, WW, RHS, RWS,
                          HAS_RELH, HAS_RELW, BLOCK_M, BLOCK_N)
-        p, ds = _grad_step(q, k, v, do, lse, delta, bias, pmask, qk_scale, PREC)
-        dv += _mm(tl.trans(p).to(do.dtype), do, PREC)
-        dk += _mm(tl.trans(ds).to(q.dtype), q, PREC)
+        dk, dv = _kv_grad_step(dk, dv, q, k, v, do, lse, delta, bias, pmask, qk_scale, PREC)
     no_bias = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
     for m0 in range(0, G, BLOCK_M):
         tok_q = m0 + offs_m
         valid_q = tok_q < G
-        qmask = valid_q[:, None] & dmask[None, :]
-        q = tl.load(Q + tok_q.to(tl.int64)[:, None] * sqn + d[None, :] * sqd, mask=qmask, other=0.0)
-        do = tl.load(DO + tok_q.to(tl.int64)[:, None] * sdn + d[None, :] * sdd, mask=qmask, other=0.0)
-        lse = tl.load(LSE + tok_q, mask=valid_q, other=0.0)
-        delta = tl.load(DELTA + tok_q, mask=valid_q, other=0.0)
-        p, ds = _grad_step(q, k, v, do, lse, delta, no_bias, valid_q[:, None] & valid_k[None, :],
-                           qk_scale, PREC)
-        dv += _mm(tl.trans(p).to(do.dtype), do, PREC)
-        dk += _mm(tl.trans(ds).to(q.dtype), q, PREC)
+        q, do, lse, delta = _load_q_rows(Q, DO, LSE, DELTA, tok_q, valid_q, sqn, sqd, sdn, sdd, d, dmask)
+        dk, dv = _kv_grad_step(dk, dv, q, k, v, do, lse, delta, no_bias,
+                               valid_q[:, None] & valid_k[None, :], qk_scale, PREC)
     dk *= scale
     if P > 0:
         gi = tok_k - G
@@ -395,9 +428,8 @@ def _bwd_cell_kernel(Q, K, V, DO, LSE, DELTA, RELH, RELW, DKP, DVP, DK, DV,
         tp = bh.to(tl.int64) * P * D + (ty * NTW + tx)[:, None] * D + d[None, :]
         dk += tl.load(DKP + tp, mask=kv_mask, other=0.0) / cnt[:, None]
         dv += tl.load(DVP + tp, mask=kv_mask, other=0.0) / cnt[:, None]
-    out = (bh.to(tl.int64) * N + tok_k)[:, None] * D + d[None, :]
-    tl.store(DK + out, dk.to(DK.dtype.element_ty), mask=kv_mask)
-    tl.store(DV + out, dv.to(DV.dtype.element_ty), mask=kv_mask)
+    _store_rows(DK, bh, N, tok_k, dk, kv_mask, d, D)
+    _store_rows(DV, bh, N, tok_k, dv, kv_mask, d, D)
 
 
 @triton.jit
@@ -434,11 +466,7 @@ def _bwd_q_kernel(Q, K, V, KX, VX, DO, LSE, DELTA, RELH, RELW, RH, RW, DQ, DRELH
                   HAS_RELW: tl.constexpr, WH_PAD: tl.constexpr, WW_PAD: tl.constexpr,
                   RH_PAD: tl.constexpr, RW_PAD: tl.constexpr, PREC: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    pid = tl.program_id(0)
     bh = tl.program_id(1)
-    S = WH * WW
-    per_cell = tl.cdiv(S, BLOCK_M)
-    n_grid = NCELLS * per_cell
     Q = _head(Q, bh, H, sqb, sqh)
     K = _head(K, bh, H, skb, skh)
     V = _head(V, bh, H, svb, svh)
@@ -447,47 +475,31 @@ def _bwd_q_kernel(Q, K, V, KX, VX, DO, LSE, DELTA, RELH, RELW, RH, RW, DQ, DRELH
     VX = _rows(VX, bh, E, D)
     LSE = _rows(LSE, bh, N, 1)
     DELTA = _rows(DELTA, bh, N, 1)
-    RELH = _rows(RELH, bh, (N - G), RHS)
-    RELW = _rows(RELW, bh, (N - G), RWS)
-    DRELH = _rows(DRELH, bh, (N - G), RHS)
-    DRELW = _rows(DRELW, bh, (N - G), RWS)
+    RELH = _rows(RELH, bh, N - G, RHS)
+    RELW = _rows(RELW, bh, N - G, RWS)
+    DRELH = _rows(DRELH, bh, N - G, RHS)
+    DRELW = _rows(DRELW, bh, N - G, RWS)
     d = tl.arange(0, D_PAD)
     dmask = d < D
-    offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
 
-    cell = pid // per_cell
-    is_grid = pid < n_grid
-    if is_grid:
-        tok_q, valid_q, ly_q, lx_q = _cell_tokens(cell, (pid - cell * per_cell) * BLOCK_M + offs_m,
-                                                  NCW, WH, WW, TOP, LEFT, HG, WG, G)
-    else:
-        tok_q = (pid - n_grid) * BLOCK_M + offs_m
-        valid_q = tok_q < G
-        ly_q = offs_m * 0
-        lx_q = offs_m * 0
-    qmask = valid_q[:, None] & dmask[None, :]
-    q = tl.load(Q + tok_q.to(tl.int64)[:, None] * sqn + d[None, :] * sqd, mask=qmask, other=0.0)
-    do = tl.load(DO + tok_q.to(tl.int64)[:, None] * sdn + d[None, :] * sdd, mask=qmask, other=0.0)
-    lse = tl.load(LSE + tok_q, mask=valid_q, other=0.0)
-    delta = tl.load(DELTA + tok_q, mask=valid_q, other=0.0)
+    cell, is_grid, tok_q, valid_q, ly_q, lx_q = _query_block(tl.program_id(0), NCELLS, NCW, WH, WW,
+                                                             TOP, LEFT, HG, WG, G, BLOCK_M)
+    q, do, lse, delta = _load_q_rows(Q, DO, LSE, DELTA, tok_q, valid_q, sqn, sqd, sdn, sdd, d, dmask)
     dq = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
     no_bias = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
 
     if is_grid:
         dsy = tl.zeros([BLOCK_M, WH_PAD], dtype=tl.float32)
         dsx = tl.zeros([BLOCK_M, WW_PAD], dtype=tl.float32)
-        for n0 in range(0, S, BLOCK_N):
+        for n0 in range(0, WH * WW, BLOCK_N):
             tok_k, valid_k, ly_k, lx_k = _cell_tokens(cell, n0 + offs_n, NCW, WH, WW, TOP, LEFT,
                                                       HG, WG, G)
-            kv_mask = valid_k[:, None] & dmask[None, :]
-            k = tl.load(K + tok_k.to(tl.int64)[:, None] * skn + d[None, :] * skd, mask=kv_mask, other=0.0)
-            v = tl.load(V + tok_k.to(tl.int64)[:, None] * svn + d[None, :] * svd, mask=kv_mask, other=0.0)
+            k, v = _load_kv(K, V, tok_k, valid_k, skn, skd, svn, svd, d, dmask)
             pmask = valid_q[:, None] & valid_k[None, :]
             bias = _rel_bias(RELH, RELW, tok_q, ly_q, lx_q, ly_k, lx_k, pmask, G, WH, WW, RHS, RWS,
                              HAS_RELH, HAS_RELW, BLOCK_M, BLOCK_N)
-            p, ds = _grad_step(q, k, v, do, lse, delta, bias, pmask, qk_scale, PREC)
-            dq += _mm(ds.to(k.dtype), k, PREC)
+            dq, ds = _dq_step(dq, q, k, v, do, lse, delta, bias, pmask, qk_scale, PREC)
             # Logit gradients summed per key row / column of the cell: one-hot matmuls.
             if HAS_RELH:
                 oh = (ly_k[:, None] == tl.arange(0, WH_PAD)[None, :]).to(tl.float32)
@@ -497,12 +509,9 @@ def _bwd_q_kernel(Q, K, V, KX, VX, DO, LSE, DELTA, RELH, RELW, RH, RW, DQ, DRELH
                 dsx += _mm(ds, ow, PREC)
         for e0 in range(0, E, BLOCK_N):
             e = e0 + offs_n
-            kv_mask = (e < E)[:, None] & dmask[None, :]
-            k = tl.load(KX + e[:, None] * D + d[None, :], mask=kv_mask, other=0.0)
-            v = tl.load(VX + e[:, None] * D + d[None, :], mask=kv_mask, other=0.0)
-            p, ds = _grad_step(q, k, v, do, lse, delta, no_bias, valid_q[:, None] & (e < E)[None, :],
-                               qk_scale, PREC)
-            dq += _mm(ds.to(k.dtype), k, PREC)
+            k, v = _load_extra_kv(KX, VX, e, E, d, dmask, D)
+            dq, ds = _dq_step(dq, q, k, v, do, lse, delta, no_bias, valid_q[:, None] & (e < E)[None, :],
+                              qk_scale, PREC)
         dq *= scale
         row = (tok_q - G).to(tl.int64)
         if HAS_RELH:
@@ -514,15 +523,11 @@ def _bwd_q_kernel(Q, K, V, KX, VX, DO, LSE, DELTA, RELH, RELW, RH, RW, DQ, DRELH
     else:
         for n0 in range(0, N, BLOCK_N):
             tok_k = n0 + offs_n
-            kv_mask = (tok_k < N)[:, None] & dmask[None, :]
-            k = tl.load(K + tok_k.to(tl.int64)[:, None] * skn + d[None, :] * skd, mask=kv_mask, other=0.0)
-            v = tl.load(V + tok_k.to(tl.int64)[:, None] * svn + d[None, :] * svd, mask=kv_mask, other=0.0)
-            p, ds = _grad_step(q, k, v, do, lse, delta, no_bias, valid_q[:, None] & (tok_k < N)[None, :],
-                               qk_scale, PREC)
-            dq += _mm(ds.to(k.dtype), k, PREC)
+            k, v = _load_kv(K, V, tok_k, tok_k < N, skn, skd, svn, svd, d, dmask)
+            dq, ds = _dq_step(dq, q, k, v, do, lse, delta, no_bias, valid_q[:, None] & (tok_k < N)[None, :],
+                              qk_scale, PREC)
         dq *= scale
-    out = (bh.to(tl.int64) * N + tok_q)[:, None] * D + d[None, :]
-    tl.store(DQ + out, dq.to(DQ.dtype.element_ty), mask=qmask)
+    _store_rows(DQ, bh, N, tok_q, dq, valid_q[:, None] & dmask[None, :], d, D)
 
 
 # ----------------------------------------------------------------------------- tile sizes
