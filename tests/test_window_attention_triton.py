@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import parity
+import triton_compile
 import vitpose_kernels as vk
 from vitpose_kernels import _alloc, dispatch
 
@@ -233,3 +234,35 @@ def test_inductor_compile():
     out = compiled(*leaves[:3])
     out.backward(grad)
     parity.assert_close("inductor out", out, f(*[t.detach() for t in leaves[:3]]), 2e-2)
+
+
+# ----------------------------------------------------------------------------- compiled (no GPU)
+_COMPILE_SCRIPT = r'''
+from vitpose_kernels.triton_backend import window_attention as wa
+
+for dt, prec, D, DP in (("bf16", "tf32", 80, 128), ("fp32", "ieee", 64, 64)):
+    P, f32 = "*" + dt, "*fp32"
+    common = {"D": D, "D_PAD": DP, "PREC": prec, "BLOCK_M": 64, "BLOCK_N": 64}
+    for rel in (False, True):
+        relc = {**common, "HAS_RELH": rel, "HAS_RELW": rel}
+        build(wa._fwd_kernel, {"Q": P, "K": P, "V": P, "KX": P, "VX": P, "RELH": f32, "RELW": f32,
+                               "O": P, "LSE": f32}, relc)
+        build(wa._bwd_cell_kernel, {"Q": P, "K": P, "V": P, "DO": P, "LSE": f32, "DELTA": f32, "RELH": f32,
+                                    "RELW": f32, "DKP": f32, "DVP": f32, "DK": P, "DV": P}, relc)
+        build(wa._bwd_q_kernel, {"Q": P, "K": P, "V": P, "KX": P, "VX": P, "DO": P, "LSE": f32, "DELTA": f32,
+                                 "RELH": f32, "RELW": f32, "RH": P, "RW": P, "DQ": P, "DRELH": f32,
+                                 "DRELW": f32}, {**relc, "WH_PAD": 8, "WW_PAD": 8, "RH_PAD": 16, "RW_PAD": 16})
+    build(wa._bwd_extra_kernel, {"Q": P, "KX": P, "VX": P, "DO": P, "LSE": f32, "DELTA": f32, "DK": P,
+                                 "DV": P, "DKP": f32, "DVP": f32}, common)
+    build(wa._extra_kv_kernel, {"K": P, "V": P, "KX": P, "VX": P}, {"D": D, "D_PAD": DP, "WW_PAD": 8})
+    build(wa._rel_proj_kernel, {"Q": P, "R": P, "OUT": f32},
+          {"D": D, "D_PAD": DP, "R_PAD": 16, "BLOCK": 64, "PREC": prec})
+    build(wa._delta_kernel, {"O": P, "DO": P, "DELTA": f32}, {"D": D, "D_PAD": DP, "BLOCK": 64})
+'''
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the GPU tests compile and run the kernels")
+def test_kernels_compile_for_sm90():
+    """All seven kernels, bf16 (head dim 80) and fp32 (64), rel pos on and off, compile to a
+    sm_90 cubin (tests/triton_compile.py says why the interpreter alone is not enough)."""
+    triton_compile.compile_for_sm90(_COMPILE_SCRIPT, expected=20)
