@@ -22,22 +22,23 @@ def _skip_unless(op, backend):
         pytest.skip(f"{backend} backend of {op} unavailable here: {why}")
 
 
-@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
-@pytest.mark.parametrize("case", parity.attention_sweep(SCALE), ids=str)
-def test_window_attention(backend, case):
+def _check_window_attention(backend, case):
     _skip_unless("window_attention", backend)
     if backend == "cuda" and case.dtype == torch.float32:
         pytest.skip("the CUDA kernel declines fp32 (routed to Triton)")
     parity.check_window_attention(backend, case)
+
+
+@pytest.mark.parametrize("backend", KERNEL_BACKENDS)
+@pytest.mark.parametrize("case", parity.attention_sweep(SCALE), ids=str)
+def test_window_attention(backend, case):
+    _check_window_attention(backend, case)
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
 @pytest.mark.parametrize("case", parity.random_attention_cases(N_RANDOM, seed=1, small=SCALE == "ci"), ids=str)
 def test_window_attention_random(backend, case):
-    _skip_unless("window_attention", backend)
-    if backend == "cuda" and case.dtype == torch.float32:
-        pytest.skip("the CUDA kernel declines fp32 (routed to Triton)")
-    parity.check_window_attention(backend, case)
+    _check_window_attention(backend, case)
 
 
 @pytest.mark.parametrize("backend", KERNEL_BACKENDS)
