@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import vitpose
-from vitpose.checkpoints import CheckpointError, hf_state_dict
+from vitpose.models.checkpoints import CheckpointError, hf_state_dict
 
 # ViT-S width (its head count is the standard one, so nothing has to be told), shallow and small.
 SMALL = dict(depth=2, img_size=(64, 48))
@@ -70,7 +70,7 @@ def test_state_dict_names_are_the_official_ones():
 @pytest.mark.parametrize("size,plus", [("S", False), ("B", False), ("L", False), ("H", False), ("H", True)])
 def test_config_inferred_from_official_shapes(size, plus):
     """The four sizes at 256x192 (shapes only: the model is built on the meta device)."""
-    from vitpose.checkpoints import infer_config
+    from vitpose.models.checkpoints import infer_config
     with torch.device("meta"):
         sd = vitpose.ViTPose(vitpose.vitpose_config(size, plus=plus)).state_dict()
     cfg, grid = infer_config(sd)
@@ -84,8 +84,8 @@ def test_config_inferred_from_official_shapes(size, plus):
 
 
 def test_table5_stride8_and_knowledge_token_inferred():
-    from vitpose.checkpoints import infer_config
-    from vitpose.configs import TABLE5
+    from vitpose.models.checkpoints import infer_config
+    from vitpose.models.configs import TABLE5
     with torch.device("meta"):
         sd = vitpose.ViTPose(TABLE5["full"].replace(num_knowledge_tokens=1)).state_dict()
     cfg, grid = infer_config(sd)

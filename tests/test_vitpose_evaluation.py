@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from vitpose.evaluation import coco_keypoint_eval, oks_nms, postprocess, rescore
-from vitpose.keypoints import COCO_SKELETON
-from vitpose.pipeline import Pose, box_to_center_scale
+from vitpose.evaluation.coco import coco_keypoint_eval, oks_nms, postprocess, rescore
+from vitpose.data.keypoints import COCO_SKELETON
+from vitpose.infer.pipeline import Pose, box_to_center_scale
 
 
 def synthetic_coco(num_images=6, per_image=3, size=(480, 640), seed=0):
@@ -97,7 +97,7 @@ def mmpose_style_nms(kpts, scores, areas, thr, sigmas):
 
 @pytest.mark.parametrize("thr", [0.5, 0.9])
 def test_oks_nms_matches_mmpose_semantics(thr):
-    from vitpose.keypoints import COCO_SIGMAS
+    from vitpose.data.keypoints import COCO_SIGMAS
     rng = np.random.default_rng(thr == 0.9)
     people = rng.uniform(0, 400, (5, 17, 2))
     kps = people[rng.integers(0, 5, 40)] + rng.normal(0, 1, (40, 17, 2)) * rng.uniform(0.5, 8, (40, 1, 1))

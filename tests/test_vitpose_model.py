@@ -7,9 +7,9 @@ import torch
 
 import vitpose
 import vitpose_kernels
-from vitpose.configs import TABLE5
-from vitpose.keypoints import DATASETS, VITPOSE_PLUS_DATASETS
-from vitpose.knowledge import (attach_knowledge_token, knowledge_token, load_knowledge_token,
+from vitpose.models.configs import TABLE5
+from vitpose.data.keypoints import DATASETS, VITPOSE_PLUS_DATASETS
+from vitpose.models.knowledge import (attach_knowledge_token, knowledge_token, load_knowledge_token,
                                prepare_token_training, save_knowledge_token)
 
 TINY = dict(embed_dim=64, depth=2, num_heads=4, img_size=(64, 48))

@@ -13,7 +13,7 @@ import torch
 import vitpose
 import vitpose_kernels
 from vitpose import cli
-from vitpose.pipeline import (TopDownPredictor, box_to_center_scale, crop_batch, crop_to_image,
+from vitpose.infer.pipeline import (TopDownPredictor, box_to_center_scale, crop_batch, crop_to_image,
                               image_to_crop)
 
 IN = (192, 256)  # crop (W, H)
@@ -70,7 +70,7 @@ def test_crop_samples_the_warped_point_and_decodes_back():
 
 
 def test_imagenet_normalization():
-    from vitpose.pipeline import normalize
+    from vitpose.infer.pipeline import normalize
     mean, std = torch.tensor([0.485, 0.456, 0.406]) * 255, torch.tensor([0.229, 0.224, 0.225]) * 255
     crops = torch.stack([mean, mean + std]).view(2, 3, 1, 1).expand(2, 3, 4, 4)
     out = normalize(crops)
@@ -80,7 +80,7 @@ def test_imagenet_normalization():
 
 def test_image_files_are_read_upright(tmp_path):
     from PIL import Image
-    from vitpose.pipeline import load_image
+    from vitpose.infer.pipeline import load_image
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90 CW to display"
     Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(tmp_path / "phone.jpg", exif=exif)

@@ -16,7 +16,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from .keypoints import COCO_SIGMAS
+from ..data.keypoints import COCO_SIGMAS
 
 STAT_NAMES = ("AP", "AP .5", "AP .75", "AP (M)", "AP (L)", "AR", "AR .5", "AR .75", "AR (M)", "AR (L)")
 
@@ -115,7 +115,7 @@ def evaluate(model, ann_file, dets_file, image_dir, *, out_file=None, det_thr: f
     Images that fail (missing, unreadable) are reported through ``on_error(key, exc)`` (default:
     printed) and the rest go on. Returns the COCOeval stats plus ``num_images``/``num_failed``."""
     from pycocotools.coco import COCO
-    from .pipeline import TopDownPredictor
+    from ..infer.pipeline import TopDownPredictor
 
     with contextlib.redirect_stdout(io.StringIO()):
         gt = COCO(os.fspath(ann_file))

@@ -94,7 +94,7 @@ def keypoint_set(name_or_count) -> KeypointSet:
     if isinstance(name_or_count, str):
         if name_or_count not in DATASETS:
             raise ValueError(f"unknown dataset {name_or_count!r}; known: {sorted(DATASETS)} "
-                             "(vitpose.keypoints.register_dataset adds one)")
+                             "(vitpose.register_dataset adds one)")
         return DATASETS[name_or_count]
     k = int(name_or_count)
     if k == 17:

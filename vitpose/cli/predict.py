@@ -1,9 +1,8 @@
-"""The ``vitpose`` command (also ``python -m vitpose``).
+"""``vitpose predict``: keypoints for images, folders of images and videos.
 
     vitpose predict --checkpoint F [--boxes B.json] IMAGE_OR_DIR_OR_VIDEO... --out DIR
-    vitpose evaluate --checkpoint F --ann A.json --dets D.json --images DIR
 
-predict writes DIR/keypoints.json (COCO results, plus file_name / frame) and the drawn images
+Writes DIR/keypoints.json (COCO results, plus file_name / frame) and the drawn images
 (DIR/vis/) or videos (DIR/<name>_pose.mp4). A bad item (missing or unreadable image, bad boxes)
 is reported and the others go on; the exit status is 1 when any item failed.
 """
@@ -16,6 +15,8 @@ import sys
 from collections import defaultdict
 
 import numpy as np
+
+from .common import add_common_arguments
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm", ".pgm"}
 VIDEO_EXTS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
@@ -104,57 +105,13 @@ def _image_id(path: str, fallback: int):
     return int(stem) if stem.isdigit() else fallback
 
 
-def _video_frames(path):
-    try:
-        import cv2
-    except ImportError as e:
-        raise RuntimeError("video input needs OpenCV: pip install opencv-python-headless") from e
-    cap = cv2.VideoCapture(path)
-    if not cap.isOpened():
-        raise ValueError(f"could not open video {path}")
-    fps = cap.get(cv2.CAP_PROP_FPS) or 25.0
-    total = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-
-    def frames():
-        i = 0
-        try:
-            while True:
-                ok, frame = cap.read()
-                if not ok:
-                    break
-                yield i, cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-                i += 1
-        finally:
-            cap.release()
-
-    return frames(), fps, total
-
-
-class _VideoWriter:
-    def __init__(self, path, fps):
-        self.path, self.fps, self.writer = path, fps, None
-
-    def write(self, rgb):
-        import cv2
-        if self.writer is None:
-            h, w = rgb.shape[:2]
-            self.writer = cv2.VideoWriter(self.path, cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (w, h))
-        self.writer.write(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-
-    def close(self):
-        if self.writer is not None:
-            self.writer.release()
-
-
-# ------------------------------------------------------------------------------------------------
-# Commands
-# ------------------------------------------------------------------------------------------------
 def cmd_predict(args) -> int:
     from tqdm import tqdm
 
-    from .checkpoints import load_model
-    from .draw import draw_poses
-    from .pipeline import TopDownPredictor, load_image
+    from ..models.checkpoints import load_model
+    from ..infer.draw import draw_poses
+    from ..infer.pipeline import TopDownPredictor, load_image
+    from ..infer.video import VideoWriter, frame_count, video_frames
 
     model = load_model(args.checkpoint)
     predictor = TopDownPredictor(model, device=args.device, flip=not args.no_flip,
@@ -176,20 +133,20 @@ def cmd_predict(args) -> int:
                 yield ("image", path, None), path, (boxes.lookup(path) if boxes else None)
                 continue
             try:
-                frames, fps, _ = _video_frames(path)
+                frames, fps, _ = video_frames(path)
             except Exception as e:
                 failures.append((path, e))
                 tqdm.write(f"error: {path}: {e}", file=sys.stderr)
                 bar.update(1)  # counted as one item in the total
                 continue
-            writers[path] = _VideoWriter(os.path.join(args.out, f"{os.path.splitext(os.path.basename(path))[0]}_pose.mp4"), fps)
+            writers[path] = VideoWriter(os.path.join(args.out, f"{os.path.splitext(os.path.basename(path))[0]}_pose.mp4"), fps)
             for i, frame in frames:
                 key = ("video", path, i)
                 if not args.no_draw:
                     frames_kept[key] = frame
                 yield key, frame, (boxes.lookup(path, frame=i) if boxes else None)
 
-    total = sum(1 if k == "image" else max(1, _frame_count(p)) for k, p in inputs)
+    total = sum(1 if k == "image" else max(1, frame_count(p)) for k, p in inputs)
     bar = tqdm(total=total, desc="predict", unit="item", disable=args.quiet or None)
     for n, ((kind, path, frame), poses) in enumerate(predictor.iter_predict(items(), errors="yield")):
         bar.update(1)
@@ -234,47 +191,11 @@ def cmd_predict(args) -> int:
     return 1 if failures else 0
 
 
-def _frame_count(path) -> int:
-    try:
-        import cv2
-        cap = cv2.VideoCapture(path)
-        n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT) or 0)
-        cap.release()
-        return n
-    except Exception:
-        return 0
-
-
-def cmd_evaluate(args) -> int:
-    from .checkpoints import load_model
-    from .evaluation import evaluate
-
-    model = load_model(args.checkpoint)
-    stats = evaluate(model, args.ann, args.dets, args.images, out_file=args.out, det_thr=args.det_thr,
-                     batch_size=args.batch_size, flip=not args.no_flip, device=args.device,
-                     progress=not args.quiet, max_images=args.max_images)
-    for name, v in stats.items():
-        print(f"{name:>12}: {v:.4f}" if isinstance(v, float) else f"{name:>12}: {v}")
-    print(f"results -> {args.out}", file=sys.stderr)
-    return 1 if stats["num_failed"] else 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vitpose", description="ViTPose top-down pose estimation")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    def common(p):
-        p.add_argument("--checkpoint", required=True, help="official / ViTPose+ / HF / vitpose checkpoint")
-        p.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda if available)")
-        p.add_argument("--batch-size", type=int, default=32, help="person crops per forward pass")
-        p.add_argument("--no-flip", action="store_true", help="disable the flip test")
-        p.add_argument("--det-thr", type=float, default=0.0, help="drop boxes scored below this")
-        p.add_argument("--quiet", action="store_true", help="no progress bar")
-
+def add_parser(sub) -> None:
     p = sub.add_parser("predict", help="keypoints for images, folders or videos",
                        description=__doc__ + "\n" + BoxIndex.__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    common(p)
+    add_common_arguments(p)
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR_OR_VIDEO")
     p.add_argument("--boxes", help="person boxes JSON (default: each whole image is one box)")
     p.add_argument("--out", required=True, help="output folder")
@@ -282,27 +203,3 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kpt-thr", type=float, default=0.3, help="draw keypoints scored above this")
     p.add_argument("--no-draw", action="store_true", help="write the JSON only")
     p.set_defaults(func=cmd_predict)
-
-    e = sub.add_parser("evaluate", help="COCO keypoint AP on detector boxes")
-    common(e)
-    e.add_argument("--ann", required=True, help="COCO keypoint annotations JSON")
-    e.add_argument("--dets", required=True, help="COCO person detections JSON")
-    e.add_argument("--images", required=True, help="folder of the annotated images")
-    e.add_argument("--out", default="result_keypoints.json",
-                   help="the keypoint results JSON (COCO format, after rescoring and OKS-NMS)")
-    e.add_argument("--max-images", type=int, default=None, help="evaluate the first N images only")
-    e.set_defaults(func=cmd_evaluate)
-    return parser
-
-
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return args.func(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as e:  # whole-run errors: one clear line
-        print(f"vitpose {args.command}: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 import vitpose_kernels
 
-from .keypoints import keypoint_set
+from ..data.keypoints import keypoint_set
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -204,8 +204,8 @@ class TopDownPredictor:
 
     def __init__(self, model, *, device=None, dtype=None, flip: bool = True, batch_size: int = 32,
                  dataset_index: int = 0, fold_batchnorm: bool = True):
-        from .checkpoints import load_model
-        from .model import ViTPose
+        from ..models.checkpoints import load_model
+        from ..models.vitpose import ViTPose
         if not isinstance(model, ViTPose):
             model = load_model(model)
         if batch_size < 1:

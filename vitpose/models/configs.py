@@ -10,7 +10,7 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 
-from .keypoints import keypoint_set
+from ..data.keypoints import keypoint_set
 
 # Sec. 3.2 / Table 9: embed dim, depth, heads (ViT-H: head dim 80), drop path.
 SIZES = {
@@ -197,7 +197,7 @@ class ViTPoseConfig:
 
 
 def _custom_dataset(k: int) -> str:
-    from .keypoints import DATASETS, register_dataset
+    from ..data.keypoints import DATASETS, register_dataset
     if k == 17:
         return "coco"
     name = f"custom{k}"
@@ -214,7 +214,7 @@ def vitpose_config(size: str = "B", **overrides) -> ViTPoseConfig:
     plus = overrides.pop("plus", False)
     base = dict(SIZES[key])
     if plus:  # ViTPose+: six datasets, six experts
-        from .keypoints import VITPOSE_PLUS_DATASETS
+        from ..data.keypoints import VITPOSE_PLUS_DATASETS
         base.update(datasets=VITPOSE_PLUS_DATASETS, experts=len(VITPOSE_PLUS_DATASETS))
     base.update(overrides)
     base.setdefault("name", f"ViTPose{'+' if plus else ''}-{key}")

@@ -19,8 +19,8 @@ from collections import OrderedDict
 import torch
 
 from .configs import SIZES, ViTPoseConfig, num_heads_for
-from .keypoints import VITPOSE_PLUS_DATASETS, keypoint_set
-from .model import ViTPose, resize_pos_embed
+from ..data.keypoints import VITPOSE_PLUS_DATASETS, keypoint_set
+from .vitpose import ViTPose, resize_pos_embed
 
 FORMAT = "vitpose"
 IGNORED_KEYS = ("backbone.cls_token",)  # in some official files; ViTPose never uses it

@@ -15,7 +15,7 @@ import os
 import torch
 import torch.nn as nn
 
-from .model import ViTPose
+from .vitpose import ViTPose
 
 
 def add_knowledge_token(model: ViTPose, num_tokens: int = 1) -> nn.Parameter:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .keypoints import keypoint_set
+from ..data.keypoints import keypoint_set
 
 _PALETTE = [(255, 128, 0), (255, 153, 51), (255, 178, 102), (230, 230, 0), (255, 153, 255),
             (153, 204, 255), (255, 102, 255), (255, 51, 255), (102, 178, 255), (51, 153, 255),
