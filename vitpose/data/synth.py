@@ -45,9 +45,10 @@ def _limb(rng, start, angle_deg, length):
 
 
 def random_pose(rng: np.random.Generator) -> np.ndarray:
-    """A random front-facing pose (17, 2) in body units. Arms swing from hanging (0 deg) to raised
-    (180 deg) with a bent elbow; legs from standing to a high step or a kneel; the trunk leans and
-    the head turns a little."""
+    """A random front-facing pose (17, 2) in body units, from a prior like COCO's: mostly standing
+    or walking with the arms down or slightly out; in about a third of the people an arm swings
+    anywhere from across the body to raised, a leg steps or kicks out, or the person kneels. The
+    trunk leans and the head turns a little."""
     k = np.zeros((17, 2))
     shoulder_w = rng.uniform(0.10, 0.14)
     hip_w = rng.uniform(0.07, 0.10)
@@ -67,18 +68,20 @@ def random_pose(rng: np.random.Generator) -> np.ndarray:
     for side, (s, e, w) in ((1, (5, 7, 9)), (-1, (6, 8, 10))):
         up = rng.uniform(0.15, 0.19) * rng.uniform(0.9, 1.1)
         fore = rng.uniform(0.13, 0.17)
-        swing = rng.uniform(-25, 180) if rng.random() < 0.8 else rng.uniform(-60, -25)  # across the body
-        bend = rng.uniform(0, 150) * (1 if rng.random() < 0.5 else -1)
+        if rng.random() < 0.7:  # hanging or slightly out, elbow a little bent
+            swing, bend = float(np.clip(rng.normal(15, 15), -20, 60)), rng.uniform(-20, 60)
+        else:  # anywhere: across the body to raised, any elbow
+            swing, bend = rng.uniform(-50, 180), rng.uniform(-150, 150)
         k[e] = _limb(rng, k[s], side * swing - math.degrees(lean), up)
         k[w] = _limb(rng, k[e], side * (swing + bend) - math.degrees(lean), fore)
-    kneel = rng.random() < 0.1
+    kneel = rng.random() < 0.05
     for side, (h, kn, a) in ((1, (11, 13, 15)), (-1, (12, 14, 16))):
         thigh, shin = rng.uniform(0.22, 0.26), rng.uniform(0.21, 0.25)
-        spread = rng.uniform(-10, 35) if rng.random() < 0.8 else rng.uniform(35, 100)
-        bend = -rng.uniform(0, 100 if not kneel else 140)  # knees bend backwards: shin swings in
+        spread = float(np.clip(rng.normal(5, 7), -10, 25)) if rng.random() < 0.8 else rng.uniform(-10, 90)
+        bend = -rng.uniform(0, 40 if not kneel else 140)  # knees bend backwards: shin swings in
         k[kn] = _limb(rng, k[h], side * spread, thigh)
         k[a] = _limb(rng, k[kn], side * spread + side * bend * 0.3, shin * (0.6 if kneel else 1.0))
-        if rng.random() < 0.3:  # a step: the ankle lifted towards the knee
+        if rng.random() < 0.15:  # a step: the ankle lifted towards the knee
             k[a] = k[kn] + (k[a] - k[kn]) * rng.uniform(0.5, 1.0) + [side * rng.uniform(0, 0.1), -0.05]
     return k
 
@@ -125,17 +128,20 @@ def random_style(rng: np.random.Generator) -> Style:
 def render_person(draw, mask_draw, kp: np.ndarray, style: Style, height: float) -> None:
     """Draw one figure (keypoints (17, 2) in pixels) with PIL ImageDraw ``draw`` and paint its
     pixels into the 1-bit ``mask_draw``."""
+    outline = tuple(max(0, v - 90) for v in style.trunk)
+
     def seg(a, b, width, color):
         w = max(1, int(round(width)))
-        for d, c in ((draw, color), (mask_draw, 1)):
-            d.line([tuple(a), tuple(b)], fill=c, width=w)
+        for d, c, extra in ((draw, outline, 2), (draw, color, 0), (mask_draw, 1, 2)):  # a cartoon outline
+            ww = w + extra
+            d.line([tuple(a), tuple(b)], fill=c, width=ww)
             for p in (a, b):  # round joints
-                r = w / 2
+                r = ww / 2
                 d.ellipse([p[0] - r, p[1] - r, p[0] + r, p[1] + r], fill=c)
 
     trunk = [tuple(kp[i]) for i in (5, 6, 12, 11)]
-    for d, c in ((draw, style.trunk), (mask_draw, 1)):
-        d.polygon(trunk, fill=c)
+    draw.polygon(trunk, fill=style.trunk, outline=outline)
+    mask_draw.polygon(trunk, fill=1, outline=1)
     neck = (kp[5] + kp[6]) / 2
     head = (kp[1] + kp[2]) / 2 + [0, 0.01 * height]
     seg(neck, head, 0.05 * height, style.skin)
@@ -146,8 +152,8 @@ def render_person(draw, mask_draw, kp: np.ndarray, style: Style, height: float) 
         e = kp[i]
         for d, c in ((draw, style.skin), (mask_draw, 1)):
             d.ellipse([e[0] - r * 0.35, e[1] - r * 0.45, e[0] + r * 0.35, e[1] + r * 0.45], fill=c)
-    for d, c in ((draw, style.skin), (mask_draw, 1)):
-        d.ellipse([head[0] - r, head[1] - r * 1.15, head[0] + r, head[1] + r * 1.15], fill=c)
+    draw.ellipse([head[0] - r, head[1] - r * 1.15, head[0] + r, head[1] + r * 1.15], fill=style.skin, outline=outline)
+    mask_draw.ellipse([head[0] - r, head[1] - r * 1.15, head[0] + r, head[1] + r * 1.15], fill=1)
     dark = tuple(max(0, v - 120) for v in style.skin)
     for i, f in ((1, 0.18), (2, 0.18), (0, 0.14)):  # eyes and nose: small dark marks
         p, q = kp[i], r * f
@@ -163,13 +169,13 @@ def random_background(rng: np.random.Generator, width: int, height: int):
     img = np.broadcast_to(grad, (height, width, 3)) + rng.normal(0, 8, (height, width, 3))
     im = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(im)
-    for _ in range(rng.integers(3, 12)):
+    for _ in range(rng.integers(2, 9)):
         x0, y0 = rng.uniform(0, width), rng.uniform(0, height)
         x1, y1 = x0 + rng.normal(0, width / 4), y0 + rng.normal(0, height / 4)
         box = [min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)]
         kind = rng.integers(3)
         if kind == 0:
-            draw.line([(x0, y0), (x1, y1)], fill=_color(rng, 0, 255), width=int(rng.integers(1, 8)))
+            draw.line([(x0, y0), (x1, y1)], fill=_color(rng, 0, 255), width=int(rng.integers(1, 5)))
         elif kind == 1:
             draw.rectangle(box, fill=_color(rng, 0, 255))
         else:

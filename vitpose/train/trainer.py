@@ -109,6 +109,42 @@ def _precision(name: str, device: torch.device):
     return name, dtype
 
 
+class StepRunner:
+    """One training step as the trainer runs it (the benchmarks time this same object): the lr of
+    the schedule, the device-side batch (augmentation, targets), forward and loss under autocast,
+    backward (through a grad scaler in fp16), gradient clipping, the optimizer step."""
+
+    def __init__(self, task, net, optimizer, schedule, recipe, device, precision: str = "fp32"):
+        self.task, self.net, self.optimizer, self.schedule, self.recipe = task, net, optimizer, schedule, recipe
+        self.device = torch.device(device)
+        self.precision, amp_dtype = _precision(precision, self.device)
+        self.autocast = (lambda: torch.autocast(self.device.type, dtype=amp_dtype)) if amp_dtype else nullcontext
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.precision == "fp16" else None
+        self.trainable = [p for p in unwrap(net).parameters() if p.requires_grad]
+
+    def __call__(self, batch, iteration: int, epoch: int):
+        """-> (loss (0-d tensor, detached), logs {name: 0-d tensor}, lr)."""
+        lr = self.schedule.apply(self.optimizer, iteration, epoch)
+        x = self.task.prepare(batch, self.device)
+        with self.autocast():
+            loss, logs = self.task.loss(self.net, x)
+        opt, scaler = self.optimizer, self.scaler
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+        else:
+            loss.backward()
+        if self.recipe.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.trainable, self.recipe.grad_clip, norm_type=2.0)
+        if scaler is not None:
+            scaler.step(opt)
+            scaler.update()
+        else:
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+        return loss.detach(), logs, lr
+
+
 class Trainer:
     def __init__(self, config: TrainConfig, resume_state: dict | None = None):
         self.cfg = config
@@ -151,7 +187,7 @@ class Trainer:
             self.say(f"resuming from {path} (step {state['global_step']}, epoch {state['epoch']})")
         os.makedirs(cfg.out, exist_ok=True)
         device = ctx.device
-        precision, amp_dtype = _precision(cfg.precision, device)
+        precision, _ = _precision(cfg.precision, device)
 
         torch.manual_seed(cfg.seed)  # the same initial weights on every rank
         family = family_for(cfg.model)
@@ -170,10 +206,10 @@ class Trainer:
         eval_every = recipe.eval_every if cfg.eval_every is None else cfg.eval_every
         optimizer = build_optimizer(model, recipe, task.num_layers(model))
         schedule = Schedule(recipe, spe)
-        scaler = torch.amp.GradScaler(device.type) if precision == "fp16" else None
         multi = getattr(model, "num_datasets", 1) > 1
         net = wrap(model, ctx, find_unused=multi)
-        trainable = [p for p in model.parameters() if p.requires_grad]
+        runner = StepRunner(task, net, optimizer, schedule, recipe, device, precision)
+        scaler, trainable = runner.scaler, runner.trainable
 
         epoch, start, global_step, elapsed, best, history = 0, 0, 0, 0.0, None, []
         if state is not None:
@@ -203,7 +239,6 @@ class Trainer:
         self._describe(family, model, task, recipe, precision, spe, trainable)
 
         t_run = time.perf_counter()
-        autocast = (torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext())
         steps_here, window = 0, []
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
@@ -219,14 +254,10 @@ class Trainer:
                 bar = self._bar(epoch, start, spe)
                 t0 = time.perf_counter()
                 for i, batch in enumerate(batches, start=start):
-                    lr = schedule.apply(optimizer, global_step, epoch)
-                    x = task.prepare(batch, device)
-                    with autocast:
-                        loss, logs = task.loss(net, x)
-                    self._backward(loss, trainable, recipe)
+                    loss, logs, lr = runner(batch, global_step, epoch)
                     global_step += 1
                     steps_here += 1
-                    window.append(loss.detach().float())
+                    window.append(loss.float())
                     bar.update(1)
                     if global_step % cfg.log_every == 0 or i + 1 == spe:
                         t1 = time.perf_counter()
@@ -293,22 +324,6 @@ class Trainer:
                     disable=True if quiet else None, leave=False, dynamic_ncols=True)
 
     # ---- a step ----------------------------------------------------------------------------------
-    def _backward(self, loss, trainable, recipe) -> None:
-        opt, scaler = self.optimizer, self.scaler
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-        else:
-            loss.backward()
-        if recipe.grad_clip:
-            torch.nn.utils.clip_grad_norm_(trainable, recipe.grad_clip, norm_type=2.0)
-        if scaler is not None:
-            scaler.step(opt)
-            scaler.update()
-        else:
-            opt.step()
-        opt.zero_grad(set_to_none=True)
-
     def _log_step(self, epoch, i, spe, global_step, window, lr, images_per_s, logs, bar) -> None:
         loss = torch.stack(window).mean()
         if not torch.isfinite(loss):
