@@ -64,6 +64,7 @@ class TrainConfig:
     knowledge_token: str | None = None  # Eq. 6: a trained token (file or model), frozen in the student
     train_knowledge_token: int = 0    # Eq. 5: train only this many new tokens on a frozen model
     augment: bool = True
+    augment_overrides: dict | None = None  # AugmentConfig fields, e.g. {"rot_factor": 15}
     progress: bool = True
     stop_after_steps: int | None = None  # stop as on SIGTERM after this many steps of this invocation
 
@@ -218,6 +219,10 @@ class Trainer:
             if scaler is not None and state.get("scaler"):
                 scaler.load_state_dict(state["scaler"])
             epoch, start, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
+            if state["steps_per_epoch"] != spe and start:
+                self.say(f"note: the global batch changed ({state['steps_per_epoch']} -> {spe} steps per epoch): "
+                         f"epoch {epoch + 1} starts again from its first batch")
+                start = 0
             elapsed, best, history = state["elapsed_s"], state["best"], state["history"]
             rngs = state["rng"]
             if len(rngs) == ctx.world_size:
