@@ -235,7 +235,7 @@ class Trainer:
             torch.manual_seed(cfg.seed + 1 + ctx.rank)  # drop path differs between ranks
         self.model, self.net, self.task, self.recipe = model, net, task, recipe
         self.optimizer, self.schedule, self.scaler, self.sampler = optimizer, schedule, scaler, sampler
-        self.best, self.history, self.elapsed0 = best, history, elapsed
+        self.best, self.history = best, history
         log = RunLog(cfg.out, ctx.is_main, resume_step=global_step if state is not None else None)
         self.log = log
         if ctx.is_main:
