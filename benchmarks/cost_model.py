@@ -156,9 +156,7 @@ class TritonBackend:
         return TritonCounter(dry=dry)
 
     def machine_code(self, launches, jobs: int) -> list[dict]:
-        specs = [cubin.launch_spec(lnch) for lnch in launches]
-        stats = cubin.compile_triton(specs, jobs=jobs)
-        return [stats[cubin._spec_key(s)] for s in specs]
+        return cubin.compile_triton([cubin.launch_spec(lnch) for lnch in launches], jobs=jobs)
 
 
 class CudaBackend:
@@ -190,13 +188,14 @@ BACKENDS = {"triton": TritonBackend(), "cuda": CudaBackend()}
 
 # ============================================================================ running the op
 def _inputs(case: Case, B: int, H: int, grad: bool, dry: bool):
-    """q, k, v as views of one packed (B, N, 3, H, D) tensor (the model's layout), rel_pos tables
-    and dout. The dry run's values are never read by a kernel: zeros are cheaper than randn."""
+    """q, k, v made exactly as the model makes them (vitpose/models/vitpose.py, Attention.forward):
+    views of the (B, N, 3*H*D) output of the qkv projection, rel_pos tables and dout. The dry
+    run's values are never read by a kernel: zeros are cheaper than randn."""
     g, dtype = case.geom, DTYPES[case.dtype]
     make = torch.zeros if dry else torch.randn
     torch.manual_seed(0)
-    qkv = make(B, g.N, 3, H, g.D, dtype=dtype).requires_grad_(grad)
-    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    qkv = make(B, g.N, 3 * H * g.D, dtype=dtype).requires_grad_(grad)
+    q, k, v = qkv.view(B, g.N, 3, H, g.D).permute(2, 0, 3, 1, 4).unbind(0)
     rel = [None, None]
     if g.rel_pos:
         rel = [(make(2 * w - 1, g.D, dtype=dtype) * 0.1).requires_grad_(grad) for w in g.win]

@@ -258,6 +258,8 @@ def test_cuda_counter_counts_a_probe_kernel_exactly(tmp_path):
     assert got["programs"] == 3 and got["dots"] == 6 and got["flops"] == 6 * 2 * 16 * 8 * 16
     assert got["load_bytes"] == 3 * (40 * 4 + 4 * 16) and got["load_masked_bytes"] == 3 * 60 * 16
     assert got["store_bytes"] == 3 * 40 * 4 and got["stores"] == 3 * 40
+    # distinct sectors: in (160 B: 5 sectors) and src (64 B: 2) read, out (160 B: 5) written
+    assert (got["load_sector_bytes"], got["store_sector_bytes"]) == (7 * 32, 5 * 32)
     assert res["dry"]["programs"] == 3 and res["dry"]["flops"] == 0 and res["dry"]["bytes"] == 0
     assert res["unwatched"]["store_bytes"] == 0  # only registered buffers count as global memory
 
