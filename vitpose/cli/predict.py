@@ -1,11 +1,13 @@
 """``vitpose predict``: keypoints for images, folders of images and videos.
 
-    vitpose predict --checkpoint F [--boxes B.json] IMAGE_OR_DIR_OR_VIDEO... --out DIR [--resume]
+    vitpose predict --checkpoint F [--boxes B.json | --detector DIR] IMAGE_OR_DIR_OR_VIDEO... --out DIR [--resume]
     torchrun --nproc-per-node N -m vitpose predict --checkpoint F ... --out SHARED_DIR
 
 Writes, as it goes, DIR/predictions.jsonl (one JSON record per image or video frame: its poses,
 or the reason it failed), then DIR/keypoints.json (COCO results, plus file_name / frame), the
-drawn images (DIR/vis/) and videos (DIR/<name>_pose.mp4). A bad item (missing or unreadable
+drawn images (DIR/vis/) and videos (DIR/<name>_pose.mp4). Person boxes come from a boxes file,
+from a transformers object detector in a local folder (--detector: RT-DETR, DETR, ... whose
+labels have "person"), or else each whole image is one person. A bad item (missing or unreadable
 image, bad boxes) is recorded and the others go on; the exit status is 1 when any item failed.
 --resume goes on after a killed run with the same arguments and ends with the same files an
 uninterrupted run writes. Under torchrun the inputs are shared out across the processes and
@@ -28,7 +30,7 @@ def build_hooks(args) -> list:
 
 def cmd_predict(args) -> int:
     from ..models.checkpoints import load_model
-    from ..infer.job import FileBoxes, PredictJob, Renderer, ranks_from_env
+    from ..infer.job import DetectorBoxes, FileBoxes, PredictJob, Renderer, ranks_from_env
     from ..infer.pipeline import TopDownPredictor
 
     inputs = expand_inputs(args.inputs)
@@ -43,12 +45,20 @@ def cmd_predict(args) -> int:
     model = load_model(args.checkpoint)
     predictor = TopDownPredictor(model, device=device, flip=not args.no_flip,
                                  batch_size=args.batch_size, dataset_index=args.dataset_index)
-    boxes = BoxIndex(args.boxes, det_thr=args.det_thr) if args.boxes else None
+    det_thr = args.det_thr if args.det_thr is not None else (0.5 if args.detector else 0.0)
+    boxes = BoxIndex(args.boxes, det_thr=det_thr) if args.boxes else None
+    provider = FileBoxes(boxes) if boxes else None
+    if args.detector:
+        from ..infer.detect import PersonDetector
+        provider = DetectorBoxes(PersonDetector(args.detector, device=predictor.device, threshold=det_thr,
+                                                batch_size=args.det_batch_size, nms_iou=args.det_nms,
+                                                max_people=args.max_people))
     settings = {"checkpoint": os.path.abspath(args.checkpoint), "boxes": args.boxes and os.path.abspath(args.boxes),
-                "det_thr": args.det_thr, "batch_size": args.batch_size, "flip": not args.no_flip,
-                "dataset_index": args.dataset_index}
+                "detector": args.detector and os.path.abspath(args.detector), "det_thr": det_thr,
+                "det_nms": args.det_nms, "max_people": args.max_people, "batch_size": args.batch_size,
+                "flip": not args.no_flip, "dataset_index": args.dataset_index}
     renderer = Renderer(args.out, enabled=not args.no_draw, kpt_thr=args.kpt_thr)
-    job = PredictJob(predictor, args.out, boxes=FileBoxes(boxes) if boxes else None, renderer=renderer,
+    job = PredictJob(predictor, args.out, boxes=provider, renderer=renderer,
                      hooks=build_hooks(args), progress=not args.quiet, settings=settings, ranks=ranks)
     status = job.run(inputs, resume=args.resume)
     if boxes is not None and boxes.matched == 0 and job.processed:
@@ -63,11 +73,19 @@ def add_parser(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(p)
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR_OR_VIDEO")
-    p.add_argument("--boxes", help="person boxes JSON (default: each whole image is one box)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--boxes", help="person boxes JSON (default: each whole image is one box)")
+    source.add_argument("--detector", metavar="DIR",
+                        help="a transformers object detector saved in DIR (RT-DETR, DETR, ...) finds the people; "
+                             "it keeps those scored >= --det-thr, 0.5 unless given")
+    p.add_argument("--det-batch-size", type=int, default=8, help="images per detector forward pass")
+    p.add_argument("--det-nms", type=float, default=None, metavar="IOU",
+                   help="greedy NMS of the detected people at this IoU (DETR-family detectors need none)")
+    p.add_argument("--max-people", type=int, default=None, help="keep the N best detections per image")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--resume", action="store_true",
                    help="go on after an interrupted run: skip the items done, redo a partial last group")
     p.add_argument("--dataset-index", type=int, default=0, help="ViTPose+ dataset/decoder (0: COCO)")
     p.add_argument("--kpt-thr", type=float, default=0.3, help="draw keypoints scored above this")
     p.add_argument("--no-draw", action="store_true", help="write the JSON only")
-    p.set_defaults(func=cmd_predict)
+    p.set_defaults(func=cmd_predict, det_thr=None)  # None: 0 for boxes files, 0.5 for a detector

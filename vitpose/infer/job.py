@@ -148,6 +148,16 @@ class FileBoxes:
         return [self.index.lookup(it.source.path, frame=it.frame) for it in items]
 
 
+class DetectorBoxes:
+    """Boxes from a person detector (``detect.PersonDetector``), one batched call per group."""
+
+    def __init__(self, detector):
+        self.detector = detector
+
+    def __call__(self, items: list[Item]) -> list:
+        return self.detector([it.image for it in items])
+
+
 # ------------------------------------------------------------------------------------------------
 # Pictures
 # ------------------------------------------------------------------------------------------------

@@ -203,11 +203,13 @@ class TopDownPredictor:
 
     model: a ViTPose or a checkpoint path. device: default CUDA when available; dtype: bf16 on
     CUDA, fp32 on the CPU. flip: flip test (on by default; off for keypoint sets without a known
-    mirror order). batch_size: crops per forward pass (the flipped ones not counted).
+    mirror order). batch_size: crops per forward pass (the flipped ones not counted). detector: a
+    ``PersonDetector`` or the folder of a transformers object detector, used for images given
+    without boxes (else each whole image is one box).
     """
 
     def __init__(self, model, *, device=None, dtype=None, flip: bool = True, batch_size: int = 32,
-                 dataset_index: int = 0, fold_batchnorm: bool = True):
+                 dataset_index: int = 0, fold_batchnorm: bool = True, detector=None):
         from ..models.checkpoints import load_model
         from ..models.vitpose import ViTPose
         if not isinstance(model, ViTPose):
@@ -228,6 +230,10 @@ class TopDownPredictor:
         self.batch_size = batch_size
         self.input_size = (cfg.img_size[1], cfg.img_size[0])  # (W, H)
         self.backend = cfg.backend
+        if detector is not None and not callable(detector):
+            from .detect import PersonDetector
+            detector = PersonDetector(detector, device=self.device)
+        self.detector = detector
 
     @torch.inference_mode()
     def run_boxes(self, images: list[torch.Tensor], image_index, boxes) -> tuple[torch.Tensor, ...]:
@@ -259,6 +265,9 @@ class TopDownPredictor:
             images, boxes = [images], ([boxes] if boxes is not None else None)
         if boxes is not None and len(boxes) != len(images):
             raise ValueError(f"boxes must be given per image: {len(images)} images, {len(boxes)} box lists")
+        if boxes is None and self.detector is not None:
+            images = [load_image(im) for im in images]
+            boxes = self.detector(images)
         items = ((i, im, None if boxes is None else boxes[i]) for i, im in enumerate(images))
         out = [poses for _, poses in self.iter_predict(items, errors="raise")]
         return out[0] if single else out
