@@ -112,6 +112,10 @@ def reasons(op: str, name: str, *args, **kwargs) -> list[str]:
 def select(op: str, backend: str | None, device: torch.device, *args, **kwargs) -> Backend:
     """The backend to run: the forced one (or an error with its reasons), else the first that fits."""
     probe()
+    if torch.jit.is_tracing() and torch.onnx.is_in_onnx_export():
+        # An ONNX graph holds the reference formulation (standard ONNX ops) whatever backend the
+        # caller asked for: the fused kernels are not ONNX operators.
+        return _REGISTRY[op]["reference"]
     if backend is not None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS} or None, got backend={backend!r}")
