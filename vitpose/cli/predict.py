@@ -43,8 +43,8 @@ def cmd_predict(args) -> int:
         import torch
         device = f"cuda:{ranks.local_rank}" if torch.cuda.is_available() else "cpu"
     model = load_model(args.checkpoint)
-    predictor = TopDownPredictor(model, device=device, flip=not args.no_flip,
-                                 batch_size=args.batch_size, dataset_index=args.dataset_index)
+    predictor = TopDownPredictor(model, device=device, flip=not args.no_flip, batch_size=args.batch_size,
+                                 dataset_index=args.dataset_index, mode=args.mode)
     det_thr = args.det_thr if args.det_thr is not None else (0.5 if args.detector else 0.0)
     boxes = BoxIndex(args.boxes, det_thr=det_thr) if args.boxes else None
     provider = FileBoxes(boxes) if boxes else None
@@ -56,7 +56,7 @@ def cmd_predict(args) -> int:
     settings = {"checkpoint": os.path.abspath(args.checkpoint), "boxes": args.boxes and os.path.abspath(args.boxes),
                 "detector": args.detector and os.path.abspath(args.detector), "det_thr": det_thr,
                 "det_nms": args.det_nms, "max_people": args.max_people, "batch_size": args.batch_size,
-                "flip": not args.no_flip, "dataset_index": args.dataset_index}
+                "flip": not args.no_flip, "dataset_index": args.dataset_index, "mode": args.mode}
     renderer = Renderer(args.out, enabled=not args.no_draw, kpt_thr=args.kpt_thr)
     job = PredictJob(predictor, args.out, boxes=provider, renderer=renderer,
                      hooks=build_hooks(args), progress=not args.quiet, settings=settings, ranks=ranks)
@@ -86,6 +86,9 @@ def add_parser(sub) -> None:
     p.add_argument("--resume", action="store_true",
                    help="go on after an interrupted run: skip the items done, redo a partial last group")
     p.add_argument("--dataset-index", type=int, default=0, help="ViTPose+ dataset/decoder (0: COCO)")
+    p.add_argument("--mode", default="eager", choices=["eager", "graph", "compile", "static"],
+                   help="graph: each batch-size bucket replayed as a CUDA graph (lowest latency); compile: "
+                        "torch.compile, then CUDA graphs; static: the buckets without capture")
     p.add_argument("--kpt-thr", type=float, default=0.3, help="draw keypoints scored above this")
     p.add_argument("--no-draw", action="store_true", help="write the JSON only")
     p.set_defaults(func=cmd_predict, det_thr=None)  # None: 0 for boxes files, 0.5 for a detector

@@ -100,29 +100,41 @@ def image_to_crop(points, center, scale, input_size=(192, 256)):
     return (points - c + s * 0.5) * size1 / s
 
 
-def crop_to_image(points, center, scale, input_size=(192, 256)):
-    size1 = torch.as_tensor([input_size[0] - 1, input_size[1] - 1], dtype=points.dtype, device=points.device)
+def crop_to_image(points, center, scale, input_size=(192, 256), size1=None):
+    """The inverse of image_to_crop. size1: [W-1, H-1] as a tensor made beforehand (no host copy)."""
+    if size1 is None:
+        size1 = torch.as_tensor([input_size[0] - 1, input_size[1] - 1], dtype=points.dtype, device=points.device)
     shape = (-1,) + (1,) * (points.dim() - 2) + (2,)
     c, s = center.view(shape), scale.view(shape)
     return points * s / size1 + c - s * 0.5
 
 
-def _mosaic(images: list[torch.Tensor]):
-    """Images (3, H, W) into one zero canvas, a zero row/column around each; (canvas, origins)."""
-    n = len(images)
+def mosaic_layout(shapes) -> tuple[list[tuple[int, int]], tuple[int, int]]:
+    """Where images of these (H, W) go in one canvas, a zero row/column around each: the (x, y)
+    origins and the canvas (H, W)."""
+    n = len(shapes)
     cols = max(1, math.ceil(math.sqrt(n)))
     origins, x, y, row_h, width = [], 1, 1, 0, 0
-    for i, im in enumerate(images):
+    for i, (h, w) in enumerate(shapes):
         if i and i % cols == 0:
             x, y, row_h = 1, y + row_h + 1, 0
         origins.append((x, y))
-        x += im.shape[2] + 1
-        row_h = max(row_h, im.shape[1])
+        x += w + 1
+        row_h = max(row_h, h)
         width = max(width, x)
-    canvas = images[0].new_zeros(3, y + row_h + 1, width, dtype=torch.float32)
+    return origins, (y + row_h + 1, width)
+
+
+def paste(canvas: torch.Tensor, images, origins) -> torch.Tensor:
     for (ox, oy), im in zip(origins, images):
         canvas[:, oy:oy + im.shape[1], ox:ox + im.shape[2]] = im
-    return canvas, origins
+    return canvas
+
+
+def _mosaic(images: list[torch.Tensor]):
+    """Images (3, H, W) into one zero canvas, a zero row/column around each; (canvas, origins)."""
+    origins, hw = mosaic_layout([im.shape[1:] for im in images])
+    return paste(images[0].new_zeros(3, *hw, dtype=torch.float32), images, origins), origins
 
 
 def crop_batch(images: list[torch.Tensor], image_index: torch.Tensor, centers, scales,
@@ -132,18 +144,33 @@ def crop_batch(images: list[torch.Tensor], image_index: torch.Tensor, centers, s
     Bilinear sampling with pixel centers on integers and zeros outside the image, as OpenCV's
     warpAffine(INTER_LINEAR, BORDER_CONSTANT) in mmpose. The images sit in a mosaic with a zero
     border each, so the sampling never mixes two images; samples beyond a border are masked."""
-    W, H = input_size
     dev = centers.device
     canvas, origins = _mosaic(images)
-    v, u = torch.meshgrid(torch.arange(H, device=dev, dtype=torch.float32),
-                          torch.arange(W, device=dev, dtype=torch.float32), indexing="ij")
-    pts = crop_to_image(torch.stack([u, v], -1).reshape(1, -1, 2).expand(len(centers), -1, -1),
-                        centers.float(), scales.float(), input_size)            # (N, H*W, 2)
     org = torch.tensor(origins, dtype=torch.float32, device=dev)[image_index]      # (N, 2)
     sizes = torch.tensor([[im.shape[2], im.shape[1]] for im in images], dtype=torch.float32,
                          device=dev)[image_index]
+    return crop_from_canvas(canvas, org, sizes, centers, scales, input_size)
+
+
+def crop_lattice(input_size, device) -> torch.Tensor:
+    """The crop's pixel centres (1, H*W, 2) as (u, v)."""
+    W, H = input_size
+    v, u = torch.meshgrid(torch.arange(H, device=device, dtype=torch.float32),
+                          torch.arange(W, device=device, dtype=torch.float32), indexing="ij")
+    return torch.stack([u, v], -1).reshape(1, -1, 2)
+
+
+def crop_from_canvas(canvas, origins, sizes, centers, scales, input_size=(192, 256), lattice=None, size1=None):
+    """crop_batch's sampling, given the canvas (3, Hc, Wc) and per box its image's origin in the
+    canvas and (width, height), (N, 2) float32. With lattice and size1 made beforehand it creates
+    no tensor from host data, so it can be captured in a CUDA graph."""
+    W, H = input_size
+    if lattice is None:
+        lattice = crop_lattice(input_size, centers.device)
+    pts = crop_to_image(lattice.expand(len(centers), -1, -1), centers.float(), scales.float(), input_size,
+                        size1)                                                      # (N, H*W, 2)
     inside = ((pts > -1) & (pts < sizes[:, None])).all(-1)                          # (N, H*W)
-    pix = pts + org[:, None]
+    pix = pts + origins[:, None]
     Hc, Wc = canvas.shape[1:]
     grid = torch.stack([pix[..., 0] * (2 / (Wc - 1)) - 1, pix[..., 1] * (2 / (Hc - 1)) - 1], -1)
     out = F.grid_sample(canvas[None], grid.reshape(1, -1, W, 2), mode="bilinear", padding_mode="zeros",
@@ -152,10 +179,11 @@ def crop_batch(images: list[torch.Tensor], image_index: torch.Tensor, centers, s
     return out * inside.view(-1, 1, H, W)
 
 
-def normalize(crops: torch.Tensor) -> torch.Tensor:
-    """0-255 RGB crops -> ImageNet-normalized."""
-    mean = torch.tensor(IMAGENET_MEAN, device=crops.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(IMAGENET_STD, device=crops.device).view(1, 3, 1, 1) * 255
+def normalize(crops: torch.Tensor, mean=None, std=None) -> torch.Tensor:
+    """0-255 RGB crops -> ImageNet-normalized (mean, std: (1, 3, 1, 1) in 0-255 units, if made beforehand)."""
+    if mean is None:
+        mean = torch.tensor(IMAGENET_MEAN, device=crops.device).view(1, 3, 1, 1) * 255
+        std = torch.tensor(IMAGENET_STD, device=crops.device).view(1, 3, 1, 1) * 255
     return (crops - mean) / std
 
 
@@ -205,11 +233,13 @@ class TopDownPredictor:
     CUDA, fp32 on the CPU. flip: flip test (on by default; off for keypoint sets without a known
     mirror order). batch_size: crops per forward pass (the flipped ones not counted). detector: a
     ``PersonDetector`` or the folder of a transformers object detector, used for images given
-    without boxes (else each whole image is one box).
+    without boxes (else each whole image is one box). mode: "eager" (default), or the serving
+    path of ``serving.py``: "graph" (each batch-size bucket replayed as a CUDA graph), "compile"
+    (torch.compile, then CUDA graphs on a GPU), "static" (the buckets without capture).
     """
 
     def __init__(self, model, *, device=None, dtype=None, flip: bool = True, batch_size: int = 32,
-                 dataset_index: int = 0, fold_batchnorm: bool = True, detector=None):
+                 dataset_index: int = 0, fold_batchnorm: bool = True, detector=None, mode: str = "eager"):
         from ..models.checkpoints import load_model
         from ..models.vitpose import ViTPose
         if not isinstance(model, ViTPose):
@@ -230,10 +260,18 @@ class TopDownPredictor:
         self.batch_size = batch_size
         self.input_size = (cfg.img_size[1], cfg.img_size[0])  # (W, H)
         self.backend = cfg.backend
+        self._constants = None
+        self.runner = None  # serving.StaticRunner when mode is not "eager"
         if detector is not None and not callable(detector):
             from .detect import PersonDetector
             detector = PersonDetector(detector, device=self.device)
         self.detector = detector
+        from .serving import MODES, StaticRunner
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got mode={mode!r}")
+        self.mode = mode
+        if mode != "eager":
+            self.runner = StaticRunner(self, mode)
 
     @torch.inference_mode()
     def run_boxes(self, images: list[torch.Tensor], image_index, boxes) -> tuple[torch.Tensor, ...]:
@@ -241,10 +279,26 @@ class TopDownPredictor:
         scores (N, K), centers (N, 2), scales (N, 2), all float32 on the device."""
         dev = self.device
         images = [im.to(dev, non_blocking=True) for im in images]
-        image_index = torch.as_tensor(image_index, device=dev, dtype=torch.long)
         boxes = torch.as_tensor(np.asarray(boxes)[:, :4], dtype=torch.float32, device=dev)
+        origins, hw = mosaic_layout([im.shape[1:] for im in images])
+        image_index = np.asarray(image_index, dtype=np.int64)
+        per_box = np.concatenate([np.asarray(origins, np.float32)[image_index],
+                                  np.asarray([[im.shape[2], im.shape[1]] for im in images], np.float32)[image_index]], 1)
+        per_box = torch.as_tensor(per_box, device=dev)
+        if self.runner is not None:  # pastes the images into its own static canvas
+            return self.runner(images, origins, hw, per_box[:, :2], per_box[:, 2:], boxes)
+        canvas = paste(images[0].new_zeros(3, *hw, dtype=torch.float32), images, origins)
+        return self.device_path(canvas, per_box[:, :2], per_box[:, 2:], boxes)
+
+    def device_path(self, canvas, origins, sizes, boxes) -> tuple[torch.Tensor, ...]:
+        """Crop, model, decode for boxes (N, 4) xywh of images laid out in canvas (3, Hc, Wc),
+        origins/sizes (N, 2) of each box's image in the canvas. No host synchronisation and no
+        tensor made from host data (the constants are made once), so that ``serving.py`` can
+        capture it as a CUDA graph."""
+        c = self.constants()
         centers, scales = box_to_center_scale(boxes, self.input_size)
-        x = normalize(crop_batch(images, image_index, centers, scales, self.input_size)).to(self.dtype)
+        crops = crop_from_canvas(canvas, origins, sizes, centers, scales, self.input_size, c["lattice"], c["size1"])
+        x = normalize(crops, c["mean"], c["std"]).to(self.dtype)
         n = len(boxes)
         if self.flip:
             x = torch.cat([x, x.flip(-1)])
@@ -253,9 +307,24 @@ class TopDownPredictor:
         if self.flip:
             heatmaps, flipped = heatmaps[:n], heatmaps[n:]
         kp, sc = vitpose_kernels.decode_heatmaps(
-            heatmaps, flip_heatmaps=flipped, flip_indices=self.keypoints.flip_indices if self.flip else None,
+            heatmaps, flip_heatmaps=flipped, flip_indices=c["flip_indices"] if self.flip else None,
             input_size=self.input_size, bbox_centers=centers, bbox_scales=scales, backend=self.backend)
         return kp, sc, centers, scales
+
+    def constants(self) -> dict:
+        """Tensors the device path needs, made once on the device."""
+        if self._constants is None:
+            dev = self.device
+            W, H = self.input_size
+            self._constants = {
+                "lattice": crop_lattice(self.input_size, dev),
+                "size1": torch.tensor([W - 1, H - 1], dtype=torch.float32, device=dev),
+                "mean": torch.tensor(IMAGENET_MEAN, device=dev).view(1, 3, 1, 1) * 255,
+                "std": torch.tensor(IMAGENET_STD, device=dev).view(1, 3, 1, 1) * 255,
+                "flip_indices": (torch.tensor(self.keypoints.flip_indices, dtype=torch.long, device=dev)
+                                 if self.flip else None),
+            }
+        return self._constants
 
     def __call__(self, images, boxes=None) -> list[list[Pose]]:
         """images: a list (paths, arrays, tensors) or one image; boxes: per image (n, 4|5), or None
