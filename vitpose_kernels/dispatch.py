@@ -20,10 +20,11 @@ from . import _ext
 log = logging.getLogger("vitpose_kernels")
 
 OPS = ("window_attention", "simple_decoder", "decode_heatmaps", "udp_targets")
-BACKENDS = ("cuda", "triton", "reference")
+BACKENDS = ("cuda", "triton", "cpu", "reference")
 # Fastest first, per device type. On the CPU the Triton interpreter is far slower than PyTorch,
-# so it is used only when forced.
-PRIORITY = {"cuda": ("cuda", "triton", "reference"), "cpu": ("reference", "triton", "cuda")}
+# so it is used only when forced; the "cpu" backend (vectorised torch/numpy for CPU tensors) goes
+# before the reference for the ops it has.
+PRIORITY = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpu", "reference", "triton", "cuda")}
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,11 @@ def probe() -> None:
         return
     _MACHINE["reference"] = []
     importlib.import_module("vitpose_kernels.reference")
+    try:
+        importlib.import_module("vitpose_kernels.cpu_backend")
+        _MACHINE["cpu"] = []
+    except Exception as e:  # pure torch/numpy: should not fail, but must not take the package down
+        _MACHINE["cpu"] = [_import_failure("cpu", e)]
     try:
         importlib.import_module("vitpose_kernels.triton_backend")
         triton_reasons = []
