@@ -57,7 +57,8 @@ def cmd_predict(args) -> int:
                 "detector": args.detector and os.path.abspath(args.detector), "det_thr": det_thr,
                 "det_nms": args.det_nms, "max_people": args.max_people, "batch_size": args.batch_size,
                 "flip": not args.no_flip, "dataset_index": args.dataset_index, "mode": args.mode}
-    renderer = Renderer(args.out, enabled=not args.no_draw, kpt_thr=args.kpt_thr)
+    renderer = Renderer(args.out, enabled=not args.no_draw, kpt_thr=args.kpt_thr, heatmaps_of=args.heatmaps,
+                        predictor=predictor)
     job = PredictJob(predictor, args.out, boxes=provider, renderer=renderer,
                      hooks=build_hooks(args), progress=not args.quiet, settings=settings, ranks=ranks)
     status = job.run(inputs, resume=args.resume)
@@ -91,4 +92,7 @@ def add_parser(sub) -> None:
                         "torch.compile, then CUDA graphs; static: the buckets without capture")
     p.add_argument("--kpt-thr", type=float, default=0.3, help="draw keypoints scored above this")
     p.add_argument("--no-draw", action="store_true", help="write the JSON only")
+    p.add_argument("--heatmaps", type=int, default=None, metavar="I",
+                   help="also draw person I of each image (0: the first box) beside their heatmaps "
+                        "(DIR/vis/<name>_heatmaps.jpg)")
     p.set_defaults(func=cmd_predict, det_thr=None)  # None: 0 for boxes files, 0.5 for a detector

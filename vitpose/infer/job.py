@@ -165,11 +165,14 @@ class Renderer:
     """Drawn outputs: OUT/vis/<stem>.jpg per image, OUT/<stem>_pose.mp4 per video (frames that
     failed go in undrawn, so the video keeps its length)."""
 
-    def __init__(self, out_dir: str, enabled: bool = True, draw: Callable | None = None, **draw_kwargs):
+    def __init__(self, out_dir: str, enabled: bool = True, draw: Callable | None = None, *,
+                 heatmaps_of: int | None = None, predictor=None, **draw_kwargs):
         from .draw import draw_poses
         self.out_dir, self.enabled = out_dir, enabled
         self.draw = draw or draw_poses
         self.draw_kwargs = draw_kwargs
+        # heatmaps_of=i: also OUT/vis/<stem>_heatmaps.jpg, person i's crop beside their heatmaps
+        self.heatmaps_of, self.predictor = heatmaps_of, predictor
         self.writers = {}
 
     def image(self, item: Item, poses) -> None:
@@ -181,6 +184,12 @@ class Renderer:
         stem = os.path.splitext(item.source.file_name)[0]
         rgb = item.image.permute(1, 2, 0).numpy()
         Image.fromarray(self.draw(rgb, poses, **self.draw_kwargs)).save(os.path.join(vis, stem + ".jpg"))
+        if self.heatmaps_of is not None and self.heatmaps_of < len(poses) and self.predictor is not None:
+            from .draw import heatmap_view
+            pose = poses[self.heatmaps_of]
+            crop, heatmaps, in_crop = self.predictor.person_heatmaps(item.image, [*pose.box, pose.box_score])
+            view = heatmap_view(crop, heatmaps, in_crop, kpt_thr=self.draw_kwargs.get("kpt_thr", 0.3))
+            Image.fromarray(view).save(os.path.join(vis, stem + "_heatmaps.jpg"))
 
     def begin_video(self, source: Source, fps: float) -> None:
         if self.enabled:

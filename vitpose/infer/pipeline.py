@@ -211,7 +211,10 @@ def load_image(image) -> torch.Tensor:
             arr = np.repeat(arr[..., None], 3, axis=2)
         if arr.ndim != 3 or arr.shape[2] != 3:
             raise ValueError(f"numpy images must be (H, W, 3) RGB, got shape {arr.shape}")
-        image = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
+        arr = np.ascontiguousarray(arr)
+        if not arr.flags.writeable:  # e.g. np.asarray(PIL image): torch wants memory it may write
+            arr = arr.copy()
+        image = torch.from_numpy(arr).permute(2, 0, 1)
     if isinstance(image, torch.Tensor):
         if image.dim() != 3 or image.shape[0] != 3:
             raise ValueError(f"tensor images must be (3, H, W) RGB in 0-255, got shape {tuple(image.shape)}")
@@ -310,6 +313,35 @@ class TopDownPredictor:
             heatmaps, flip_heatmaps=flipped, flip_indices=c["flip_indices"] if self.flip else None,
             input_size=self.input_size, bbox_centers=centers, bbox_scales=scales, backend=self.backend)
         return kp, sc, centers, scales
+
+    @torch.inference_mode()
+    def person_heatmaps(self, image, box):
+        """One person's crop and heatmaps, for pictures: image (path, array or tensor), box xywh(+score)
+        -> (crop (H, W, 3) uint8 as the model saw it, heatmaps (K, H/4, W/4) float32 with the flip
+        test merged, the Pose decoded from them in crop pixels)."""
+        from vitpose_kernels.reference.decode_heatmaps import flip_back
+        img = load_image(image).to(self.device)
+        box = as_boxes(box)[:1]
+        if not len(box):
+            raise ValueError("person_heatmaps needs one box, got none")
+        c = self.constants()
+        centers, scales = box_to_center_scale(torch.as_tensor(box[:, :4], dtype=torch.float32, device=self.device),
+                                              self.input_size)
+        size = torch.tensor([[img.shape[2], img.shape[1]]], dtype=torch.float32, device=self.device)
+        crops = crop_from_canvas(img.float(), torch.zeros(1, 2, device=self.device), size, centers, scales,
+                                 self.input_size, c["lattice"], c["size1"])
+        x = normalize(crops, c["mean"], c["std"]).to(self.dtype)
+        heatmaps = self.model(torch.cat([x, x.flip(-1)]) if self.flip else x, self.dataset_index).float()
+        if self.flip:
+            heatmaps = (heatmaps[:1] + flip_back(heatmaps[1:], c["flip_indices"])) * 0.5
+        W, H = self.input_size
+        # In the crop's own pixels: the UDP warp puts the box on [0, W-1] x [0, H-1] (decoding to
+        # input_size (W, H) is mmpose's convention on the way back to the image, not the crop's).
+        kp, sc = vitpose_kernels.decode_heatmaps(heatmaps, input_size=(W - 1, H - 1), backend=self.backend)
+        pose = Pose(kp[0].cpu().numpy(), sc[0].cpu().numpy(), np.array([0.0, 0.0, W, H]), float(box[0, 4]),
+                    self.keypoints.name)
+        crop = crops[0].permute(1, 2, 0).clamp(0, 255).round().byte().cpu().numpy()
+        return crop, heatmaps[0].cpu().numpy(), pose
 
     def constants(self) -> dict:
         """Tensors the device path needs, made once on the device."""
