@@ -154,11 +154,18 @@ def test_cli_export(tmp_path):
     assert [d.dim_value for d in dims] == [2, 3, 256, 192]
 
 
+@pytest.fixture
+def asked_for_slow(request):
+    """Minutes per size on a CPU (ViTPose-H: ~6): run with `pytest -m slow tests/test_export_onnx.py`."""
+    if "slow" not in (request.config.getoption("markexpr") or ""):
+        pytest.skip("full-size exports run only when asked for: pytest -m slow")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("size,kw", [("S", {}), ("B", {}), ("B", dict(head="simple")),
                                      ("B", dict(patch_stride=8, window=(8, 8), shift=True, pool=True)),
                                      ("L", {}), ("H", {})])
-def test_full_sizes(size, kw, tmp_path):
+def test_full_sizes(size, kw, tmp_path, asked_for_slow):
     with torch.device("cpu"):
         model = vitpose.ViTPose(vitpose.vitpose_config(size, **kw)).eval()
     info = export_onnx(model, tmp_path / f"{size}.onnx", decode=True, flip=True)
