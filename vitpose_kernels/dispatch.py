@@ -132,6 +132,8 @@ def select(op: str, backend: str | None, device: torch.device, *args, **kwargs) 
         return _REGISTRY[op][backend]
     skipped = {}
     for name in PRIORITY["cuda" if device.type == "cuda" else "cpu"]:
+        if name not in _REGISTRY[op]:
+            continue  # this op has no such backend: nothing to weigh or log (explain() still says so)
         why = reasons(op, name, *args, **kwargs)
         if not why:
             if skipped:

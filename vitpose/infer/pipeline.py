@@ -382,6 +382,8 @@ class TopDownPredictor:
         for key, image, boxes in items:
             try:
                 img = load_image(image)
+                if boxes is None and self.detector is not None:  # one image at a time here; the
+                    boxes = self.detector([img])[0]             # batch job detects per group
                 arr = (as_boxes(boxes, f" of {key!r}") if boxes is not None else
                        np.array([[0, 0, img.shape[2], img.shape[1], 1.0]], dtype=np.float64))
                 pending.append((key, img, arr))
