@@ -10,8 +10,9 @@ import numpy as np
 import vitpose
 from vitpose import cli
 
-# Measured: AP 0.021 after these 285 steps (0 after the first 3 epochs); the floor leaves 4x.
-AP_FLOOR = 0.005
+# Measured on the 2-core CPU (one thread, 40 s): AP 0.010, 0.072, 0.112 after epochs 4, 8 and 12 of
+# these 684 steps. The floor leaves 2x.
+AP_FLOOR = 0.05
 
 
 def test_synth_then_train_tiny_vitpose(tmp_path):
@@ -21,12 +22,12 @@ def test_synth_then_train_tiny_vitpose(tmp_path):
     model.write_text(json.dumps({"arch": "vitpose-s", "embed_dim": 64, "depth": 2, "num_heads": 2,
                                  "img_size": [128, 96], "deconv_channels": 32, "drop_path_rate": 0.0}))
     # Plain crops: a few hundred steps are too few for the official augmentation to pay off.
-    rc = cli.main(["train", "--data", data, "--model", str(model), "--epochs", "5", "--batch-size", "8", "--out", run,
-                   "--workers", "1", "--eval-every", "2", "--no-augment", "--lr", "2e-3", "--log-every", "5",
+    rc = cli.main(["train", "--data", data, "--model", str(model), "--epochs", "12", "--batch-size", "8", "--out", run,
+                   "--workers", "1", "--eval-every", "4", "--no-augment", "--lr", "2e-3", "--log-every", "5",
                    "--quiet"])
     assert rc == 0
     metrics = json.load(open(os.path.join(run, "metrics.json")))
-    assert metrics["status"] == "finished" and metrics["epoch"] == 5 and len(metrics["history"]) == 3
+    assert metrics["status"] == "finished" and metrics["epoch"] == 12 and len(metrics["history"]) == 3
     aps = [h["coco_ap"] for h in metrics["history"]]
     assert metrics["coco_ap"] == aps[-1] >= AP_FLOOR and metrics["best_coco_ap"] == max(aps)
     assert aps[-1] > aps[0]
