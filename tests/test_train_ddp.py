@@ -4,8 +4,6 @@ import os
 import subprocess
 import sys
 
-import torch
-
 from train_helpers import checkpoint_model, max_abs_diff, synth_dataset, tiny_config
 from vitpose.train import train
 

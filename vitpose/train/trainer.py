@@ -10,7 +10,6 @@ layer-wise lr decay, warmup + step schedule, precision, gradient clipping, DDP, 
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import signal
 import sys
