@@ -32,6 +32,25 @@ def window_attention(q, k, v, *, grid, window=None, shift=(0, 0), pool=False, nu
     return dispatch.select("window_attention", backend, q.device, *args).fn(*args)
 
 
+def window_attention_qkvpacked(qkv, *, grid, window=None, shift=(0, 0), pool=False, num_global=0,
+                               rel_pos_h=None, rel_pos_w=None, scale=None, backend=None) -> torch.Tensor:
+    """window_attention of a packed qkv: one (B, N, 3, H, D) tensor, e.g. ``linear(x).view(B, N, 3,
+    H, D)`` of one qkv projection. Same result as ``window_attention(*qkv.permute(2, 0, 3, 1,
+    4).unbind(0), ...)`` (out is (B, H, N, D)), but the kernel backends read q, k, v in place and
+    their backward writes one (B, N, 3, H, D) gradient: no stack of three gradients, no copies."""
+    _validate.check_float("qkv", qkv)
+    _validate.check_rank("qkv", qkv, 5, "(B, N, 3, H, D)")
+    if qkv.shape[2] != 3:
+        raise ValueError(f"qkv must be (B, N, 3, H, D), got qkv.shape={tuple(qkv.shape)}")
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    args = _prepare_window_attention(q, k, v, grid=grid, window=window, shift=shift, pool=pool,
+                                     num_global=num_global, rel_pos_h=rel_pos_h, rel_pos_w=rel_pos_w,
+                                     scale=scale)
+    fn = dispatch.select("window_attention", backend, q.device, *args).fn
+    packed = getattr(fn, "qkvpacked", None)  # backends whose kernels take the packed tensor
+    return packed(qkv, *args[3:]) if packed is not None else fn(*args)
+
+
 def _prepare_window_attention(q, k, v, *, grid, window=None, shift=(0, 0), pool=False, num_global=0,
                               rel_pos_h=None, rel_pos_w=None, scale=None):
     spec = _validate.window_attention_spec(q, k, v, grid=grid, window=window, shift=shift, pool=pool,
