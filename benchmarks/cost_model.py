@@ -212,8 +212,10 @@ def run_op(case: Case, backend, direction: str, B: int, H: int, dry: bool):
         counter.watch(qkv, dout, rh, rw)
         with TorchCounter(skip=counter.in_launch, on_alloc=counter.on_alloc, on_free=counter.on_free) as tcount:
             with torch.set_grad_enabled(direction == "fwd+bwd"):
-                out = vk.window_attention(q, k, v, grid=g.grid, window=g.window, shift=g.shift, pool=g.pool,
-                                          num_global=g.num_global, rel_pos_h=rh, rel_pos_w=rw, backend=backend.name)
+                # As the model calls it: the packed entry (vitpose/models/vitpose.py, Attention.forward).
+                out = vk.window_attention_qkvpacked(qkv.view(B, g.N, 3, H, g.D), grid=g.grid, window=g.window,
+                                                    shift=g.shift, pool=g.pool, num_global=g.num_global,
+                                                    rel_pos_h=rh, rel_pos_w=rw, backend=backend.name)
                 if direction == "fwd+bwd":
                     out.backward(dout)
             del out

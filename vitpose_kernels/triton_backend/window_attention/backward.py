@@ -53,6 +53,12 @@ def bwd_prep_kernel(Q, DO, O, LSE, DELTA, XK, XV, PK, PV,
     e = tl.arange(0, BLOCK_E)
     dkx = tl.zeros([BLOCK_E, D_PAD], dtype=tl.float32)
     dvx = tl.zeros([BLOCK_E, D_PAD], dtype=tl.float32)
+    xk = 0.0
+    xv = 0.0
+    if PARTIALS:
+        if IN_REGS:  # all extra keys, once per program
+            xk = load_rows(XK, e, e < E, D, 1, d, D)
+            xv = load_rows(XV, e, e < E, D, 1, d, D)
     t0 = grp * TPP
     for t in range(t0, tl.minimum(t0 + TPP, T)):
         count = tile_count(t, HG, WG, WH, WW, NTX, NTY, MY, MX, BY, BX, FY, FX)
@@ -65,11 +71,8 @@ def bwd_prep_kernel(Q, DO, O, LSE, DELTA, XK, XV, PK, PV,
                 q = load_rows(Q, tok, valid, sqn, sqd, d, D)
                 lse2 = load_vec(LSE, tok, valid) * 1.4426950408889634
                 if IN_REGS:
-                    ok = e < E
-                    xk = load_rows(XK, e, ok, D, 1, d, D)
-                    xv = load_rows(XV, e, ok, D, 1, d, D)
-                    p, ds = grad_step(q, xk, xv, do, lse2, delta, 0.0, valid[:, None] & ok[None, :], qk_scale,
-                                      False, PREC)
+                    p, ds = grad_step(q, xk, xv, do, lse2, delta, 0.0, valid[:, None] & (e < E)[None, :],
+                                      qk_scale, False, PREC)
                     dkx += mm(tl.trans(ds).to(q.dtype), q, PREC)
                     dvx += mm(tl.trans(p).to(do.dtype), do, PREC)
                 else:
@@ -77,9 +80,9 @@ def bwd_prep_kernel(Q, DO, O, LSE, DELTA, XK, XV, PK, PV,
                     for e0 in range(0, E, BLOCK_E):
                         ee = e0 + e
                         ok = ee < E
-                        xk = load_rows(XK, ee, ok, D, 1, d, D)
-                        xv = load_rows(XV, ee, ok, D, 1, d, D)
-                        p, ds = grad_step(q, xk, xv, do, lse2, delta, 0.0, valid[:, None] & ok[None, :],
+                        bk = load_rows(XK, ee, ok, D, 1, d, D)
+                        bv = load_rows(XV, ee, ok, D, 1, d, D)
+                        p, ds = grad_step(q, bk, bv, do, lse2, delta, 0.0, valid[:, None] & ok[None, :],
                                           qk_scale, False, PREC)
                         _store_partial(PK, PV, part, ee, ok, mm(tl.trans(ds).to(q.dtype), q, PREC),
                                        mm(tl.trans(p).to(do.dtype), do, PREC), E, d, D)
@@ -192,11 +195,24 @@ def _global_queries(dk, dv, k, v, valid_k, Q, DO, O, LSE, sqn, sqd, sdn, sdd, G,
 
 @triton.jit
 def _pool_spread(dk, dv, tok, valid, XGK, XGV, G, HG, WG, WH, WW, NTW, d, D: tl.constexpr):
-    """The mean's backward: each grid key gets its pooled tile's gradient / the tile's size."""
+    """The mean's backward: each grid key gets its pooled tile's gradient / the tile's size
+    (reduced gradients gathered row by row from XG)."""
     pidx, cnt = pooled_index(tok, G, HG, WG, WH, WW, NTW)
     inv = 1.0 / cnt.to(tl.float32)
     dk += load_rows(XGK, pidx, valid, D, 1, d, D) * inv[:, None]
     dv += load_rows(XGV, pidx, valid, D, 1, d, D) * inv[:, None]
+    return dk, dv
+
+
+@triton.jit
+def _pool_spread_regs(dk, dv, tok, xgk, xgv, e, G, HG, WG, WH, WW, NTW):
+    """_pool_spread with all P pooled gradients already in registers (xgk, xgv: rows e), picked
+    per key by an exact one-hot product instead of a gather from memory per key."""
+    pidx, cnt = pooled_index(tok, G, HG, WG, WH, WW, NTW)
+    onehot = (pidx[:, None] == e[None, :]).to(tl.float32)
+    inv = 1.0 / cnt.to(tl.float32)
+    dk += tl.dot(onehot, xgk, input_precision="ieee") * inv[:, None]
+    dv += tl.dot(onehot, xgv, input_precision="ieee") * inv[:, None]
     return dk, dv
 
 
@@ -285,6 +301,17 @@ def bwd_tile_kernel(Q, K, V, DO, O, LSE, DELTA, XK, XV, XGK, XGV, PK, PV, RH, RW
     drw = tl.zeros([RW_PAD, D_PAD], dtype=tl.float32)
     dkx = tl.zeros([BLOCK_E, D_PAD], dtype=tl.float32)
     dvx = tl.zeros([BLOCK_E, D_PAD], dtype=tl.float32)
+    xk = 0.0
+    xv = 0.0
+    xgk = 0.0
+    xgv = 0.0
+    if HAS_EXTRA:
+        if IN_REGS:  # the extra keys (and the pooled ones' reduced gradients) once per program
+            xk = load_rows(XK, e, e < E, D, 1, d, D)
+            xv = load_rows(XV, e, e < E, D, 1, d, D)
+            if POOL:
+                xgk = load_rows(XGK, e, e < P, D, 1, d, D)
+                xgv = load_rows(XGV, e, e < P, D, 1, d, D)
     t0 = grp * TPP
     for t in range(t0, tl.minimum(t0 + TPP, T)):
         tok, valid, cell, ly, lx, _ = tile_slots(t, slots, G, HG, WG, WH, WW, NTX, NTY, MY, MX, BY, BX, FY, FX)
@@ -323,8 +350,9 @@ def bwd_tile_kernel(Q, K, V, DO, O, LSE, DELTA, XK, XV, XGK, XGV, PK, PV, RH, RW
         if HAS_EXTRA:
             dqx = tl.zeros([BLOCK, D_PAD], dtype=tl.float32)
             if IN_REGS:
-                dqx, px, dsx = _extra_block(dqx, q, do, lse2, delta, valid, XK, XV, e, E, d, qk_scale, D,
-                                            PREC)
+                px, dsx = grad_step(q, xk, xv, do, lse2, delta, 0.0, valid[:, None] & (e < E)[None, :], qk_scale,
+                                    False, PREC)
+                dqx += mm(dsx.to(xk.dtype), xk, PREC)
                 if PARTIALS:
                     dkx += mm(tl.trans(dsx).to(q.dtype), q, PREC)
                     dvx += mm(tl.trans(px).to(do.dtype), do, PREC)
@@ -342,7 +370,10 @@ def bwd_tile_kernel(Q, K, V, DO, O, LSE, DELTA, XK, XV, XGK, XGV, PK, PV, RH, RW
                                      qk_scale, D, PREC, BLOCK_G)
         dk = dk * scale
         if POOL:
-            dk, dv = _pool_spread(dk, dv, tok, valid, XGK, XGV, G, HG, WG, WH, WW, NTW, d, D)
+            if IN_REGS:
+                dk, dv = _pool_spread_regs(dk, dv, tok, xgk, xgv, e, G, HG, WG, WH, WW, NTW)
+            else:
+                dk, dv = _pool_spread(dk, dv, tok, valid, XGK, XGV, G, HG, WG, WH, WW, NTW, d, D)
         store_rows(DK, tok, dk, valid, sgkn, sgkd, d, D)
         store_rows(DV, tok, dv, valid, sgvn, sgvd, d, D)
     if HAS_EXTRA:

@@ -70,24 +70,14 @@ def _cell_block(acc, m_i, l_i, q, qrh, qrw, cell_q, ly_q, lx_q, K, V, skn, skd, 
 
 
 @triton.jit
-def fwd_grid_kernel(Q, K, V, XK, XV, RH, RW, O, LSE,
-                    sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
-                    srh0, srh1, srw0, srw1,
-                    H, N, E, G, HG, WG, WH, WW, NTX, NTY, MY, MX, BY, BX, FY, FX, QB, qk_scale,
-                    D: tl.constexpr, D_PAD: tl.constexpr, HAS_RELH: tl.constexpr, HAS_RELW: tl.constexpr,
-                    RH_PAD: tl.constexpr, RW_PAD: tl.constexpr, WH_PAD: tl.constexpr, WW_PAD: tl.constexpr,
-                    HAS_EXTRA: tl.constexpr, ONE_KEY_BLOCK: tl.constexpr, PREC: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr):
-    """Query block (tile t, rows m0..) of the grid: keys = its cell's tokens in the same packed
-    tile, then the E extra keys (pooled means, global tokens) folded into the same online
-    softmax. No global query and no data-dependent branch around a product in here."""
-    pid = tl.program_id(0)
-    bh = tl.program_id(1)
-    t = pid // QB
-    m0 = (pid - t * QB) * BLOCK_M
-    Q = head(Q, bh, H, sqb, sqh)
-    K = head(K, bh, H, skb, skh)
-    V = head(V, bh, H, svb, svh)
+def _query_block(Q, K, V, XK, XV, O, LSE, xk, xv, t, m0, RH, RW, sqn, sqd, skn, skd, svn, svd,
+                 srh0, srh1, srw0, srw1, N, E, G, HG, WG, WH, WW, NTX, NTY, MY, MX, BY, BX, FY, FX, qk_scale,
+                 D: tl.constexpr, D_PAD: tl.constexpr, HAS_RELH: tl.constexpr, HAS_RELW: tl.constexpr,
+                 RH_PAD: tl.constexpr, RW_PAD: tl.constexpr, WH_PAD: tl.constexpr, WW_PAD: tl.constexpr,
+                 HAS_EXTRA: tl.constexpr, EXTRA_IN_REGS: tl.constexpr, ONE_KEY_BLOCK: tl.constexpr,
+                 PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr):
+    """Query rows m0.. of packed tile t: keys = its cell's tokens in the same tile, then the E
+    extra keys (pooled means, global tokens) folded into the same online softmax."""
     d = tl.arange(0, D_PAD)
     tok_q, valid_q, cell_q, ly_q, lx_q, count = tile_slots(t, m0 + tl.arange(0, BLOCK_M), G, HG, WG, WH, WW,
                                                            NTX, NTY, MY, MX, BY, BX, FY, FX)
@@ -109,21 +99,66 @@ def fwd_grid_kernel(Q, K, V, XK, XV, RH, RW, O, LSE,
         for n0 in range(0, count, BLOCK_N):
             acc, m_i, l_i = _cell_block(acc, m_i, l_i, q, qrh, qrw, cell_q, ly_q, lx_q, K, V, skn, skd, svn,
                                         svd, n0, t, G, HG, WG, WH, WW, NTX, NTY, MY, MX, BY, BX, FY, FX, d,
-                                        D, qk_scale, HAS_RELH, HAS_RELW, RH_PAD, RW_PAD, WH_PAD, WW_PAD, PREC, BLOCK_N)
+                                        D, qk_scale, HAS_RELH, HAS_RELW, RH_PAD, RW_PAD, WH_PAD, WW_PAD, PREC,
+                                        BLOCK_N)
     if HAS_EXTRA:
-        XK += bh.to(tl.int64) * E * D
-        XV += bh.to(tl.int64) * E * D
-        for e0 in range(0, E, BLOCK_E):
-            e = e0 + tl.arange(0, BLOCK_E)
-            ok = e < E
-            xk = load_rows(XK, e, ok, D, 1, d, D)
-            xv = load_rows(XV, e, ok, D, 1, d, D)
-            acc, m_i, l_i = softmax_step(acc, m_i, l_i, q, xk, xv, 0.0, ok[None, :], qk_scale, False, PREC)
+        e = tl.arange(0, BLOCK_E)
+        if EXTRA_IN_REGS:
+            acc, m_i, l_i = softmax_step(acc, m_i, l_i, q, xk, xv, 0.0, (e < E)[None, :], qk_scale, False, PREC)
+        else:
+            for e0 in range(0, E, BLOCK_E):
+                ok = e0 + e < E
+                bk = load_rows(XK, e0 + e, ok, D, 1, d, D)
+                bv = load_rows(XV, e0 + e, ok, D, 1, d, D)
+                acc, m_i, l_i = softmax_step(acc, m_i, l_i, q, bk, bv, 0.0, ok[None, :], qk_scale, False, PREC)
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)
-    O += bh.to(tl.int64) * N * D
     store_rows(O, tok_q, acc / l_safe[:, None], valid_q, D, 1, d, D)
     # Natural-log logsumexp (the op's unit for every backend).
-    tl.store(LSE + bh.to(tl.int64) * N + tok_q, (m_i + tl.log2(l_safe)) * 0.6931471805599453, mask=valid_q)
+    tl.store(LSE + tok_q, (m_i + tl.log2(l_safe)) * 0.6931471805599453, mask=valid_q)
+
+
+@triton.jit
+def fwd_grid_kernel(Q, K, V, XK, XV, RH, RW, O, LSE,
+                    sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
+                    srh0, srh1, srw0, srw1,
+                    H, N, E, G, HG, WG, WH, WW, NTX, NTY, MY, MX, BY, BX, FY, FX, QB, T, TPP, qk_scale,
+                    D: tl.constexpr, D_PAD: tl.constexpr, HAS_RELH: tl.constexpr, HAS_RELW: tl.constexpr,
+                    RH_PAD: tl.constexpr, RW_PAD: tl.constexpr, WH_PAD: tl.constexpr, WW_PAD: tl.constexpr,
+                    HAS_EXTRA: tl.constexpr, EXTRA_IN_REGS: tl.constexpr, ONE_KEY_BLOCK: tl.constexpr,
+                    PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr):
+    """The grid queries. Cells that fit one block (ONE_KEY_BLOCK): program = TPP consecutive packed
+    tiles, one block each, the extra keys loaded once; larger cells: program = one (tile, query
+    block). No global query and no data-dependent branch around a product in here."""
+    pid = tl.program_id(0)
+    bh = tl.program_id(1)
+    Q = head(Q, bh, H, sqb, sqh)
+    K = head(K, bh, H, skb, skh)
+    V = head(V, bh, H, svb, svh)
+    O += bh.to(tl.int64) * N * D
+    LSE += bh.to(tl.int64) * N
+    XK += bh.to(tl.int64) * E * D
+    XV += bh.to(tl.int64) * E * D
+    xk = 0.0
+    xv = 0.0
+    if HAS_EXTRA:
+        if EXTRA_IN_REGS:
+            d = tl.arange(0, D_PAD)
+            e = tl.arange(0, BLOCK_E)
+            xk = load_rows(XK, e, e < E, D, 1, d, D)
+            xv = load_rows(XV, e, e < E, D, 1, d, D)
+    if ONE_KEY_BLOCK:
+        t0 = pid * TPP
+        for t in range(t0, tl.minimum(t0 + TPP, T)):
+            _query_block(Q, K, V, XK, XV, O, LSE, xk, xv, t, 0, RH, RW, sqn, sqd, skn, skd, svn, svd,
+                         srh0, srh1, srw0, srw1, N, E, G, HG, WG, WH, WW, NTX, NTY, MY, MX, BY, BX, FY, FX,
+                         qk_scale, D, D_PAD, HAS_RELH, HAS_RELW, RH_PAD, RW_PAD, WH_PAD, WW_PAD, HAS_EXTRA,
+                         EXTRA_IN_REGS, ONE_KEY_BLOCK, PREC, BLOCK_M, BLOCK_N, BLOCK_E)
+    else:
+        t = pid // QB
+        _query_block(Q, K, V, XK, XV, O, LSE, xk, xv, t, (pid - t * QB) * BLOCK_M, RH, RW, sqn, sqd, skn, skd,
+                     svn, svd, srh0, srh1, srw0, srw1, N, E, G, HG, WG, WH, WW, NTX, NTY, MY, MX, BY, BX, FY, FX,
+                     qk_scale, D, D_PAD, HAS_RELH, HAS_RELW, RH_PAD, RW_PAD, WH_PAD, WW_PAD, HAS_EXTRA,
+                     EXTRA_IN_REGS, ONE_KEY_BLOCK, PREC, BLOCK_M, BLOCK_N, BLOCK_E)
 
 
 @triton.jit

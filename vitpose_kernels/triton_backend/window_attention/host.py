@@ -17,7 +17,7 @@ MAX_HEAD_DIM = 256
 MAX_REL_ROWS = 255  # 2*w - 1: q . R^T is held as a (BLOCK_M, next_pow2(2*w - 1)) register tile
 SINGLE_MAX = 64  # cells up to this many tokens take the single-pass backward (one block a tile)
 EXTRA_MAX = 64  # up to this many extra keys (pooled + global) are one register block
-TARGET_PROGRAMS = 1024  # the single-pass backward groups tiles so that about this many programs run
+TILES_PER_PROGRAM = 4  # tiles one program of the single-pass backward (and its prep) walks
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -63,7 +63,7 @@ class Plan:
     """Everything about a call that depends only on its shape: tiling, block sizes, grids, which
     kernels run and the constexpr arguments. Built once per shape (see plan())."""
 
-    def __init__(self, B, H, N, D, dtype, geom, pool, has_rh, has_rw, interpreting=False):
+    def __init__(self, B, H, N, D, dtype, geom, pool, has_rh, has_rw):
         hg, wg, wh, ww, sh, sw, G = geom
         nty, my, by, fy = pack_axis(hg, wh, sh)
         ntx, mx, bx, fx = pack_axis(wg, ww, sw)
@@ -99,9 +99,12 @@ class Plan:
             if has_rh or has_rw:  # the rel-pos one-hot product in a pipelined loop serializes wgmma (C7515)
                 stages = 1
         self.qb = _cdiv(self.S, bm)
-        self.fwd_grid = (self.T * self.qb, self.BH)
-        self.fwd_c = dict(D=D, D_PAD=d_pad, **rel, HAS_EXTRA=self.E > 0, ONE_KEY_BLOCK=self.S <= bn, PREC=prec,
-                          BLOCK_M=bm, BLOCK_N=bn, BLOCK_E=block_e, num_warps=warps, num_stages=stages)
+        one = self.S <= bn  # a tile is one block: programs walk TILES_PER_PROGRAM tiles
+        self.fwd_tpp = TILES_PER_PROGRAM if one else 1
+        self.fwd_grid = (_cdiv(self.T, self.fwd_tpp) if one else self.T * self.qb, self.BH)
+        self.fwd_c = dict(D=D, D_PAD=d_pad, **rel, HAS_EXTRA=self.E > 0, EXTRA_IN_REGS=self.in_regs,
+                          ONE_KEY_BLOCK=one, PREC=prec, BLOCK_M=bm, BLOCK_N=bn, BLOCK_E=block_e, num_warps=warps,
+                          num_stages=stages)
         self.nty_pool = _cdiv(hg, wh) if pool else 0
         self.extra_c = dict(D=D, D_PAD=d_pad, XB=min(64, _pow2(wg)), NTW_PAD=_pow2(self.ntw),
                             BLOCK_G=min(64, _pow2(G)), num_warps=4)
@@ -112,10 +115,11 @@ class Plan:
 
         # ---- backward
         bwd_block = _pow2(self.S) if self.small else (64 if d_pad <= 128 else 32)
-        # Tiles per program of the single pass: enough programs for the GPU, few partial sums.
-        # The interpreter takes one program per head (every tile through the accumulation loop).
-        target = 1 if interpreting else TARGET_PROGRAMS
-        self.groups = min(self.T, max(1, _cdiv(target, self.BH))) if self.small else self.T
+        # Tiles per program of the single pass: a few, so that partial sums (and the extra keys'
+        # loads) are shared by several tiles. A function of the tiling only, never of the batch:
+        # results stay bit-identical across batch sizes, and work per program is the same at
+        # any (B, H) (the cost model scales a reduced run by program counts).
+        self.groups = _cdiv(self.T, TILES_PER_PROGRAM) if self.small else self.T
         self.tpp = _cdiv(self.T, self.groups)
         self.groups = _cdiv(self.T, self.tpp)
         self.bqb = _cdiv(self.S, bwd_block)  # query (and key) blocks per tile, large cells
@@ -189,7 +193,7 @@ class Plan:
         qk_scale = scale * LOG2E
         _launch(fw.fwd_grid_kernel, self.fwd_grid, q, k, v, xk, xv, _or(rh, lse), _or(rw, lse), out, lse,
                                           *q.stride(), *k.stride(), *v.stride(), *_rel_strides(rh, rw),
-                                          H, N, self.E, *self.geo, self.qb, qk_scale, **self.fwd_c)
+                H, N, self.E, *self.geo, self.qb, self.T, self.fwd_tpp, qk_scale, **self.fwd_c)
         if G:
             _launch(fw.fwd_global_kernel, (self.gb, self.BH), q, k, v, out, lse, *q.stride(), *k.stride(), *v.stride(),
                                                      H, N, G, qk_scale, **self.glob_fwd_c)
@@ -264,7 +268,7 @@ def _rel_strides(rh, rw):
 
 @functools.lru_cache(maxsize=256)
 def _plan(B, H, N, D, dtype, geom, pool, has_rh, has_rw, interpreting) -> Plan:
-    return Plan(B, H, N, D, dtype, geom, pool, has_rh, has_rw, interpreting)
+    return Plan(B, H, N, D, dtype, geom, pool, has_rh, has_rw)
 
 
 def plan(q, geometry, pool, rel_pos_h, rel_pos_w) -> Plan:
