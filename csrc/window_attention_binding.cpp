@@ -40,11 +40,12 @@ int as_int(std::int64_t x) {
   return static_cast<int>(x);
 }
 
-// sizes = [B, H, N, D, G, Hg, Wg, wh, ww, sh, sw, P, Rh, Rw]
+// sizes = [B, H, N, D] + the op's geometry [Hg, Wg, wh, ww, sh, sw, G] (the order of the op schema
+// shared by every backend, vitpose_kernels/_attention_ops.py) + [P, Rh, Rw]
 void set_sizes(Params& p, const std::vector<std::int64_t>& s) {
   if (s.size() != 14)
-    throw std::invalid_argument("window_attention: sizes must be [B, H, N, D, G, Hg, Wg, wh, ww, sh, sw, P, Rh, Rw]");
-  int* dst[14] = {&p.B, &p.H, &p.N, &p.D, &p.G, &p.Hg, &p.Wg, &p.wh, &p.ww, &p.sh, &p.sw, &p.P, &p.Rh, &p.Rw};
+    throw std::invalid_argument("window_attention: sizes must be [B, H, N, D, Hg, Wg, wh, ww, sh, sw, G, P, Rh, Rw]");
+  int* dst[14] = {&p.B, &p.H, &p.N, &p.D, &p.Hg, &p.Wg, &p.wh, &p.ww, &p.sh, &p.sw, &p.G, &p.P, &p.Rh, &p.Rw};
   for (int i = 0; i < 14; ++i) *dst[i] = as_int(s[i]);
 }
 

@@ -134,19 +134,23 @@ def test_window_attention_strided_and_misaligned_inputs(emu):
         parity.assert_close(name, a.grad, e.grad, parity.TOL[torch.bfloat16]["bwd"])
 
 
-def test_window_attention_custom_op_opcheck():
-    """torch.library.opcheck of the forward op (schema, fake tensor, autograd registration)
-    with the real kernels behind it (outputs unguarded: opcheck compares storage offsets)."""
+@pytest.mark.parametrize("packed", [False, True], ids=["qkv", "packed"])
+def test_window_attention_custom_op_opcheck(packed):
+    """torch.library.opcheck of the shared op schema (vitpose_kernels._attention_ops) with the real
+    CUDA kernels behind it (outputs unguarded: opcheck compares storage offsets)."""
     from vitpose_kernels.cuda_backend import window_attention as wa
 
     hg, wg, D = 6, 5, 32
     g = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(1, 2, 1 + hg * wg, D, generator=g).bfloat16() for _ in range(3))
-    kp, vp = (torch.randn(1, 2, 4, D, generator=g).bfloat16() for _ in range(2))
-    qrh, qrw = (torch.randn(1, 2, hg * wg, 7, generator=g) for _ in range(2))
-    leaves = [t.requires_grad_(True) for t in (q, k, v, kp, vp, qrh, qrw)]
+    qkv = torch.randn(1, 1 + hg * wg, 3, 2, D, generator=g).bfloat16()
+    rh, rw = (torch.randn(7, D, generator=g).bfloat16() * 0.3 for _ in range(2))
+    if packed:
+        args = (qkv.requires_grad_(True), None, None)
+    else:
+        args = tuple(t.contiguous().requires_grad_(True) for t in qkv.permute(2, 0, 3, 1, 4).unbind(0))
     with cuda_emulator.emulated(guard_outputs=False):
-        torch.library.opcheck(wa.window_attention_fwd, (*leaves, [1, hg, wg, 4, 4, 2, 2], D ** -0.5),
+        torch.library.opcheck(wa.window_attention_op, (*args, rh.requires_grad_(True), rw.requires_grad_(True),
+                                                       [hg, wg, 4, 4, 2, 2, 1], True, D ** -0.5),
                               test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
 
 

@@ -79,15 +79,7 @@ def define_ops(backend: str, forward: Callable, backward: Callable, device_types
         return (q.new_empty(B, H, N, D), q.new_empty(B, H, N, dtype=torch.float32),
                 q.new_empty(2, B, H, num_extra(geometry, pool), D))
 
-    @torch.library.custom_op(f"vitpose_kernels::window_attention_{backend}_backward", mutates_args=(),
-                             device_types=device_types)
-    def backward_op(dout: torch.Tensor, q: torch.Tensor, k: Optional[torch.Tensor], v: Optional[torch.Tensor],
-                    out: torch.Tensor, lse: torch.Tensor, extra_kv: torch.Tensor,
-                    rel_pos_h: Optional[torch.Tensor], rel_pos_w: Optional[torch.Tensor], geometry: List[int],
-                    pool: bool, scale: float
-                    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(dq, dk, dv, drel_pos_h, drel_pos_w); packed: (dqkv (B, N, 3, H, D), empty, empty, ...).
-        An absent rel_pos gets a 0-element gradient."""
+    def run_backward(dout, q, k, v, out, lse, extra_kv, rel_pos_h, rel_pos_w, geometry, pool, scale):
         packed = k is None
         if packed:
             dqkv = _alloc.empty(*q.shape, dtype=q.dtype, device=q.device)
@@ -102,6 +94,17 @@ def define_ops(backend: str, forward: Callable, backward: Callable, device_types
             return dqkv, q.new_empty(0), q.new_empty(0), drh, drw
         return grads[0], grads[1], grads[2], drh, drw
 
+    @torch.library.custom_op(f"vitpose_kernels::window_attention_{backend}_backward", mutates_args=(),
+                             device_types=device_types)
+    def backward_op(dout: torch.Tensor, q: torch.Tensor, k: Optional[torch.Tensor], v: Optional[torch.Tensor],
+                    out: torch.Tensor, lse: torch.Tensor, extra_kv: torch.Tensor,
+                    rel_pos_h: Optional[torch.Tensor], rel_pos_w: Optional[torch.Tensor], geometry: List[int],
+                    pool: bool, scale: float
+                    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(dq, dk, dv, drel_pos_h, drel_pos_w); packed: (dqkv (B, N, 3, H, D), empty, empty, ...).
+        An absent rel_pos gets a 0-element gradient."""
+        return run_backward(dout, q, k, v, out, lse, extra_kv, rel_pos_h, rel_pos_w, geometry, pool, scale)
+
     @backward_op.register_fake
     def _(dout, q, k, v, out, lse, extra_kv, rel_pos_h, rel_pos_w, geometry, pool, scale):
         rel = [r.new_empty(r.shape) if r is not None else q.new_empty(0) for r in (rel_pos_h, rel_pos_w)]
@@ -109,6 +112,7 @@ def define_ops(backend: str, forward: Callable, backward: Callable, device_types
             return q.new_empty(q.shape), q.new_empty(0), q.new_empty(0), rel[0], rel[1]
         return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape), rel[0], rel[1]
 
+    # The autograd formula, once: what is saved, and the gradients from it.
     def setup_context(ctx, inputs, output):
         q, k, v, rel_pos_h, rel_pos_w, geom, pool, scale = inputs
         out, lse, extra_kv = output
@@ -116,28 +120,51 @@ def define_ops(backend: str, forward: Callable, backward: Callable, device_types
         ctx.save_for_backward(q, k, v, out, lse, extra_kv, rel_pos_h, rel_pos_w)
         ctx.geometry, ctx.pool, ctx.scale = list(geom), bool(pool), float(scale)
 
-    def autograd_backward(ctx, dout, _dlse, _dextra):
+    def input_grads(ctx, dout, backward_fn):
         q, k, v, out, lse, extra_kv, rel_pos_h, rel_pos_w = ctx.saved_tensors
-        dq, dk, dv, drh, drw = backward_op(dout, q, k, v, out, lse, extra_kv, rel_pos_h, rel_pos_w,
+        dq, dk, dv, drh, drw = backward_fn(dout, q, k, v, out, lse, extra_kv, rel_pos_h, rel_pos_w,
                                            ctx.geometry, ctx.pool, ctx.scale)
         packed = k is None
         return (dq, None if packed else dk, None if packed else dv,
                 drh if rel_pos_h is not None else None, drw if rel_pos_w is not None else None,
                 None, None, None)
 
-    op.register_autograd(autograd_backward, setup_context=setup_context)
+    op.register_autograd(lambda ctx, dout, _dlse, _dextra: input_grads(ctx, dout, backward_op),
+                         setup_context=setup_context)
+
+    class Eager(torch.autograd.Function):
+        """The same forward, formula and backward without the dispatcher round trips of a custom
+        op (tens of microseconds a call): what eager calls use; torch.compile sees `op`."""
+
+        @staticmethod
+        def forward(ctx, q, k, v, rel_pos_h, rel_pos_w, geom, pool, scale):
+            output = forward(*_views(q, k, v), rel_pos_h, rel_pos_w, geom, pool, scale)
+            ctx.set_materialize_grads(False)  # no zero tensors for the lse / extra_kv gradients
+            setup_context(ctx, (q, k, v, rel_pos_h, rel_pos_w, geom, pool, scale), output)
+            return output
+
+        @staticmethod
+        def backward(ctx, dout, _dlse, _dextra):
+            return input_grads(ctx, dout, run_backward)
+
+    op.eager = Eager
     return op, backward_op
 
 
 def entry(op) -> Callable:
     """The dispatch entry of a backend whose kernels are `op`: fn(q, k, v, rel_pos_h, rel_pos_w,
-    spec) -> out, with ``fn.qkvpacked(qkv, rel_pos_h, rel_pos_w, spec)`` for packed inputs."""
+    spec) -> out, with ``fn.qkvpacked(qkv, rel_pos_h, rel_pos_w, spec)`` for packed inputs.
+    Eager calls go through op.eager, traced ones (torch.compile) through the custom op."""
+
+    def call(q, k, v, rel_pos_h, rel_pos_w, spec):
+        run = op if torch.compiler.is_compiling() else op.eager.apply
+        return run(q, k, v, rel_pos_h, rel_pos_w, geometry(spec), spec.pool, spec.scale)[0]
 
     def window_attention(q, k, v, rel_pos_h, rel_pos_w, spec) -> torch.Tensor:
-        return op(q, k, v, rel_pos_h, rel_pos_w, geometry(spec), spec.pool, spec.scale)[0]
+        return call(q, k, v, rel_pos_h, rel_pos_w, spec)
 
     def qkvpacked(qkv, rel_pos_h, rel_pos_w, spec) -> torch.Tensor:
-        return op(qkv, None, None, rel_pos_h, rel_pos_w, geometry(spec), spec.pool, spec.scale)[0]
+        return call(qkv, None, None, rel_pos_h, rel_pos_w, spec)
 
     window_attention.qkvpacked = qkvpacked
     return window_attention

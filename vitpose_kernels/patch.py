@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import dispatch
-from .ops import window_attention
+from .ops import window_attention, window_attention_qkvpacked
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -84,11 +84,11 @@ def _padded_window_attention(x: torch.Tensor, qkv: nn.Linear, heads: int, window
     if window > 0:
         x = F.pad(x, (0, 0, 0, -wg % window, 0, -hg % window))
     ph, pw = x.shape[1], x.shape[2]
-    q, k, v = qkv(x).reshape(B, ph * pw, 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+    packed = qkv(x).reshape(B, ph * pw, 3, heads, -1)  # q, k, v in place, one packed gradient
     cell = (window, window) if window > 0 else (ph, pw)
-    out = window_attention(q, k, v, grid=(ph, pw), window=cell if window > 0 else None, scale=scale,
-                           rel_pos_h=_resized_rel_pos(rel_pos[0], cell[0]),
-                           rel_pos_w=_resized_rel_pos(rel_pos[1], cell[1]), backend=backend)
+    out = window_attention_qkvpacked(packed, grid=(ph, pw), window=cell if window > 0 else None, scale=scale,
+                                     rel_pos_h=_resized_rel_pos(rel_pos[0], cell[0]),
+                                     rel_pos_w=_resized_rel_pos(rel_pos[1], cell[1]), backend=backend)
     out = out.transpose(1, 2).reshape(B, ph, pw, -1)
     return out[:, :hg, :wg] if (ph, pw) != (hg, wg) else out
 

@@ -259,7 +259,7 @@ def _register_cpu_kernels():
     that runs the same Python body, but only inside emulated()."""
     from vitpose_kernels.cuda_backend import window_attention as wa
 
-    for op in (wa.window_attention_fwd, wa.window_attention_bwd):
+    for op in (wa.window_attention_op, wa.window_attention_backward_op):
         if "cpu" in op._backend_fns:
             continue
 

@@ -1,20 +1,25 @@
-"""CUDA backend of window_attention: csrc/window_attention.cu behind two torch.library custom ops.
+"""CUDA backend of window_attention: csrc/window_attention.cu behind the op schema shared with the
+Triton backend (vitpose_kernels._attention_ops: forward saves out, the natural-log logsumexp and
+extra_kv; backward returns dq, dk, dv with the pooled keys' and rel-pos contributions in them).
 
 The kernels (mma.sync tensor cores, FlashAttention-2 forward with a saved logsumexp, deterministic
-backward) read q, k, v in place through their strides. Two small pieces stay in PyTorch, on
-tensors much smaller than q, k, v, so that their gradients come from autograd:
-  - the pooled keys/values (tile means, ``reference.pooled_tokens``): the kernels return the
-    gradient w.r.t. the pooled rows and avg_pool2d's backward hands it to the tile members;
-  - q . rel_pos_h^T and q . rel_pos_w^T per grid query ((2*wh-1) + (2*ww-1) floats a row): the
-    kernels add them to the logits of same-cell pairs and return their gradient.
+backward) read q, k, v in place through their strides. Inside the op, this host side does on
+tensors much smaller than q, k, v what the kernels do not (yet: issue 13 item 6 ports the
+Triton v2 design, vitpose_kernels/triton_backend/window_attention, to csrc/):
+  - the pooled keys/values (tile means, ``reference.pooled_tokens``) for extra_kv, and in the
+    backward the spread of their gradients (the mean's backward) into dk, dv;
+  - q . rel_pos_h^T and q . rel_pos_w^T per grid query (recomputed in the backward), and from
+    the kernels' gradients of those products dq's relative-position term and d rel_pos.
+With packed qkv the kernels write contiguous dq, dk, dv that are copied into the packed gradient
+(the Triton kernels write it in place).
 """
 from __future__ import annotations
 
-from typing import Optional
+import functools
 
 import torch
 
-from .. import _alloc, _ext, dispatch
+from .. import _alloc, _attention_ops, _ext, dispatch
 from .._validate import AttentionSpec
 from ..reference.window_attention import pooled_tokens
 from . import _launch
@@ -40,62 +45,76 @@ def _readable(t: torch.Tensor | None) -> torch.Tensor | None:
 
 
 def _sizes(q, geometry, P, Rh, Rw) -> list[int]:
-    B, H, N, D = q.shape
-    G, hg, wg, wh, ww, sh, sw = geometry
-    return [B, H, N, D, G, hg, wg, wh, ww, sh, sw, P, Rh, Rw]
+    """The binding's sizes: [B, H, N, D] + the op's geometry [Hg, Wg, wh, ww, sh, sw, G] + [P, Rh, Rw]."""
+    return [*q.shape, *geometry, P, Rh, Rw]
 
 
 def _rows(t: torch.Tensor | None) -> int:
     return 0 if t is None else t.shape[-1]
 
 
-# ----------------------------------------------------------------------------- custom ops
-@torch.library.custom_op("vitpose_kernels::window_attention_cuda_fwd", mutates_args=(), device_types="cuda")
-def window_attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, kp: Optional[torch.Tensor],
-                         vp: Optional[torch.Tensor], qrh: Optional[torch.Tensor], qrw: Optional[torch.Tensor],
-                         geometry: list[int], scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """-> (out (B, H, N, D) in q's dtype, lse (B, H, N) float32). geometry = [G, Hg, Wg, wh, ww, sh, sw];
-    kp, vp: pooled (B, H, P, D) or None; qrh, qrw: (B, H, Hg*Wg, 2*w-1) float32 or None."""
-    q, k, v, kp, vp = (_readable(t) for t in (q, k, v, kp, vp))
-    qrh, qrw = (None if t is None else t.float().contiguous() for t in (qrh, qrw))
+@functools.lru_cache(maxsize=64)
+def _spec(geometry: tuple) -> AttentionSpec:
+    hg, wg, wh, ww, sh, sw, G = geometry
+    return AttentionSpec((hg, wg), (wh, ww), (sh, sw), True, G, 1.0, False)
+
+
+@functools.lru_cache(maxsize=64)
+def _tile_of_token(geometry: tuple, device: torch.device):
+    """Per grid token, its tile of the unshifted tiling and 1 / that tile's size: the pooled
+    mean's backward as a gather."""
+    hg, wg, wh, ww = geometry[:4]
+    y, x = torch.arange(hg).repeat_interleave(wg), torch.arange(wg).repeat(hg)
+    ty, tx = y // wh, x // ww
+    size = (torch.clamp(hg - ty * wh, max=wh) * torch.clamp(wg - tx * ww, max=ww)).float()
+    return (ty * -(-wg // ww) + tx).to(device), (1.0 / size).to(device)
+
+
+def _q_dot_rel(q_grid: torch.Tensor, rel: torch.Tensor | None) -> torch.Tensor | None:
+    """q . rel^T in float32 for the grid queries: (B, H, Hg*Wg, 2*w - 1)."""
+    # rel rounded to q's dtype first, as the spec (and the Triton kernels) do.
+    return None if rel is None else torch.matmul(q_grid.float(), rel.to(q_grid.dtype).float().t()).contiguous()
+
+
+# ----------------------------------------------------------------------------- the op's kernels
+def _forward(q, k, v, rel_pos_h, rel_pos_w, geometry, pool, scale):
+    geometry = tuple(geometry)
+    G = geometry[6]
     B, H, N, D = q.shape
+    P = _attention_ops.num_pooled(geometry, pool)
+    extra = _alloc.empty(2, B, H, P + G, D, dtype=q.dtype, device=q.device)
+    if P:
+        for i, t in enumerate((k, v)):
+            extra[i, :, :, :P] = pooled_tokens(t[:, :, G:], _spec(geometry))
+    if G:
+        extra[0, :, :, P:], extra[1, :, :, P:] = k[:, :, :G], v[:, :, :G]
+    kp, vp = (extra[0, :, :, :P], extra[1, :, :, :P]) if P else (None, None)
+    q, k, v = (_readable(t) for t in (q, k, v))
+    qrh, qrw = _q_dot_rel(q[:, :, G:], rel_pos_h), _q_dot_rel(q[:, :, G:], rel_pos_w)
     out = _alloc.empty(B, H, N, D, dtype=q.dtype, device=q.device)
     lse = _alloc.empty(B, H, N, dtype=torch.float32, device=q.device)
-    P = 0 if kp is None else kp.shape[2]
     with torch.cuda.device(q.device):
         _launch.ext().window_attention_fwd(
             _operand(q), _operand(k), _operand(v), _operand(kp), _operand(vp), _launch.ptr(qrh),
-            _launch.ptr(qrw), out.data_ptr(), lse.data_ptr(),
-            _sizes(q, geometry, P, _rows(qrh), _rows(qrw)), float(scale), _launch.dtype_code(q),
-            _launch.stream(q))
-    return out, lse
+            _launch.ptr(qrw), out.data_ptr(), lse.data_ptr(), _sizes(q, geometry, P, _rows(qrh), _rows(qrw)),
+            float(scale), _launch.dtype_code(q), _launch.stream(q))
+    return out, lse, extra
 
 
-@window_attention_fwd.register_fake
-def _(q, k, v, kp, vp, qrh, qrw, geometry, scale):
-    B, H, N, D = q.shape
-    return q.new_empty(B, H, N, D), q.new_empty(B, H, N, dtype=torch.float32)
-
-
-@torch.library.custom_op("vitpose_kernels::window_attention_cuda_bwd", mutates_args=(), device_types="cuda")
-def window_attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                         kp: Optional[torch.Tensor], vp: Optional[torch.Tensor], qrh: Optional[torch.Tensor],
-                         qrw: Optional[torch.Tensor], out: torch.Tensor, lse: torch.Tensor,
-                         geometry: list[int], scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
-                                                                     torch.Tensor, torch.Tensor, torch.Tensor,
-                                                                     torch.Tensor]:
-    """-> (dq, dk, dv, dkp, dvp, dqrh, dqrw); the gradients of absent inputs are empty tensors."""
-    dout, q, k, v, kp, vp = (_readable(t) for t in (dout, q, k, v, kp, vp))
-    qrh, qrw = (None if t is None else t.float().contiguous() for t in (qrh, qrw))
-    out, lse = out.contiguous(), lse.contiguous()
+def _backward(dout, q, k, v, out, lse, extra, rel_pos_h, rel_pos_w, geometry, pool, scale, dq, dk, dv):
+    geometry = tuple(geometry)
+    G = geometry[6]
     B, H, N, D = q.shape
     dev = q.device
-    dq, dk, dv = (_alloc.empty(B, H, N, D, dtype=q.dtype, device=dev) for _ in range(3))
-    P = 0 if kp is None else kp.shape[2]
-    if P:
-        dkp, dvp = (_alloc.empty(B, H, P, D, dtype=q.dtype, device=dev) for _ in range(2))
-    else:
-        dkp, dvp = q.new_empty(0), q.new_empty(0)
+    P = _attention_ops.num_pooled(geometry, pool)
+    kp, vp = (extra[0, :, :, :P], extra[1, :, :, :P]) if P else (None, None)
+    dout, q, k, v = (_readable(t) for t in (dout, q, k, v))
+    out, lse = out.contiguous(), lse.contiguous()
+    qrh, qrw = _q_dot_rel(q[:, :, G:], rel_pos_h), _q_dot_rel(q[:, :, G:], rel_pos_w)
+    # The kernels write contiguous (B, H, N, D) gradients: the caller's buffers when they are.
+    grads = [g if g.is_contiguous() else _alloc.empty(B, H, N, D, dtype=q.dtype, device=dev) for g in (dq, dk, dv)]
+    dkp, dvp = ((_alloc.empty(B, H, P, D, dtype=q.dtype, device=dev) for _ in range(2)) if P
+                else (q.new_empty(0), q.new_empty(0)))
     dqrh, dqrw = (_alloc.empty(*t.shape, dtype=torch.float32, device=dev) if t is not None
                   else q.new_empty(0, dtype=torch.float32) for t in (qrh, qrw))
     delta = torch.empty(B, H, N, dtype=torch.float32, device=dev)  # workspace
@@ -103,59 +122,30 @@ def window_attention_bwd(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v
         _launch.ext().window_attention_bwd(
             _operand(q), _operand(k), _operand(v), _operand(kp), _operand(vp), _operand(dout),
             _launch.ptr(qrh), _launch.ptr(qrw), out.data_ptr(), lse.data_ptr(), delta.data_ptr(),
-            dq.data_ptr(), dk.data_ptr(), dv.data_ptr(), dkp.data_ptr() if P else 0,
+            grads[0].data_ptr(), grads[1].data_ptr(), grads[2].data_ptr(), dkp.data_ptr() if P else 0,
             dvp.data_ptr() if P else 0, dqrh.data_ptr() if qrh is not None else 0,
             dqrw.data_ptr() if qrw is not None else 0,
             _sizes(q, geometry, P, _rows(qrh), _rows(qrw)), float(scale), _launch.dtype_code(q),
             _launch.stream(q))
-    return dq, dk, dv, dkp, dvp, dqrh, dqrw
+    gq, gk, gv = (g[:, :, G:] for g in grads)
+    rel = [(d, r) for d, r in ((dqrh, rel_pos_h), (dqrw, rel_pos_w)) if r is not None]
+    if rel:  # dq's rel-pos term (fp32, one rounding) and d rel_pos
+        gq.copy_(gq.float() + sum(torch.matmul(d, r.to(q.dtype).float()) for d, r in rel))
+        qg = q[:, :, G:].reshape(-1, D).float()
+    drel = [None if r is None else torch.matmul(d.reshape(-1, d.shape[-1]).t(), qg).to(r.dtype)
+            for d, r in ((dqrh, rel_pos_h), (dqrw, rel_pos_w))]
+    if P:  # the pooled means' backward: each tile member gets its tile's gradient / its size
+        idx, inv = _tile_of_token(geometry, dev)
+        gk.copy_(gk.float() + dkp.float()[:, :, idx] * inv[:, None])
+        gv.copy_(gv.float() + dvp.float()[:, :, idx] * inv[:, None])
+    for dst, src in zip((dq, dk, dv), grads):
+        if dst is not src:
+            dst.copy_(src)
+    return drel[0], drel[1]
 
 
-@window_attention_bwd.register_fake
-def _(dout, q, k, v, kp, vp, qrh, qrw, out, lse, geometry, scale):
-    B, H, N, D = q.shape
-    like = (lambda t, **kw: q.new_empty(t.shape, **kw) if t is not None else q.new_empty(0, **kw))
-    return (q.new_empty(B, H, N, D), q.new_empty(B, H, N, D), q.new_empty(B, H, N, D), like(kp), like(vp),
-            like(qrh, dtype=torch.float32), like(qrw, dtype=torch.float32))
-
-
-def _setup_context(ctx, inputs, output):
-    q, k, v, kp, vp, qrh, qrw, geometry, scale = inputs
-    out, lse = output
-    ctx.mark_non_differentiable(lse)
-    ctx.save_for_backward(q, k, v, kp, vp, qrh, qrw, out, lse)
-    ctx.geometry, ctx.scale = list(geometry), float(scale)
-
-
-def _backward(ctx, dout, _dlse):
-    q, k, v, kp, vp, qrh, qrw, out, lse = ctx.saved_tensors
-    dq, dk, dv, dkp, dvp, dqrh, dqrw = window_attention_bwd(dout, q, k, v, kp, vp, qrh, qrw, out, lse,
-                                                            ctx.geometry, ctx.scale)
-    present = lambda g, t: g if t is not None else None  # noqa: E731
-    return (dq, dk, dv, present(dkp, kp), present(dvp, vp), present(dqrh, qrh), present(dqrw, qrw),
-            None, None)
-
-
-window_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
-
-
-class _QDotRel(torch.autograd.Function):
-    """q . rel^T in float32 for the grid queries, (B, H, Hg*Wg, R). Saves only the (low-precision)
-    q view and rel, not a float32 copy of q."""
-
-    @staticmethod
-    def forward(ctx, qg, rel):
-        ctx.save_for_backward(qg, rel)
-        return torch.matmul(qg.float(), rel.float().t())
-
-    @staticmethod
-    def backward(ctx, g):
-        qg, rel = ctx.saved_tensors
-        dq = torch.matmul(g, rel.float()).to(qg.dtype) if ctx.needs_input_grad[0] else None
-        drel = None
-        if ctx.needs_input_grad[1]:
-            drel = torch.matmul(g.reshape(-1, g.shape[-1]).t(), qg.reshape(-1, qg.shape[-1]).float()).to(rel.dtype)
-        return dq, drel
+window_attention_op, window_attention_backward_op = _attention_ops.define_ops("cuda", _forward, _backward,
+                                                                              device_types="cuda")
 
 
 # ----------------------------------------------------------------------------- backend entry
@@ -179,16 +169,5 @@ def _reasons(q, k, v, rel_pos_h, rel_pos_w, spec: AttentionSpec) -> list[str]:
     return out
 
 
-@dispatch.register("window_attention", "cuda", reasons=_reasons)
-def window_attention(q, k, v, rel_pos_h, rel_pos_w, spec: AttentionSpec) -> torch.Tensor:
-    G = spec.num_global
-    kp = vp = qrh = qrw = None
-    if spec.pool:
-        kp, vp = pooled_tokens(k[:, :, G:], spec), pooled_tokens(v[:, :, G:], spec)
-    if rel_pos_h is not None:
-        qrh = _QDotRel.apply(q[:, :, G:], rel_pos_h)
-    if rel_pos_w is not None:
-        qrw = _QDotRel.apply(q[:, :, G:], rel_pos_w)
-    geometry = [G, *spec.grid, *spec.window, *spec.shift]
-    out, _ = window_attention_fwd(q, k, v, kp, vp, qrh, qrw, geometry, spec.scale)
-    return out
+window_attention = dispatch.register("window_attention", "cuda", reasons=_reasons)(
+    _attention_ops.entry(window_attention_op))

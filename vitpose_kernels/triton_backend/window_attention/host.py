@@ -136,6 +136,7 @@ class Plan:
                            num_stages=1)
         self.glob_bwd_c = dict(self.glob_fwd_c, num_warps=_warps(64, dw, 64 * 128))
         self.reduce_c = dict(D=D, D_PAD=d_pad, BLOCK_E=block_e, num_warps=4)
+        self.reduce_blocks = _cdiv(self.E, block_e)
         gblk = min(64, _pow2(G))
         if self.small:
             self.cell_grids = ((self.groups, self.BH),)
@@ -185,26 +186,26 @@ class Plan:
         out = _alloc.empty(B, H, N, D, dtype=q.dtype, device=dev)
         lse = _alloc.empty(B, H, N, dtype=torch.float32, device=dev)
         xkv = _alloc.empty(2, B, H, self.E, D, dtype=q.dtype, device=dev)
-        xk, xv = (_or(t, q) for t in xkv.unbind(0))
+        xk, xv = (xkv[0], xkv[1]) if self.E else (q, q)
+        sq, sk, sv = q.stride(), k.stride(), v.stride()
         G, hg, wg, wh, ww = self.geo[:5]
         if self.E:
-            _launch(fw.extra_kv_kernel, (self.nty_pool + (G > 0), self.BH), k, v, xk, xv, *k.stride(), *v.stride(),
+            _launch(fw.extra_kv_kernel, (self.nty_pool + (G > 0), self.BH), k, v, xk, xv, *sk, *sv,
                     H, G, hg, wg, wh, ww, self.ntw, self.nty_pool, self.P, self.E, **self.extra_c)
         qk_scale = scale * LOG2E
         _launch(fw.fwd_grid_kernel, self.fwd_grid, q, k, v, xk, xv, _or(rh, lse), _or(rw, lse), out, lse,
-                                          *q.stride(), *k.stride(), *v.stride(), *_rel_strides(rh, rw),
-                H, N, self.E, *self.geo, self.qb, self.T, self.fwd_tpp, qk_scale, **self.fwd_c)
+                *sq, *sk, *sv, *_rel_strides(rh, rw), H, N, self.E, *self.geo, self.qb, self.T, self.fwd_tpp,
+                qk_scale, **self.fwd_c)
         if G:
-            _launch(fw.fwd_global_kernel, (self.gb, self.BH), q, k, v, out, lse, *q.stride(), *k.stride(), *v.stride(),
-                                                     H, N, G, qk_scale, **self.glob_fwd_c)
+            _launch(fw.fwd_global_kernel, (self.gb, self.BH), q, k, v, out, lse, *sq, *sk, *sv, H, N, G, qk_scale,
+                    **self.glob_fwd_c)
         return out, lse, xkv
 
     # ------------------------------------------------------------------------- backward
     def backward(self, do, q, k, v, out, lse, xkv, rh, rw, scale, dq, dk, dv):
-        H, N, D, E, P, G = self.H, self.N, self.D, self.E, self.P, self.G
-        BH, dev = self.BH, q.device
-        f32 = torch.float32
-        xk, xv = (_or(t, q) for t in xkv.unbind(0))
+        H, N, D, E, P, G, BH = self.H, self.N, self.D, self.E, self.P, self.G, self.BH
+        dev, f32 = q.device, torch.float32
+        xk, xv = (xkv[0], xkv[1]) if E else (q, q)
         delta = _alloc.empty(BH, N, dtype=f32, device=dev) if self.prep else lse
         parts = _alloc.empty(2, BH, self.npart, E, D, dtype=f32, device=dev) if self.npart else None
         pk, pv = (parts[0], parts[1]) if parts is not None else (lse, lse)
@@ -213,41 +214,37 @@ class Plan:
         prh = _alloc.empty(BH, self.rel_slots, self.rh_pad, D, dtype=f32, device=dev) if rh is not None else None
         prw = _alloc.empty(BH, self.rel_slots, self.rw_pad, D, dtype=f32, device=dev) if rw is not None else None
         qk_scale = scale * LOG2E
-        strides = (*q.stride(), *k.stride(), *v.stride(), *do.stride())
+        sq, sd, sgq, sgk, sgv = q.stride(), do.stride(), dq.stride(), dk.stride(), dv.stride()
+        strides = (*sq, *k.stride(), *v.stride(), *sd)
+        rs = _rel_strides(rh, rw)
         if self.prep:
-            _launch(bk.bwd_prep_kernel, (self.groups, BH), 
-                q, do, out, lse, delta, xk, xv, pk, pv, *q.stride(), *do.stride(), H, N, E, self.npart, self.T,
-                self.tpp, self.bqb, *self.geo, qk_scale, **self.prep_c)
+            _launch(bk.bwd_prep_kernel, (self.groups, BH), q, do, out, lse, delta, xk, xv, pk, pv, *sq, *sd, H, N,
+                    E, self.npart, self.T, self.tpp, self.bqb, *self.geo, qk_scale, **self.prep_c)
         if G:
-            _launch(bk.bwd_global_kernel, (self.gb, BH), 
-                q, k, v, do, out, lse, dq, pk, pv, *strides, *dq.stride(), H, N, G, P, E, self.npart,
-                self.npart_grid, qk_scale, scale, **self.glob_bwd_c)
+            _launch(bk.bwd_global_kernel, (self.gb, BH), q, k, v, do, out, lse, dq, pk, pv, *strides, *sgq, H, N,
+                    G, P, E, self.npart, self.npart_grid, qk_scale, scale, **self.glob_bwd_c)
         if P:  # the pooled keys' gradients, before the cells spread them
-            self._reduce(pk, pv, xgk, xgv, dk, dv, scale)
+            self._reduce(pk, pv, xgk, xgv, dk, dv, sgk, sgv, scale)
         rel = (_or(rh, lse), _or(rw, lse))
         prel = (_or(prh, lse), _or(prw, lse))
         if self.small:
-            _launch(bk.bwd_tile_kernel, self.cell_grids[0], 
-                q, k, v, do, out, lse, delta, xk, xv, xgk, xgv, pk, pv, *rel, *prel, dq, dk, dv,
-                *strides, *dq.stride(), *dk.stride(), *dv.stride(), *_rel_strides(rh, rw),
-                H, N, E, P, self.npart, self.T, self.tpp, *self.geo, self.ntw, qk_scale, scale, **self.tile_c)
+            _launch(bk.bwd_tile_kernel, self.cell_grids[0], q, k, v, do, out, lse, delta, xk, xv, xgk, xgv, pk, pv,
+                    *rel, *prel, dq, dk, dv, *strides, *sgq, *sgk, *sgv, *rs, H, N, E, P, self.npart, self.T,
+                    self.tpp, *self.geo, self.ntw, qk_scale, scale, **self.tile_c)
         else:
-            _launch(bk.bwd_kv_kernel, self.cell_grids[0], 
-                q, k, v, do, out, lse, delta, xgk, xgv, *rel, dk, dv, *strides, *dk.stride(), *dv.stride(),
-                *_rel_strides(rh, rw), H, N, P, self.bqb, *self.geo, self.ntw, qk_scale, scale, **self.kv_c)
-            _launch(bk.bwd_q_kernel, self.cell_grids[1], 
-                q, k, v, do, lse, delta, xk, xv, pk, pv, *rel, *prel, dq, *strides, *dq.stride(),
-                *_rel_strides(rh, rw), H, N, E, self.npart, self.bqb, *self.geo, qk_scale, scale, **self.q_c)
+            _launch(bk.bwd_kv_kernel, self.cell_grids[0], q, k, v, do, out, lse, delta, xgk, xgv, *rel, dk, dv,
+                    *strides, *sgk, *sgv, *rs, H, N, P, self.bqb, *self.geo, self.ntw, qk_scale, scale, **self.kv_c)
+            _launch(bk.bwd_q_kernel, self.cell_grids[1], q, k, v, do, lse, delta, xk, xv, pk, pv, *rel, *prel, dq,
+                    *strides, *sgq, *rs, H, N, E, self.npart, self.bqb, *self.geo, qk_scale, scale, **self.q_c)
         if E and not P:  # the global keys' gradients (no spread needed)
-            self._reduce(pk, pv, xgk, xgv, dk, dv, scale)
+            self._reduce(pk, pv, xgk, xgv, dk, dv, sgk, sgv, scale)
         # d rel_pos: this launch's partial sums, added by torch in a fixed order (deterministic).
         drel = [None if pr is None else pr.sum((0, 1))[:r.shape[0]].to(r.dtype) for pr, r in ((prh, rh), (prw, rw))]
         return drel[0], drel[1]
 
-    def _reduce(self, pk, pv, xgk, xgv, dk, dv, scale):
-        _launch(bk.bwd_reduce_kernel, (_cdiv(self.E, self.reduce_c["BLOCK_E"]), self.BH), pk, pv, xgk, xgv, dk, dv,
-                *dk.stride(), *dv.stride(), self.H, self.P, self.E, self.npart, self.npart_grid, scale,
-                **self.reduce_c)
+    def _reduce(self, pk, pv, xgk, xgv, dk, dv, sgk, sgv, scale):
+        _launch(bk.bwd_reduce_kernel, (self.reduce_blocks, self.BH), pk, pv, xgk, xgv, dk, dv, *sgk, *sgv, self.H,
+                self.P, self.E, self.npart, self.npart_grid, scale, **self.reduce_c)
 
 
 def _launch(kernel, grid, *args, **kwargs):
@@ -307,6 +304,11 @@ def window_attention_reasons(q, k, v, rel_pos_h, rel_pos_w, spec: AttentionSpec)
     D = q.shape[-1]
     if D > MAX_HEAD_DIM:
         why.append(f"head dim D={D} > {MAX_HEAD_DIM} (q.shape={tuple(q.shape)})")
+    for name, t in (("q", q), ("k", k), ("v", v)):  # the kernels' in-head offsets are int32
+        extent = max(sum((n - 1) * abs(s) for n, s in zip(t.shape[2:], t.stride()[2:])), t.shape[2] * D)
+        if extent >= 2 ** 31:
+            why.append(f"{name} spans {extent} elements within one head (shape {tuple(t.shape)}, strides "
+                       f"{t.stride()}): the Triton kernels index a head with int32 offsets")
     for name, r, w in (("rel_pos_h", rel_pos_h, spec.window[0]), ("rel_pos_w", rel_pos_w, spec.window[1])):
         if r is not None and 2 * w - 1 > MAX_REL_ROWS:
             why.append(f"{name} has {2 * w - 1} rows > {MAX_REL_ROWS} (window side {w} > {(MAX_REL_ROWS + 1) // 2})")
