@@ -5,8 +5,8 @@ kernel in the CUDA emulator, the dispatch mode on the packed-qkv gradient path, 
 reduced run, the useful-work geometry against the dense mask of benchmarks/kernels.py.
 (b) Item 8 at the target shape (ViTPose-B at 1/8 features, window 8x8 + shift 4 + pool, bf16),
 measured by the CLI itself: executed/useful FLOPs, bytes/floor, spills, serialized wgmma, peak
-extra memory. Today's kernels miss them (xfail with the measured numbers); the v2 kernels of
-issue 13 are to make them pass.
+extra memory. The v2 Triton kernels pass all but the two byte ratios, which pooled keys put out of
+reach (strict xfail with the measured numbers and the bound).
 """
 from __future__ import annotations
 
@@ -319,20 +319,24 @@ def test_cost_model_interface(target):
     assert {"H100", "H200"} <= set(data["peaks"]) and "PREDICTIONS" in stdout and TARGET in stdout
 
 
-# Today's Triton kernels, measured by this cost model (2026-12-02): forward 32.21 GFLOP executed
+# The v1 Triton kernels, measured by this cost model (2026-12-02): forward 32.21 GFLOP executed
 # for 8.86 useful (3.64x), bytes 1.67x the floor; fwd+bwd 132.1 / 31.0 GFLOP (4.26x), bytes 5.05x
-# (the stack + layout copy of the packed gradients alone is 906 MB); _bwd_cell_kernel spills
+# (the stack + layout copy of the packed gradients alone is 906 MB); _bwd_cell_kernel spilled
 # 52 bytes at 255 registers; C7515 (serialized wgmma) in _fwd_kernel, _bwd_q_kernel and
 # _bwd_extra_kernel (76 HGMMA); peak extra memory 1.375x.
-_TODAY = ("issue 13's v2 kernels are not in yet; today, measured: fwd FLOPs 3.64x, bytes 1.67x; fwd+bwd FLOPs "
-          "4.26x, bytes 5.05x; spills 52 B (_bwd_cell_kernel); serialized wgmma 76 (C7515 in _fwd_kernel, "
-          "_bwd_q_kernel, _bwd_extra_kernel); peak extra memory 1.375x")
+# v2 (triton_backend/window_attention): FLOPs 1.41x / 1.53x, no spill, no C7515, memory 1.05x;
+# bytes 1.54x / 2.13x. The byte thresholds are out of reach with pooled keys (benchmarks/README.md:
+# every output needs the means of all k and v of its head, so k, v are read twice in the forward,
+# >= 1.5x, and the pooled keys' summed gradient needs one more pass in the backward, >= 2.0x).
+_POOL_BOUND = ("pooled keys: forward >= 1.5x and fwd+bwd >= 2.0x the floor by a counting argument "
+               "(benchmarks/README.md); v2 measures 1.54x / 2.13x")
+_BYTES = pytest.mark.xfail(strict=True, reason=_POOL_BOUND)
 
 THRESHOLDS = [  # (what, direction, value of an entry, at most)
     ("fwd executed/useful FLOPs", "fwd", lambda e: e["executed_flops"] / e["useful_flops"], 1.5),
     ("fwd+bwd executed/useful FLOPs", "fwd+bwd", lambda e: e["executed_flops"] / e["useful_flops"], 1.6),
-    ("fwd bytes / floor", "fwd", lambda e: e["bytes"] / e["floor_bytes"], 1.3),
-    ("fwd+bwd bytes / floor", "fwd+bwd", lambda e: e["bytes"] / e["floor_bytes"], 1.6),
+    pytest.param("fwd bytes / floor", "fwd", lambda e: e["bytes"] / e["floor_bytes"], 1.3, marks=_BYTES),
+    pytest.param("fwd+bwd bytes / floor", "fwd+bwd", lambda e: e["bytes"] / e["floor_bytes"], 1.6, marks=_BYTES),
     ("fwd spilled bytes", "fwd", lambda e: e["spill_bytes"], 0),
     ("fwd+bwd spilled bytes", "fwd+bwd", lambda e: e["spill_bytes"], 0),
     ("fwd serialized wgmma (grid path)", "fwd", lambda e: e["serialized_wgmma"], 0),
@@ -341,8 +345,11 @@ THRESHOLDS = [  # (what, direction, value of an entry, at most)
 ]
 
 
-@pytest.mark.xfail(strict=False, reason=_TODAY)
-@pytest.mark.parametrize("what,direction,value,at_most", THRESHOLDS, ids=[t[0] for t in THRESHOLDS])
+def _ids(t):
+    return (t.values if hasattr(t, "values") else t)[0]
+
+
+@pytest.mark.parametrize("what,direction,value,at_most", THRESHOLDS, ids=[_ids(t) for t in THRESHOLDS])
 def test_item8_threshold_at_target(target, what, direction, value, at_most):
     """Issue 13 item 8 at the target shape. The target case has no global tokens, so every
     kernel it launches is on the grid path."""

@@ -13,7 +13,8 @@ import parity
 
 KERNEL_BACKENDS = ["triton", "cuda"]
 SCALE = "gpu" if torch.cuda.is_available() and os.environ.get("VITPOSE_FULL_SWEEP", "1") != "0" else "ci"
-N_RANDOM = 500 if SCALE == "gpu" else 24
+# VITPOSE_RANDOM_CASES trims the GPU's random sweep (benchmarks/gpu_session.sh: one short device call).
+N_RANDOM = int(os.environ.get("VITPOSE_RANDOM_CASES", 500)) if SCALE == "gpu" else 24
 
 
 def _skip_unless(op, backend):

@@ -28,6 +28,7 @@ from __future__ import annotations
 from typing import Callable, List, Optional, Tuple
 
 import torch
+from torch.utils._python_dispatch import _get_current_dispatch_mode as _current_dispatch_mode
 
 from . import _alloc
 
@@ -157,7 +158,11 @@ def entry(op) -> Callable:
     Eager calls go through op.eager, traced ones (torch.compile) through the custom op."""
 
     def call(q, k, v, rel_pos_h, rel_pos_w, spec):
-        run = op if torch.compiler.is_compiling() else op.eager.apply
+        # Plain tensors in plain eager mode take the fast path; anything traced, fake, meta or
+        # under a dispatch mode (torch.compile, FakeTensorMode, memory tracers) sees the op.
+        fast = (type(q) is torch.Tensor and q.device.type != "meta" and not torch.compiler.is_compiling()
+                and _current_dispatch_mode() is None)
+        run = op.eager.apply if fast else op
         return run(q, k, v, rel_pos_h, rel_pos_w, geometry(spec), spec.pool, spec.scale)[0]
 
     def window_attention(q, k, v, rel_pos_h, rel_pos_w, spec) -> torch.Tensor:
