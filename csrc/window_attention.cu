@@ -196,8 +196,10 @@ __global__ void __launch_bounds__(kThreads) wa_fwd_kernel(const Params p, const 
   T* sXv = at<T>(smem_raw, L.xv);
   T* sR = at<T>(smem_raw, L.rel);
   float* sQR = at<float>(smem_raw, L.qr);
-  const Meta qmeta[2] = {meta_at(at<int>(smem_raw, L.qm)), meta_at(at<int>(smem_raw, L.qm) + 3 * kRows)};
-  const Meta kmeta[2] = {meta_at(at<int>(smem_raw, L.km)), meta_at(at<int>(smem_raw, L.km) + 3 * kRows)};
+  int* const qmeta_base = at<int>(smem_raw, L.qm);
+  int* const kmeta_base = at<int>(smem_raw, L.km);
+  auto qmeta = [&](int i) { return meta_at(qmeta_base + (i & 1) * 3 * kRows); };
+  auto kmeta = [&](int i) { return meta_at(kmeta_base + (i & 1) * 3 * kRows); };
   const Meta xmeta = meta_at(at<int>(smem_raw, L.xm));
 
   const int bh = blockIdx.y, cta = blockIdx.x;
@@ -238,14 +240,14 @@ __global__ void __launch_bounds__(kThreads) wa_fwd_kernel(const Params p, const 
   const int nsteps = nq * nk;
   auto fill = [&](int s) {
     const int j = s / nk, kb = s - j * nk;
-    if (kb == 0) fill_meta(qmeta[j & 1], qrows(j), pl, kRows);
-    fill_meta(kmeta[s & 1], krows(j, kb), pl, kRows);
+    if (kb == 0) fill_meta(qmeta(j), qrows(j), pl, kRows);
+    fill_meta(kmeta(s), krows(j, kb), pl, kRows);
   };
   auto issue = [&](int s) {
     const int j = s / nk, kb = s - j * nk;
-    if (kb == 0) load_tile<T, DP>(sQ + (j & 1) * kRows * LD, qh, p.q.sn, qmeta[j & 1].tok, kRows, p.D);
-    load_tile<T, DP>(sK + (s & 1) * kRows * LD, kh, p.k.sn, kmeta[s & 1].tok, kRows, p.D);
-    load_tile<T, DP>(sV + (s & 1) * kRows * LD, vh, p.v.sn, kmeta[s & 1].tok, kRows, p.D);
+    if (kb == 0) load_tile<T, DP>(sQ + (j & 1) * kRows * LD, qh, p.q.sn, qmeta(j).tok, kRows, p.D);
+    load_tile<T, DP>(sK + (s & 1) * kRows * LD, kh, p.k.sn, kmeta(s).tok, kRows, p.D);
+    load_tile<T, DP>(sV + (s & 1) * kRows * LD, vh, p.v.sn, kmeta(s).tok, kRows, p.D);
   };
 
   const bool extra = !kGlobal && pl.E > 0;
@@ -280,8 +282,8 @@ __global__ void __launch_bounds__(kThreads) wa_fwd_kernel(const Params p, const 
       cp_async_commit();
     }
     const int j = s / nk, kb = s - j * nk;
-    const Meta& qm = qmeta[j & 1];
-    const Meta& km = kmeta[s & 1];
+    const Meta qm = qmeta(j);
+    const Meta km = kmeta(s);
     if (kb == 0) {  // a new query block
       warp_on = qm.tok[row0] >= 0;
       zero(o);
@@ -438,13 +440,11 @@ __device__ __forceinline__ void kv_block(float (&dk)[DP / 8][4], float (&dv)[DP 
 }
 
 // The extra keys' gradients from a block of query rows (keys-own orientation, warps own extra rows
-// 16w.. of the n loaded ones): dK_x = dS_x^T q (before the scale), dV_x = P_x^T dO.
+// 16w.. of the n loaded ones), added to dk (dS_x^T q, before the scale) and dv (P_x^T dO).
 template <typename T, int DP>
 __device__ __forceinline__ void extra_grads(float (&dk)[DP / 8][4], float (&dv)[DP / 8][4], const T* sXk,
                                             const T* sXv, int n, const T* sQ, const T* sdO, const float* lse2,
                                             const float* delta, unsigned qon, float scale_log2, int warp, int lane) {
-  zero(dk);
-  zero(dv);
   if (16 * warp >= n) return;
   kv_block<T, DP>(dk, dv, sXk, sXv, 16 * warp, sQ, sdO, lse2, delta, qon, scale_log2, lane,
                   [](int, int, float x) { return x; });
@@ -634,7 +634,7 @@ __global__ void __launch_bounds__(kThreads) wa_prep_kernel(const Params p, const
     load_tile<T, DP>(sXv, xvh, p.D, xm.tok, pl.Epad, p.D);
     cp_async_commit();
   }
-  float dkx[DP / 8][4], dvx[DP / 8][4], gk[DP / 8][4], gv[DP / 8][4];
+  float dkx[DP / 8][4], dvx[DP / 8][4];  // the CTA's partial sums (E <= 64), or one extra block's
   zero(dkx);
   zero(dvx);
   for (int j = 0; j < nq; ++j) {
@@ -661,14 +661,7 @@ __global__ void __launch_bounds__(kThreads) wa_prep_kernel(const Params p, const
     if (!partials) continue;
     const unsigned qon = live_chunks(m, kRows);
     if (pl.xres) {
-      extra_grads<T, DP>(gk, gv, sXk, sXv, pl.E, sQ, sdO, sLse2, sDelta, qon, scale_log2, warp, lane);
-#pragma unroll
-      for (int jj = 0; jj < DP / 8; ++jj)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          dkx[jj][e] += gk[jj][e];
-          dvx[jj][e] += gv[jj][e];
-        }
+      extra_grads<T, DP>(dkx, dvx, sXk, sXv, pl.E, sQ, sdO, sLse2, sDelta, qon, scale_log2, warp, lane);
     } else {  // more than 64 extra keys: one block of them at a time, a slot per query block
       for (int e0 = 0; e0 < pl.E; e0 += kRows) {
         __syncthreads();
@@ -680,9 +673,11 @@ __global__ void __launch_bounds__(kThreads) wa_prep_kernel(const Params p, const
         cp_async_wait<0>();
         __syncthreads();
         const int n = min(kRows, pl.E - e0);
-        extra_grads<T, DP>(gk, gv, sXk, sXv, n, sQ, sdO, sLse2, sDelta, qon, scale_log2, warp, lane);
-        store_f32<DP>(part_slot(p, pl, 0, bh, blk, e0), gk, 16 * warp, n, p.D, lane, false);
-        store_f32<DP>(part_slot(p, pl, 1, bh, blk, e0), gv, 16 * warp, n, p.D, lane, false);
+        zero(dkx);
+        zero(dvx);
+        extra_grads<T, DP>(dkx, dvx, sXk, sXv, n, sQ, sdO, sLse2, sDelta, qon, scale_log2, warp, lane);
+        store_f32<DP>(part_slot(p, pl, 0, bh, blk, e0), dkx, 16 * warp, n, p.D, lane, false);
+        store_f32<DP>(part_slot(p, pl, 1, bh, blk, e0), dvx, 16 * warp, n, p.D, lane, false);
       }
     }
   }
@@ -777,7 +772,7 @@ struct TileSmem {
 
 template <typename T, int DP>
 __global__ void __launch_bounds__(kThreads) wa_tile_kernel(const Params p, const Plan pl) {
-  constexpr int LDP = kRows + kPad;
+  constexpr int LD = DP + kPad, LDP = kRows + kPad;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const TileSmem<T, DP> L(pl);
   T* sQ = at<T>(smem_raw, L.q);
@@ -887,43 +882,49 @@ __global__ void __launch_bounds__(kThreads) wa_tile_kernel(const Params p, const
         rel_table<T, DP>(sQR, sR, qf, pl, row0, lane);
         __syncwarp();
       }
-      float s[8][4], dp[8][4];
-      q_step<T, DP, 64>(s, dp, sQ, sdO, row0, sK, sV, lse2, dlt, on, scale_log2, lane, [&](int col, int r, float x) {
-        if (m.tok[col] < 0 || m.grp[col] != grp[r]) return -INFINITY;
-        return rel ? x + kLog2e * rel_bias(sQR + (row0 + g + 8 * r) * pl.RTpad, pl, lyx[r], m.lyx[col]) : x;
-      });
-      for_each_acc<8>(tq, [&](int jj, int e, int col, int r) {
-        if (e & 1) return;
-        const int at_ = (row0 + g + 8 * r) * LDP + col;
-        *reinterpret_cast<uint32_t*>(sP + at_) = Mma<T>::pack(s[jj][e], s[jj][e + 1]);
-        *reinterpret_cast<uint32_t*>(sdS + at_) = Mma<T>::pack(dp[jj][e], dp[jj][e + 1]);
-        if (rel) {
-          sdS32[(row0 + g + 8 * r) * (kRows + 1) + col] = dp[jj][e];
-          sdS32[(row0 + g + 8 * r) * (kRows + 1) + col + 1] = dp[jj][e + 1];
-        }
-      });
-      mma_acc_pb<T, DP, 64>(dq, dp, sK, lane, on);
+      // 32 keys at a time for wide heads: two score tiles beside dq stay within the registers
+      constexpr int NA = DP <= 64 ? 64 : 32;
+#pragma unroll
+      for (int h = 0; h < kRows / NA; ++h) {
+        const unsigned part = (on >> (h * NA / 16)) & ((1u << (NA / 16)) - 1u);
+        if (!part) continue;  // never read by phase B: other tiles' keys
+        float s[NA / 8][4], dp[NA / 8][4];
+        q_step<T, DP, NA>(s, dp, sQ, sdO, row0, sK + h * NA * LD, sV + h * NA * LD, lse2, dlt, part, scale_log2,
+                          lane, [&](int c, int r, float x) {
+                            const int col = h * NA + c;
+                            if (m.tok[col] < 0 || m.grp[col] != grp[r]) return -INFINITY;
+                            return rel ? x + kLog2e * rel_bias(sQR + (row0 + g + 8 * r) * pl.RTpad, pl, lyx[r],
+                                                               m.lyx[col])
+                                       : x;
+                          });
+        for_each_acc<NA / 8>(tq, [&](int jj, int e, int c, int r) {
+          if (e & 1) return;
+          const int row = row0 + g + 8 * r, col = h * NA + c;
+          *reinterpret_cast<uint32_t*>(sP + row * LDP + col) = Mma<T>::pack(s[jj][e], s[jj][e + 1]);
+          *reinterpret_cast<uint32_t*>(sdS + row * LDP + col) = Mma<T>::pack(dp[jj][e], dp[jj][e + 1]);
+          if (rel) {
+            sdS32[row * (kRows + 1) + col] = dp[jj][e];
+            sdS32[row * (kRows + 1) + col + 1] = dp[jj][e + 1];
+          }
+        });
+        mma_acc_pb<T, DP, NA>(dq, dp, sK + h * NA * LD, lane, part);
+      }
       if (extra && pl.xres) dq_extra<T, DP>(dq, sQ, sdO, row0, sXk, sXv, pl.E, lse2, dlt, scale_log2, lane);
     }
-    if (extra && !pl.xres) {  // more than 64 extra keys: a block of them at a time (uniform over the CTA)
+    auto load_extra = [&](int e0) {  // more than 64 extra keys: a block of them at a time (uniform)
+      __syncthreads();
+      fill_meta(xm, range_rows(e0, pl.E), pl, kRows);
+      __syncthreads();
+      load_tile<T, DP>(sXk, xkh, p.D, xm.tok, kRows, p.D);
+      load_tile<T, DP>(sXv, xvh, p.D, xm.tok, kRows, p.D);
+      cp_async_commit();
+      cp_async_wait<0>();
+      __syncthreads();
+    };
+    if (extra && !pl.xres) {
       for (int e0 = 0; e0 < pl.E; e0 += kRows) {
-        __syncthreads();
-        fill_meta(xm, range_rows(e0, pl.E), pl, kRows);
-        __syncthreads();
-        load_tile<T, DP>(sXk, xkh, p.D, xm.tok, kRows, p.D);
-        load_tile<T, DP>(sXv, xvh, p.D, xm.tok, kRows, p.D);
-        cp_async_commit();
-        cp_async_wait<0>();
-        __syncthreads();
-        const int n = min(kRows, pl.E - e0);
-        if (warp_on) dq_extra<T, DP>(dq, sQ, sdO, row0, sXk, sXv, n, lse2, dlt, scale_log2, lane);
-        if (partials) {  // this block's slot of the extra keys' gradients
-          float gk[DP / 8][4], gv[DP / 8][4];
-          extra_grads<T, DP>(gk, gv, sXk, sXv, n, sQ, sdO, sLse2, sDelta, live_chunks(m, kRows), scale_log2, warp,
-                             lane);
-          store_f32<DP>(part_slot(p, pl, 0, bh, blk, e0), gk, 16 * warp, n, p.D, lane, false);
-          store_f32<DP>(part_slot(p, pl, 1, bh, blk, e0), gv, 16 * warp, n, p.D, lane, false);
-        }
+        load_extra(e0);
+        if (warp_on) dq_extra<T, DP>(dq, sQ, sdO, row0, sXk, sXv, min(kRows, pl.E - e0), lse2, dlt, scale_log2, lane);
       }
     }
     if (rel) {
@@ -932,26 +933,36 @@ __global__ void __launch_bounds__(kThreads) wa_tile_kernel(const Params p, const
       __syncthreads();
       rel_partial<T, DP>(p, pl, sDR, sQ, bh, blk);
     }
-#pragma unroll
-    for (int jj = 0; jj < DP / 8; ++jj)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) dq[jj][e] *= p.scale;
     if (warp_on) {
+#pragma unroll
+      for (int jj = 0; jj < DP / 8; ++jj)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dq[jj][e] *= p.scale;
       if (rel) rel_dq<T, DP>(dq, sDR, sR, pl, row0, lane);
       store_acc<T, DP>(dqh, p.dq.sn, dq, tok, p.D, 1.f, tq);
     }
-    __syncthreads();  // P, dS staged by every warp
 
-    // ---- the extra keys' partial gradients (no pooling: the global tokens seen by these rows)
-    if (partials && pl.xres) {
-      float gk[DP / 8][4], gv[DP / 8][4];
-      extra_grads<T, DP>(gk, gv, sXk, sXv, pl.E, sQ, sdO, sLse2, sDelta, live_chunks(m, kRows), scale_log2, warp,
-                         lane);
-      if (16 * warp < pl.E) {  // the warp's own rows of the CTA's accumulator: a fixed order
-        store_f32<DP>(sAk, gk, 16 * warp, pl.E, DP, lane, true);
-        store_f32<DP>(sAv, gv, 16 * warp, pl.E, DP, lane, true);
+    // ---- the extra keys' partial gradients (no pooling: the global tokens seen by these rows), dq
+    // stored first (register budget)
+    if (partials) {
+      for (int e0 = 0; e0 < pl.E; e0 += kRows) {
+        if (!pl.xres) load_extra(e0);
+        const int n = min(pl.E - e0, pl.xres ? pl.Epad : kRows);
+        float gk[DP / 8][4], gv[DP / 8][4];
+        zero(gk);
+        zero(gv);
+        extra_grads<T, DP>(gk, gv, sXk, sXv, n, sQ, sdO, sLse2, sDelta, live_chunks(m, kRows), scale_log2, warp,
+                           lane);
+        if (pl.xres) {  // the warp's own rows of the CTA's accumulator: a fixed order
+          store_f32<DP>(sAk, gk, 16 * warp, pl.E, DP, lane, true);
+          store_f32<DP>(sAv, gv, 16 * warp, pl.E, DP, lane, true);
+        } else {  // this block's slot
+          store_f32<DP>(part_slot(p, pl, 0, bh, blk, e0), gk, 16 * warp, n, p.D, lane, false);
+          store_f32<DP>(part_slot(p, pl, 1, bh, blk, e0), gv, 16 * warp, n, p.D, lane, false);
+        }
       }
     }
+    __syncthreads();  // P, dS staged by every warp
 
     // ---- phase B: warps own key rows. dv = P^T dO, dk = dS^T q
     float dk[DP / 8][4], dv[DP / 8][4];
@@ -1050,7 +1061,8 @@ __global__ void __launch_bounds__(kThreads) wa_dq_kernel(const Params p, const P
   float* sDR = at<float>(smem_raw, L.dr);
   float* sdS32 = at<float>(smem_raw, L.ds32);
   const Meta qm = meta_at(at<int>(smem_raw, L.qm));
-  const Meta kmeta[2] = {meta_at(at<int>(smem_raw, L.km)), meta_at(at<int>(smem_raw, L.km) + 3 * kRows)};
+  int* const kmeta_base = at<int>(smem_raw, L.km);
+  auto kmeta = [&](int i) { return meta_at(kmeta_base + (i & 1) * 3 * kRows); };
   const Meta xm = meta_at(at<int>(smem_raw, L.xm));
 
   const int bh = blockIdx.y, cta = blockIdx.x;
@@ -1089,12 +1101,12 @@ __global__ void __launch_bounds__(kThreads) wa_dq_kernel(const Params p, const P
   }
   auto krows = [&](int kb) { return kGlobal ? range_rows(kb * BN, p.N) : tile_rows(t, 1, kb * BN, BN); };
   auto issue = [&](int kb) {
-    load_tile<T, DP>(sK + (kb & 1) * BN * LD, kh, p.k.sn, kmeta[kb & 1].tok, BN, p.D);
-    load_tile<T, DP>(sV + (kb & 1) * BN * LD, vh, p.v.sn, kmeta[kb & 1].tok, BN, p.D);
+    load_tile<T, DP>(sK + (kb & 1) * BN * LD, kh, p.k.sn, kmeta(kb).tok, BN, p.D);
+    load_tile<T, DP>(sV + (kb & 1) * BN * LD, vh, p.v.sn, kmeta(kb).tok, BN, p.D);
   };
 
   fill_meta(qm, qrows, pl, kRows);
-  fill_meta(kmeta[0], krows(0), pl, BN);
+  fill_meta(kmeta(0), krows(0), pl, BN);
   if (extra && pl.xres) fill_meta(xm, range_rows(0, pl.E), pl, kRows);
   if (rel) {
     load_rel<T, DP>(sR, p, pl);
@@ -1139,13 +1151,13 @@ __global__ void __launch_bounds__(kThreads) wa_dq_kernel(const Params p, const P
   for (int kb = 0; kb < nk; ++kb) {
     cp_async_wait<0>();
     __syncthreads();  // key block kb visible; every warp is done with kb - 1
-    if (kb + 1 < nk) fill_meta(kmeta[(kb + 1) & 1], krows(kb + 1), pl, BN);
+    if (kb + 1 < nk) fill_meta(kmeta(kb + 1), krows(kb + 1), pl, BN);
     __syncthreads();
     if (kb + 1 < nk) {
       issue(kb + 1);
       cp_async_commit();
     }
-    const Meta& km = kmeta[kb & 1];
+    const Meta km = kmeta(kb);
     if (warp_on) {
       float s[BN / 8][4], dp[BN / 8][4];
       q_step<T, DP, BN>(s, dp, sQ, sdO, row0, sK + (kb & 1) * BN * LD, sV + (kb & 1) * BN * LD, lse2, dlt,
@@ -1167,29 +1179,24 @@ __global__ void __launch_bounds__(kThreads) wa_dq_kernel(const Params p, const P
     }
   }
 
-  // ---- the extra keys (grid rows), or the global keys' partials from the global rows
-  const unsigned qon = live_chunks(qm, kRows);
-  const int x0 = kGlobal ? pl.P : 0, xn = kGlobal ? pl.G : (extra ? pl.E : 0);
-  const bool x_resident = !kGlobal && pl.xres;
-  for (int e0 = 0; e0 < xn; e0 += kRows) {
+  // ---- the extra keys' share of dq (grid rows); dq stored; then the extra keys' partial gradients
+  // (grid rows without pooling), or the global keys' ones from the global rows
+  const int x0 = kGlobal ? pl.P : 0, xn = kGlobal ? pl.G : pl.E;
+  auto load_extra = [&](int e0) {  // not resident: one block of extra rows at a time (uniform)
     const int n = min(kRows, xn - e0);
-    if (!x_resident) {
-      __syncthreads();
-      fill_meta(xm, range_rows(x0 + e0, x0 + xn), pl, kRows);
-      __syncthreads();
-      load_tile<T, DP>(sXk, xkh, p.D, xm.tok, round16(n), p.D);
-      load_tile<T, DP>(sXv, xvh, p.D, xm.tok, round16(n), p.D);
-      cp_async_commit();
-    }
+    __syncthreads();
+    fill_meta(xm, range_rows(x0 + e0, x0 + xn), pl, kRows);
+    __syncthreads();
+    load_tile<T, DP>(sXk, xkh, p.D, xm.tok, round16(n), p.D);
+    load_tile<T, DP>(sXv, xvh, p.D, xm.tok, round16(n), p.D);
+    cp_async_commit();
     cp_async_wait<0>();
     __syncthreads();
-    if (!kGlobal && warp_on) dq_extra<T, DP>(dq, sQ, sdO, row0, sXk, sXv, n, lse2, dlt, scale_log2, lane);
-    if (kGlobal || partials) {
-      float gk[DP / 8][4], gv[DP / 8][4];
-      extra_grads<T, DP>(gk, gv, sXk, sXv, n, sQ, sdO, sLse2, sDelta, qon, scale_log2, warp, lane);
-      const int slot = kGlobal ? pl.npart_grid + cta : cta;
-      store_f32<DP>(part_slot(p, pl, 0, bh, slot, x0 + e0), gk, 16 * warp, n, p.D, lane, false);
-      store_f32<DP>(part_slot(p, pl, 1, bh, slot, x0 + e0), gv, 16 * warp, n, p.D, lane, false);
+  };
+  if (extra) {
+    for (int e0 = 0; e0 < xn; e0 += kRows) {
+      if (!pl.xres) load_extra(e0);
+      if (warp_on) dq_extra<T, DP>(dq, sQ, sdO, row0, sXk, sXv, min(kRows, xn - e0), lse2, dlt, scale_log2, lane);
     }
   }
   if (rel) {
@@ -1203,6 +1210,20 @@ __global__ void __launch_bounds__(kThreads) wa_dq_kernel(const Params p, const P
       for (int e = 0; e < 4; ++e) dq[jj][e] *= p.scale;
     if (rel) rel_dq<T, DP>(dq, sDR, sR, pl, row0, lane);
     store_acc<T, DP>(head_of<T>(p.dq, bh, p.H), p.dq.sn, dq, tok, p.D, 1.f, tq);
+  }
+  if (kGlobal || partials) {
+    const unsigned qon = live_chunks(qm, kRows);
+    const int slot = kGlobal ? pl.npart_grid + cta : cta;
+    for (int e0 = 0; e0 < xn; e0 += kRows) {
+      if (kGlobal || !pl.xres) load_extra(e0);
+      const int n = min(kRows, xn - e0);
+      float gk[DP / 8][4], gv[DP / 8][4];
+      zero(gk);
+      zero(gv);
+      extra_grads<T, DP>(gk, gv, sXk, sXv, n, sQ, sdO, sLse2, sDelta, qon, scale_log2, warp, lane);
+      store_f32<DP>(part_slot(p, pl, 0, bh, slot, x0 + e0), gk, 16 * warp, n, p.D, lane, false);
+      store_f32<DP>(part_slot(p, pl, 1, bh, slot, x0 + e0), gv, 16 * warp, n, p.D, lane, false);
+    }
   }
 }
 
@@ -1247,7 +1268,8 @@ __global__ void __launch_bounds__(kThreads) wa_dkv_kernel(const Params p, const 
   float* sXGv = at<float>(smem_raw, L.xgv);
   float* sQR = at<float>(smem_raw, L.qr);
   const Meta km = meta_at(at<int>(smem_raw, L.km));
-  const Meta qmeta[2] = {meta_at(at<int>(smem_raw, L.qm)), meta_at(at<int>(smem_raw, L.qm) + 3 * kRows)};
+  int* const qmeta_base = at<int>(smem_raw, L.qm);
+  auto qmeta = [&](int i) { return meta_at(qmeta_base + (i & 1) * 3 * kRows); };
 
   const int bh = blockIdx.y, cta = blockIdx.x;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
@@ -1265,12 +1287,12 @@ __global__ void __launch_bounds__(kThreads) wa_dkv_kernel(const Params p, const 
   auto qrows = [&](int s) { return s < nqt ? tile_rows(t, 1, s * BQ, BQ) : range_rows((s - nqt) * BQ, pl.G); };
   auto fill = [&](int s) {
     const int b = s & 1;
-    fill_meta(qmeta[b], qrows(s), pl, BQ);
-    row_stats(sLse2 + b * kRows, sDelta + b * kRows, qmeta[b], BQ, p, pl, bh, true);  // same thread: no barrier
+    fill_meta(qmeta(s), qrows(s), pl, BQ);
+    row_stats(sLse2 + b * kRows, sDelta + b * kRows, qmeta(s), BQ, p, pl, bh, true);  // same thread: no barrier
   };
   auto issue = [&](int s) {
-    load_tile<T, DP>(sQ + (s & 1) * BQ * LD, qh, p.q.sn, qmeta[s & 1].tok, BQ, p.D);
-    load_tile<T, DP>(sdO + (s & 1) * BQ * LD, doh, p.dout.sn, qmeta[s & 1].tok, BQ, p.D);
+    load_tile<T, DP>(sQ + (s & 1) * BQ * LD, qh, p.q.sn, qmeta(s).tok, BQ, p.D);
+    load_tile<T, DP>(sdO + (s & 1) * BQ * LD, doh, p.dout.sn, qmeta(s).tok, BQ, p.D);
   };
 
   fill_meta(km, tile_rows(t, 1, kb * kRows, kRows), pl, kRows);
@@ -1313,7 +1335,7 @@ __global__ void __launch_bounds__(kThreads) wa_dkv_kernel(const Params p, const 
       cp_async_commit();
     }
     const int b = s & 1;
-    const Meta& qm = qmeta[b];
+    const Meta qm = qmeta(s);
     const bool cell = s < nqt;
     const T* tQ = sQ + b * BQ * LD;
     if (rel && cell) {  // q . [Rh; Rw]^T of this query block, for the pairs' biases
