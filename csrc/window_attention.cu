@@ -387,14 +387,17 @@ __device__ __forceinline__ void row_stats(float* lse2, float* delta, const Meta&
 
 // delta = rowsum(dO * O) of a block's rows (two threads a row, float32), into smem and, when
 // `store`, into the workspace.
-template <typename T, int DP>
-__device__ __forceinline__ void delta_rows(float* delta, const T* sO, const T* sdO, const Meta& m, const Params& p,
+template <typename T, int DP, typename OOp>
+__device__ __forceinline__ void delta_rows(float* delta, const T* sO, const OOp& sdO_, const Meta& m, const Params& p,
                                            const Plan& pl, int bh, bool store) {
   constexpr int LD = DP + kPad;
+  const auto sdO = as_op<T, DP>(sdO_);
   const int r = threadIdx.x >> 1, half = threadIdx.x & 1;
   float acc = 0.f;
-  for (int c = half * (DP / 2); c < (half + 1) * (DP / 2); ++c)
-    acc += Mma<T>::to_float(sO[r * LD + c]) * Mma<T>::to_float(sdO[r * LD + c]);
+  for (int c8 = half * (DP / 16); c8 < (half + 1) * (DP / 16); ++c8) {
+    const T* d8 = sdO.at(r, c8 * 8);
+    for (int u = 0; u < 8; ++u) acc += Mma<T>::to_float(sO[r * LD + c8 * 8 + u]) * Mma<T>::to_float(d8[u]);
+  }
   acc += __shfl_xor_sync(0xffffffffu, acc, 1);
   if (!half) {
     const int tok = m.tok[r];
@@ -407,10 +410,11 @@ __device__ __forceinline__ void delta_rows(float* delta, const T* sO, const T* s
 // against the query rows of sBq, sBdo (NB of them, 16-row chunks in `on`): P^T = exp2(logit -
 // lse2[query]), dS^T = P^T (dP^T - delta[query]); dv += P^T dO, dk += dS^T q. logit(col, r, x)
 // gets the scaled score (log2 units) and returns it with any bias, or -inf where masked.
-template <typename T, int DP, int NB, typename Logit>
-__device__ __forceinline__ void kv_step(float (&dk)[DP / 8][4], float (&dv)[DP / 8][4], const T* sAk, const T* sAv,
-                                        int row0, const T* sBq, const T* sBdo, const float* lse2, const float* delta,
-                                        unsigned on, float scale_log2, int lane, const Logit& logit) {
+template <typename T, int DP, int NB, typename AOp, typename AOp2, typename BOp, typename BOp2, typename Logit>
+__device__ __forceinline__ void kv_step(float (&dk)[DP / 8][4], float (&dv)[DP / 8][4], const AOp& sAk,
+                                        const AOp2& sAv, int row0, const BOp& sBq, const BOp2& sBdo, const float* lse2,
+                                        const float* delta, unsigned on, float scale_log2, int lane,
+                                        const Logit& logit) {
   float s[NB / 8][4], dp[NB / 8][4];
   mma_abt_pair<T, DP, NB>(s, dp, sAk, sAv, row0, sBq, sBdo, lane, on);
   for_each_acc<NB / 8>(lane & 3, [&](int j, int e, int col, int r) {
@@ -424,26 +428,28 @@ __device__ __forceinline__ void kv_step(float (&dk)[DP / 8][4], float (&dv)[DP /
 
 // kv_step over a loaded block of up to 64 query rows, in NB-row pieces (32 for wide heads: two
 // 16 x NB score tiles next to the dk, dv accumulators stay within the register budget).
-template <typename T, int DP, typename Logit>
-__device__ __forceinline__ void kv_block(float (&dk)[DP / 8][4], float (&dv)[DP / 8][4], const T* sAk, const T* sAv,
-                                         int row0, const T* sBq, const T* sBdo, const float* lse2, const float* delta,
-                                         unsigned on, float scale_log2, int lane, const Logit& logit) {
-  constexpr int LD = DP + kPad;
+template <typename T, int DP, typename AOp, typename AOp2, typename BOp, typename BOp2, typename Logit>
+__device__ __forceinline__ void kv_block(float (&dk)[DP / 8][4], float (&dv)[DP / 8][4], const AOp& sAk,
+                                         const AOp2& sAv, int row0, const BOp& sBq_, const BOp2& sBdo_,
+                                         const float* lse2, const float* delta, unsigned on, float scale_log2,
+                                         int lane, const Logit& logit) {
   constexpr int NB = DP <= 64 ? 64 : 32;
+  const auto sBq = as_op<T, DP>(sBq_);
+  const auto sBdo = as_op<T, DP>(sBdo_);
 #pragma unroll
   for (int h = 0; h < kRows / NB; ++h) {
     const unsigned part = (on >> (h * NB / 16)) & ((1u << (NB / 16)) - 1u);
     if (!part) continue;
-    kv_step<T, DP, NB>(dk, dv, sAk, sAv, row0, sBq + h * NB * LD, sBdo + h * NB * LD, lse2 + h * NB, delta + h * NB,
+    kv_step<T, DP, NB>(dk, dv, sAk, sAv, row0, sBq.rows(h * NB), sBdo.rows(h * NB), lse2 + h * NB, delta + h * NB,
                        part, scale_log2, lane, [&](int col, int r, float x) { return logit(h * NB + col, r, x); });
   }
 }
 
 // The extra keys' gradients from a block of query rows (keys-own orientation, warps own extra rows
 // 16w.. of the n loaded ones), added to dk (dS_x^T q, before the scale) and dv (P_x^T dO).
-template <typename T, int DP>
+template <typename T, int DP, typename BOp, typename BOp2>
 __device__ __forceinline__ void extra_grads(float (&dk)[DP / 8][4], float (&dv)[DP / 8][4], const T* sXk,
-                                            const T* sXv, int n, const T* sQ, const T* sdO, const float* lse2,
+                                            const T* sXv, int n, const BOp& sQ, const BOp2& sdO, const float* lse2,
                                             const float* delta, unsigned qon, float scale_log2, int warp, int lane) {
   if (16 * warp >= n) return;
   kv_block<T, DP>(dk, dv, sXk, sXv, 16 * warp, sQ, sdO, lse2, delta, qon, scale_log2, lane,
@@ -473,9 +479,9 @@ __device__ __forceinline__ float* part_slot(const Params& p, const Plan& pl, int
 // Queries-own orientation: the warp's 16 query rows (row0.. of sQ, sdO) against NB key rows of
 // sK, sV (chunks `on`): P = exp2(logit - lse2), dS = P (dP - delta) left in s, dp; the caller
 // multiplies on (dq += dS K).
-template <typename T, int DP, int NB, typename Logit>
-__device__ __forceinline__ void q_step(float (&s)[NB / 8][4], float (&dp)[NB / 8][4], const T* sQ, const T* sdO,
-                                       int row0, const T* sK, const T* sV, const float (&lse2)[2],
+template <typename T, int DP, int NB, typename AOp, typename AOp2, typename BOp, typename BOp2, typename Logit>
+__device__ __forceinline__ void q_step(float (&s)[NB / 8][4], float (&dp)[NB / 8][4], const AOp& sQ, const AOp2& sdO,
+                                       int row0, const BOp& sK, const BOp2& sV, const float (&lse2)[2],
                                        const float (&dlt)[2], unsigned on, float scale_log2, int lane,
                                        const Logit& logit) {
   mma_abt_pair<T, DP, NB>(s, dp, sQ, sdO, row0, sK, sV, lane, on);
@@ -488,10 +494,10 @@ __device__ __forceinline__ void q_step(float (&s)[NB / 8][4], float (&dp)[NB / 8
 }
 
 // dq += dS_x X_k over the extra keys loaded in sXk, sXv (n rows), queries-own orientation.
-template <typename T, int DP>
-__device__ __forceinline__ void dq_extra(float (&dq)[DP / 8][4], const T* sQ, const T* sdO, int row0, const T* sXk,
-                                         const T* sXv, int n, const float (&lse2)[2], const float (&dlt)[2],
-                                         float scale_log2, int lane) {
+template <typename T, int DP, typename AOp, typename AOp2>
+__device__ __forceinline__ void dq_extra(float (&dq)[DP / 8][4], const AOp& sQ, const AOp2& sdO, int row0,
+                                         const T* sXk, const T* sXv, int n, const float (&lse2)[2],
+                                         const float (&dlt)[2], float scale_log2, int lane) {
   constexpr int LD = DP + kPad;
   constexpr int NB = DP <= 64 ? 64 : 32;
 #pragma unroll

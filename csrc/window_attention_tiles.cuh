@@ -225,6 +225,52 @@ __device__ __forceinline__ void load_rel(T* s, const Params& p, const Plan& pl) 
   }
 }
 
+// ============================================================================ operands in smem
+// Where row r, column c (a multiple of 8) of a shared-memory operand lives. Padded: a [rows][DP +
+// kPad] tile. Gathered: a head's rows resident in smem ([N][64], 16-byte chunks XOR-swizzled by
+// row so that ldmatrix rows hit distinct banks), row r of the operand being token tok[r]; tok < 0
+// reads a zero row. The tensor-core helpers take either, or a plain pointer (a padded tile).
+template <typename T, int DP>
+struct Padded {
+  const T* p;
+  __device__ __forceinline__ const T* at(int r, int c) const { return p + r * (DP + kPad) + c; }
+  __device__ __forceinline__ Padded rows(int r) const { return Padded{p + r * (DP + kPad)}; }
+};
+
+constexpr int kResidentDim = 64;  // head dim of the resident rows
+__host__ __device__ __forceinline__ int swizzled(int tok, int c) {
+  return tok * kResidentDim + ((((c >> 3) ^ tok) & 7) << 3) + (c & 7);
+}
+
+template <typename T>
+struct Gathered {
+  const T* base;
+  const int* tok;
+  const T* zero;
+  __device__ __forceinline__ const T* at(int r, int c) const {
+    const int t = tok[r];
+    return t < 0 ? zero + c : base + swizzled(t, c);
+  }
+  __device__ __forceinline__ Gathered rows(int r) const { return Gathered{base, tok + r, zero}; }
+};
+
+template <typename T, int DP>
+__device__ __forceinline__ Padded<T, DP> as_op(const T* p) {
+  return Padded<T, DP>{p};
+}
+template <typename T, int DP>
+__device__ __forceinline__ Padded<T, DP> as_op(T* p) {
+  return Padded<T, DP>{p};
+}
+template <typename T, int DP>
+__device__ __forceinline__ Padded<T, DP> as_op(const Padded<T, DP>& p) {
+  return p;
+}
+template <typename T, int DP>
+__device__ __forceinline__ Gathered<T> as_op(const Gathered<T>& g) {
+  return g;
+}
+
 // ============================================================================ warp tile math
 // A warp owns 16 rows of every product; a thread holds rows g and g + 8 of them (mma C fragment,
 // window_attention_mma.cuh), columns j*8 + 2*tq + {0, 1} of n8 tile j.
@@ -255,19 +301,20 @@ __device__ __forceinline__ void acc_to_a(uint32_t (&a)[4], const float (&c)[N][4
   a[3] = Mma<T>::pack(c[2 * kk + 1][2], c[2 * kk + 1][3]);
 }
 
-// The warp's A fragments of rows row0..row0+15 of a padded tile, all DP columns.
-template <typename T, int DP>
-__device__ __forceinline__ void load_a(uint32_t (&af)[DP / 16][4], const T* a, int row0, int lane) {
+// The warp's A fragments of rows row0..row0+15 of an operand, all DP columns.
+template <typename T, int DP, typename AOp>
+__device__ __forceinline__ void load_a(uint32_t (&af)[DP / 16][4], const AOp& a_, int row0, int lane) {
+  const auto a = as_op<T, DP>(a_);
 #pragma unroll
-  for (int kk = 0; kk < DP / 16; ++kk) ldsm_x4(af[kk], a + (row0 + lrow_a(lane)) * (DP + kPad) + kk * 16 + lcol_a(lane));
+  for (int kk = 0; kk < DP / 16; ++kk) ldsm_x4(af[kk], a.at(row0 + lrow_a(lane), kk * 16 + lcol_a(lane)));
 }
 
-// S = A B^T over the head dim, A's fragments in registers, B the NB rows of a padded tile; only
-// the 16-row chunks of B set in `on` are multiplied (the others stay 0).
-template <typename T, int DP, int NB>
-__device__ __forceinline__ void mma_abt(float (&s)[NB / 8][4], const uint32_t (&af)[DP / 16][4], const T* b,
+// S = A B^T over the head dim, A's fragments in registers, B the NB rows of an operand; only the
+// 16-row chunks of B set in `on` are multiplied (the others stay 0).
+template <typename T, int DP, int NB, typename BOp>
+__device__ __forceinline__ void mma_abt(float (&s)[NB / 8][4], const uint32_t (&af)[DP / 16][4], const BOp& b_,
                                         int lane, unsigned on) {
-  constexpr int LD = DP + kPad;
+  const auto b = as_op<T, DP>(b_);
   zero(s);
 #pragma unroll
   for (int kk = 0; kk < DP / 16; ++kk) {
@@ -275,7 +322,7 @@ __device__ __forceinline__ void mma_abt(float (&s)[NB / 8][4], const uint32_t (&
     for (int nn = 0; nn < NB / 16; ++nn) {
       if (!((on >> nn) & 1u)) continue;
       uint32_t bf[4];
-      ldsm_x4(bf, b + (nn * 16 + lrow_b(lane)) * LD + kk * 16 + lcol_b(lane));
+      ldsm_x4(bf, b.at(nn * 16 + lrow_b(lane), kk * 16 + lcol_b(lane)));
       Mma<T>::run(s[2 * nn], af[kk], bf[0], bf[1]);
       Mma<T>::run(s[2 * nn + 1], af[kk], bf[2], bf[3]);
     }
@@ -283,24 +330,26 @@ __device__ __forceinline__ void mma_abt(float (&s)[NB / 8][4], const uint32_t (&
 }
 
 // Two score products in one pass over the head dim: S = A B^T and S2 = A2 B2^T, A and A2 rows
-// a_row0..a_row0+15 of padded tiles, B and B2 the NB rows of theirs (chunks in `on`).
-template <typename T, int DP, int NB>
-__device__ __forceinline__ void mma_abt_pair(float (&s)[NB / 8][4], float (&s2)[NB / 8][4], const T* a, const T* a2,
-                                             int a_row0, const T* b, const T* b2, int lane, unsigned on) {
-  constexpr int LD = DP + kPad;
+// a_row0..a_row0+15 of their operands, B and B2 the NB rows of theirs (chunks in `on`).
+template <typename T, int DP, int NB, typename AOp, typename AOp2, typename BOp, typename BOp2>
+__device__ __forceinline__ void mma_abt_pair(float (&s)[NB / 8][4], float (&s2)[NB / 8][4], const AOp& a_,
+                                             const AOp2& a2_, int a_row0, const BOp& b_, const BOp2& b2_, int lane,
+                                             unsigned on) {
+  const auto a = as_op<T, DP>(a_), a2 = as_op<T, DP>(a2_);
+  const auto b = as_op<T, DP>(b_), b2 = as_op<T, DP>(b2_);
   zero(s);
   zero(s2);
 #pragma unroll
   for (int kk = 0; kk < DP / 16; ++kk) {
     uint32_t af[4], af2[4];
-    ldsm_x4(af, a + (a_row0 + lrow_a(lane)) * LD + kk * 16 + lcol_a(lane));
-    ldsm_x4(af2, a2 + (a_row0 + lrow_a(lane)) * LD + kk * 16 + lcol_a(lane));
+    ldsm_x4(af, a.at(a_row0 + lrow_a(lane), kk * 16 + lcol_a(lane)));
+    ldsm_x4(af2, a2.at(a_row0 + lrow_a(lane), kk * 16 + lcol_a(lane)));
 #pragma unroll
     for (int nn = 0; nn < NB / 16; ++nn) {
       if (!((on >> nn) & 1u)) continue;
       uint32_t bf[4], bf2[4];
-      ldsm_x4(bf, b + (nn * 16 + lrow_b(lane)) * LD + kk * 16 + lcol_b(lane));
-      ldsm_x4(bf2, b2 + (nn * 16 + lrow_b(lane)) * LD + kk * 16 + lcol_b(lane));
+      ldsm_x4(bf, b.at(nn * 16 + lrow_b(lane), kk * 16 + lcol_b(lane)));
+      ldsm_x4(bf2, b2.at(nn * 16 + lrow_b(lane), kk * 16 + lcol_b(lane)));
       Mma<T>::run(s[2 * nn], af, bf[0], bf[1]);
       Mma<T>::run(s[2 * nn + 1], af, bf[2], bf[3]);
       Mma<T>::run(s2[2 * nn], af2, bf2[0], bf2[1]);
@@ -309,12 +358,12 @@ __device__ __forceinline__ void mma_abt_pair(float (&s)[NB / 8][4], float (&s2)[
   }
 }
 
-// acc += P B: P (16 x NB) the warp's C fragments of the previous product, B a padded NB x DP
-// tile; k-steps (16 rows of B) in `on` only.
-template <typename T, int DP, int NB>
-__device__ __forceinline__ void mma_acc_pb(float (&acc)[DP / 8][4], const float (&pc)[NB / 8][4], const T* b,
+// acc += P B: P (16 x NB) the warp's C fragments of the previous product, B an NB x DP operand;
+// k-steps (16 rows of B) in `on` only.
+template <typename T, int DP, int NB, typename BOp>
+__device__ __forceinline__ void mma_acc_pb(float (&acc)[DP / 8][4], const float (&pc)[NB / 8][4], const BOp& b_,
                                            int lane, unsigned on) {
-  constexpr int LD = DP + kPad;
+  const auto b = as_op<T, DP>(b_);
 #pragma unroll
   for (int kk = 0; kk < NB / 16; ++kk) {
     if (!((on >> kk) & 1u)) continue;
@@ -323,7 +372,7 @@ __device__ __forceinline__ void mma_acc_pb(float (&acc)[DP / 8][4], const float 
 #pragma unroll
     for (int dd = 0; dd < DP / 16; ++dd) {
       uint32_t bf[4];
-      ldsm_x4_t(bf, b + (kk * 16 + lrow_a(lane)) * LD + dd * 16 + lcol_a(lane));
+      ldsm_x4_t(bf, b.at(kk * 16 + lrow_a(lane), dd * 16 + lcol_a(lane)));
       Mma<T>::run(acc[2 * dd], a, bf[0], bf[1]);
       Mma<T>::run(acc[2 * dd + 1], a, bf[2], bf[3]);
     }
@@ -331,11 +380,11 @@ __device__ __forceinline__ void mma_acc_pb(float (&acc)[DP / 8][4], const float 
 }
 
 // Both at once, sharing the k-steps: acc += P B and acc2 += P2 B2.
-template <typename T, int DP, int NB>
-__device__ __forceinline__ void mma_acc_pb_pair(float (&acc)[DP / 8][4], const float (&pc)[NB / 8][4], const T* b,
+template <typename T, int DP, int NB, typename BOp, typename BOp2>
+__device__ __forceinline__ void mma_acc_pb_pair(float (&acc)[DP / 8][4], const float (&pc)[NB / 8][4], const BOp& b_,
                                                 float (&acc2)[DP / 8][4], const float (&pc2)[NB / 8][4],
-                                                const T* b2, int lane, unsigned on) {
-  constexpr int LD = DP + kPad;
+                                                const BOp2& b2_, int lane, unsigned on) {
+  const auto b = as_op<T, DP>(b_), b2 = as_op<T, DP>(b2_);
 #pragma unroll
   for (int kk = 0; kk < NB / 16; ++kk) {
     if (!((on >> kk) & 1u)) continue;
@@ -345,8 +394,8 @@ __device__ __forceinline__ void mma_acc_pb_pair(float (&acc)[DP / 8][4], const f
 #pragma unroll
     for (int dd = 0; dd < DP / 16; ++dd) {
       uint32_t bf[4], bf2[4];
-      ldsm_x4_t(bf, b + (kk * 16 + lrow_a(lane)) * LD + dd * 16 + lcol_a(lane));
-      ldsm_x4_t(bf2, b2 + (kk * 16 + lrow_a(lane)) * LD + dd * 16 + lcol_a(lane));
+      ldsm_x4_t(bf, b.at(kk * 16 + lrow_a(lane), dd * 16 + lcol_a(lane)));
+      ldsm_x4_t(bf2, b2.at(kk * 16 + lrow_a(lane), dd * 16 + lcol_a(lane)));
       Mma<T>::run(acc[2 * dd], a, bf[0], bf[1]);
       Mma<T>::run(acc[2 * dd + 1], a, bf[2], bf[3]);
       Mma<T>::run(acc2[2 * dd], a2, bf2[0], bf2[1]);
@@ -357,13 +406,13 @@ __device__ __forceinline__ void mma_acc_pb_pair(float (&acc)[DP / 8][4], const f
 
 // acc += A[:, col0:col0+16]^T B and acc2 += A2[:, col0:col0+16]^T B2: A, A2 staged row-major
 // [64][lda] in smem (rows = the contraction index, e.g. P and dS with rows = queries), B, B2
-// padded 64 x DP tiles with the same rows; the A^T fragments come straight from ldmatrix.trans.
+// 64 x DP operands with the same rows; the A^T fragments come straight from ldmatrix.trans.
 // k-steps (16 rows) in `on` only. The single pass's dV = P^T dO and dK = dS^T Q.
-template <typename T, int DP>
-__device__ __forceinline__ void mma_acc_tb_pair(float (&acc)[DP / 8][4], const T* a, const T* b,
-                                                float (&acc2)[DP / 8][4], const T* a2, const T* b2, int lda,
+template <typename T, int DP, typename BOp, typename BOp2>
+__device__ __forceinline__ void mma_acc_tb_pair(float (&acc)[DP / 8][4], const T* a, const BOp& b_,
+                                                float (&acc2)[DP / 8][4], const T* a2, const BOp2& b2_, int lda,
                                                 int col0, int lane, unsigned on) {
-  constexpr int LD = DP + kPad;
+  const auto b = as_op<T, DP>(b_), b2 = as_op<T, DP>(b2_);
 #pragma unroll
   for (int kk = 0; kk < kRows / 16; ++kk) {
     if (!((on >> kk) & 1u)) continue;
@@ -373,8 +422,8 @@ __device__ __forceinline__ void mma_acc_tb_pair(float (&acc)[DP / 8][4], const T
 #pragma unroll
     for (int dd = 0; dd < DP / 16; ++dd) {
       uint32_t bf[4], bf2[4];
-      ldsm_x4_t(bf, b + (kk * 16 + lrow_a(lane)) * LD + dd * 16 + lcol_a(lane));
-      ldsm_x4_t(bf2, b2 + (kk * 16 + lrow_a(lane)) * LD + dd * 16 + lcol_a(lane));
+      ldsm_x4_t(bf, b.at(kk * 16 + lrow_a(lane), dd * 16 + lcol_a(lane)));
+      ldsm_x4_t(bf2, b2.at(kk * 16 + lrow_a(lane), dd * 16 + lcol_a(lane)));
       Mma<T>::run(acc[2 * dd], af, bf[0], bf[1]);
       Mma<T>::run(acc[2 * dd + 1], af, bf[2], bf[3]);
       Mma<T>::run(acc2[2 * dd], af2, bf2[0], bf2[1]);
