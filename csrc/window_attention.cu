@@ -44,6 +44,18 @@
 //   wa_rel_reduce_kernel  d rel_pos: its partial slots added in a fixed order.
 // dq, dk, dv are written once, in the caller's layout (strided views of one (B, N, 3, H, D)
 // gradient for packed qkv). Each CTA is 4 warps; every tensor-core product is mma.sync m16n8k16.
+//
+// Head-resident path (pooling, no global tokens or rel-pos, head dim 33..64, the head fitting in
+// shared memory: ViTPose-B at 1/8 features, the issue's target): wa_fwd_resident_kernel and
+// wa_bwd_resident_kernel replace all of the above with one CTA per (batch, head), so that q, k,
+// v, dO and O are each read once (see "head-resident path" below). VITPOSE_CUDA_RESIDENT=0 (read
+// by the Python launcher) turns it off.
+//
+// Not here (owed to a GPU session / future work): a wgmma (sm_90a) path. It needs the operands
+// in shared memory in wgmma's layouts and warpgroup-wide accumulators, and it could only be
+// checked on the CPU after extending tests/cuda_emulator with a PTX-ISA model of
+// wgmma.mma_async and its fence / commit_group / wait_group semantics, which does not exist yet;
+// mma.sync (sm_80+) is the one, portable path, and runs on sm_90a as well.
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -107,7 +119,7 @@ __device__ __forceinline__ T* at(unsigned char* base, size_t off) {
 // the tile's members in row-major order, 8 head-dim elements a thread (16-byte loads of k, v as they
 // are, strided). Block ntyp: the G global tokens' k, v copied after them.
 template <typename T>
-__global__ void __launch_bounds__(kThreads) wa_pool_kernel(const Params p, const Plan pl) {
+__global__ void __launch_bounds__(kThreads, 1) wa_pool_kernel(const Params p, const Plan pl) {
   const int bh = blockIdx.y, i = blockIdx.x, D = p.D, D8 = D / 8;
   const T* kh = head_of<T>(p.k, bh, p.H);
   const T* vh = head_of<T>(p.v, bh, p.H);
@@ -185,7 +197,7 @@ __device__ __forceinline__ float rel_bias(const float* qr_row, const Plan& pl, i
 // tiles, CTA = kBlocksPerCta blocks of SPB tiles (each block its own key block); large tiles, CTA
 // = query block qb of tile t (blockIdx.x = t * QB + qb), keys the tile's blocks.
 template <typename T, int DP, bool kGlobal>
-__global__ void __launch_bounds__(kThreads) wa_fwd_kernel(const Params p, const Plan pl) {
+__global__ void __launch_bounds__(kThreads, 1) wa_fwd_kernel(const Params p, const Plan pl) {
   constexpr int LD = DP + kPad;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const FwdSmem<T, DP> L(pl, kGlobal);
@@ -410,25 +422,39 @@ __device__ __forceinline__ void delta_rows(float* delta, const T* sO, const OOp&
 // against the query rows of sBq, sBdo (NB of them, 16-row chunks in `on`): P^T = exp2(logit -
 // lse2[query]), dS^T = P^T (dP^T - delta[query]); dv += P^T dO, dk += dS^T q. logit(col, r, x)
 // gets the scaled score (log2 units) and returns it with any bias, or -inf where masked.
-template <typename T, int DP, int NB, typename AOp, typename AOp2, typename BOp, typename BOp2, typename Logit>
+// kOnly: kBoth, or kDvOnly / kDkOnly (one accumulator live: wide heads split the work in two passes).
+enum KvPart : int { kBoth = 0, kDvOnly = 1, kDkOnly = 2 };
+template <typename T, int DP, int NB, int kOnly = kBoth, typename AOp, typename AOp2, typename BOp, typename BOp2,
+          typename Logit>
 __device__ __forceinline__ void kv_step(float (&dk)[DP / 8][4], float (&dv)[DP / 8][4], const AOp& sAk,
                                         const AOp2& sAv, int row0, const BOp& sBq, const BOp2& sBdo, const float* lse2,
                                         const float* delta, unsigned on, float scale_log2, int lane,
                                         const Logit& logit) {
   float s[NB / 8][4], dp[NB / 8][4];
-  mma_abt_pair<T, DP, NB>(s, dp, sAk, sAv, row0, sBq, sBdo, lane, on);
+  if (kOnly == kDvOnly) {
+    zero(dp);
+    mma_abt_op<T, DP, NB>(s, sAk, row0, sBq, lane, on);
+  } else {
+    mma_abt_pair<T, DP, NB>(s, dp, sAk, sAv, row0, sBq, sBdo, lane, on);
+  }
   for_each_acc<NB / 8>(lane & 3, [&](int j, int e, int col, int r) {
     const float x = ((on >> (col >> 4)) & 1u) ? logit(col, r, s[j][e] * scale_log2) : -INFINITY;
     const float pr = exp2f(x - lse2[col]);
     s[j][e] = pr;
     dp[j][e] = pr * (dp[j][e] - delta[col]);
   });
-  mma_acc_pb_pair<T, DP, NB>(dv, s, sBdo, dk, dp, sBq, lane, on);
+  if (kOnly == kDvOnly)
+    mma_acc_pb<T, DP, NB>(dv, s, sBdo, lane, on);
+  else if (kOnly == kDkOnly)
+    mma_acc_pb<T, DP, NB>(dk, dp, sBq, lane, on);
+  else
+    mma_acc_pb_pair<T, DP, NB>(dv, s, sBdo, dk, dp, sBq, lane, on);
 }
 
 // kv_step over a loaded block of up to 64 query rows, in NB-row pieces (32 for wide heads: two
 // 16 x NB score tiles next to the dk, dv accumulators stay within the register budget).
-template <typename T, int DP, typename AOp, typename AOp2, typename BOp, typename BOp2, typename Logit>
+template <typename T, int DP, int kOnly = kBoth, typename AOp, typename AOp2, typename BOp, typename BOp2,
+          typename Logit>
 __device__ __forceinline__ void kv_block(float (&dk)[DP / 8][4], float (&dv)[DP / 8][4], const AOp& sAk,
                                          const AOp2& sAv, int row0, const BOp& sBq_, const BOp2& sBdo_,
                                          const float* lse2, const float* delta, unsigned on, float scale_log2,
@@ -440,20 +466,46 @@ __device__ __forceinline__ void kv_block(float (&dk)[DP / 8][4], float (&dv)[DP 
   for (int h = 0; h < kRows / NB; ++h) {
     const unsigned part = (on >> (h * NB / 16)) & ((1u << (NB / 16)) - 1u);
     if (!part) continue;
-    kv_step<T, DP, NB>(dk, dv, sAk, sAv, row0, sBq.rows(h * NB), sBdo.rows(h * NB), lse2 + h * NB, delta + h * NB,
-                       part, scale_log2, lane, [&](int col, int r, float x) { return logit(h * NB + col, r, x); });
+    kv_step<T, DP, NB, kOnly>(dk, dv, sAk, sAv, row0, sBq.rows(h * NB), sBdo.rows(h * NB), lse2 + h * NB,
+                              delta + h * NB, part, scale_log2, lane,
+                              [&](int col, int r, float x) { return logit(h * NB + col, r, x); });
   }
 }
 
 // The extra keys' gradients from a block of query rows (keys-own orientation, warps own extra rows
 // 16w.. of the n loaded ones), added to dk (dS_x^T q, before the scale) and dv (P_x^T dO).
-template <typename T, int DP, typename BOp, typename BOp2>
+template <typename T, int DP, int kOnly = kBoth, typename BOp, typename BOp2>
 __device__ __forceinline__ void extra_grads(float (&dk)[DP / 8][4], float (&dv)[DP / 8][4], const T* sXk,
                                             const T* sXv, int n, const BOp& sQ, const BOp2& sdO, const float* lse2,
                                             const float* delta, unsigned qon, float scale_log2, int warp, int lane) {
   if (16 * warp >= n) return;
-  kv_block<T, DP>(dk, dv, sXk, sXv, 16 * warp, sQ, sdO, lse2, delta, qon, scale_log2, lane,
-                  [](int, int, float x) { return x; });
+  kv_block<T, DP, kOnly>(dk, dv, sXk, sXv, 16 * warp, sQ, sdO, lse2, delta, qon, scale_log2, lane,
+                         [](int, int, float x) { return x; });
+}
+
+// extra_grads into fresh accumulators, handed to sink(c, acc) for c = 0 (dk) and 1 (dv). Wide
+// heads (> 64) take two passes with one accumulator each (the E x 64 scores computed twice): two
+// 128-column accumulators beside the score tiles would spill.
+template <typename T, int DP, typename BOp, typename BOp2, typename Sink>
+__device__ __forceinline__ void extra_grads_to(const T* sXk, const T* sXv, int n, const BOp& sQ, const BOp2& sdO,
+                                               const float* lse2, const float* delta, unsigned qon, float scale_log2,
+                                               int warp, int lane, const Sink& sink) {
+  if (DP <= 64) {
+    float gk[DP / 8][4], gv[DP / 8][4];
+    zero(gk);
+    zero(gv);
+    extra_grads<T, DP>(gk, gv, sXk, sXv, n, sQ, sdO, lse2, delta, qon, scale_log2, warp, lane);
+    sink(0, gk);
+    sink(1, gv);
+  } else {
+    float g[DP / 8][4];
+    zero(g);
+    extra_grads<T, DP, kDkOnly>(g, g, sXk, sXv, n, sQ, sdO, lse2, delta, qon, scale_log2, warp, lane);
+    sink(0, g);
+    zero(g);
+    extra_grads<T, DP, kDvOnly>(g, g, sXk, sXv, n, sQ, sdO, lse2, delta, qon, scale_log2, warp, lane);
+    sink(1, g);
+  }
 }
 
 // A warp's float32 accumulator rows (rows row0 + g + 8r < n) into a contiguous (rows, D) matrix.
@@ -606,7 +658,7 @@ struct PrepSmem {
 // delta of the grid rows into the workspace and, with pooling, the extra keys' partial gradients
 // from those rows. Same CTA decomposition as the tile kernel (small) / one block (large).
 template <typename T, int DP>
-__global__ void __launch_bounds__(kThreads) wa_prep_kernel(const Params p, const Plan pl) {
+__global__ void __launch_bounds__(kThreads, 1) wa_prep_kernel(const Params p, const Plan pl) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const PrepSmem<T, DP> L(pl);
   T* sQ = at<T>(smem_raw, L.q);
@@ -698,7 +750,7 @@ __global__ void __launch_bounds__(kThreads) wa_prep_kernel(const Params p, const
 // (e < P, seen by grid queries only: the first npart_grid slots) to the workspace's XG (float32,
 // dk already scaled); global tokens (all slots) into their dk, dv rows.
 template <typename T>
-__global__ void __launch_bounds__(kThreads) wa_reduce_kernel(const Params p, const Plan pl) {
+__global__ void __launch_bounds__(kThreads, 1) wa_reduce_kernel(const Params p, const Plan pl) {
   const int bh = blockIdx.y;
   const int i = blockIdx.x * kThreads + threadIdx.x;
   if (i >= pl.E * p.D) return;
@@ -724,7 +776,7 @@ __global__ void __launch_bounds__(kThreads) wa_reduce_kernel(const Params p, con
 }
 
 // d rel_pos: thread (row r of [Rh; Rw], head dim d) adds the slots of every (batch, head) in order.
-__global__ void __launch_bounds__(kThreads) wa_rel_reduce_kernel(const Params p, const Plan pl) {
+__global__ void __launch_bounds__(kThreads, 1) wa_rel_reduce_kernel(const Params p, const Plan pl) {
   const int i = blockIdx.x * kThreads + threadIdx.x;
   if (i >= pl.RT * p.D) return;
   const int r = i / p.D, d = i - r * p.D;
@@ -777,7 +829,7 @@ struct TileSmem {
 };
 
 template <typename T, int DP>
-__global__ void __launch_bounds__(kThreads) wa_tile_kernel(const Params p, const Plan pl) {
+__global__ void __launch_bounds__(kThreads, 1) wa_tile_kernel(const Params p, const Plan pl) {
   constexpr int LD = DP + kPad, LDP = kRows + kPad;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const TileSmem<T, DP> L(pl);
@@ -809,16 +861,17 @@ __global__ void __launch_bounds__(kThreads) wa_tile_kernel(const Params p, const
   const int bh = blockIdx.y, cta = blockIdx.x;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
   const int row0 = warp * 16;
-  const T* qh = head_of<T>(p.q, bh, p.H);
-  const T* kh = head_of<T>(p.k, bh, p.H);
-  const T* vh = head_of<T>(p.v, bh, p.H);
-  const T* doh = head_of<T>(p.dout, bh, p.H);
-  const T* oh = static_cast<const T*>(p.out) + static_cast<int64_t>(bh) * p.N * p.D;
-  const T* xkh = static_cast<const T*>(p.extra) + static_cast<int64_t>(bh) * pl.E * p.D;
-  const T* xvh = xkh + static_cast<int64_t>(pl.BH) * pl.E * p.D;
-  T* dqh = head_of<T>(p.dq, bh, p.H);
-  T* dkh = head_of<T>(p.dk, bh, p.H);
-  T* dvh = head_of<T>(p.dv, bh, p.H);
+  // Head pointers recomputed at each use: held for the whole kernel they spill at head dim 128.
+  auto qh = [&] { return head_of<T>(p.q, bh, p.H); };
+  auto kh = [&] { return head_of<T>(p.k, bh, p.H); };
+  auto vh = [&] { return head_of<T>(p.v, bh, p.H); };
+  auto doh = [&] { return head_of<T>(p.dout, bh, p.H); };
+  auto oh = [&] { return static_cast<const T*>(p.out) + static_cast<int64_t>(bh) * p.N * p.D; };
+  auto xkh = [&] { return static_cast<const T*>(p.extra) + static_cast<int64_t>(bh) * pl.E * p.D; };
+  auto xvh = [&] { return xkh() + static_cast<int64_t>(pl.BH) * pl.E * p.D; };
+  auto dqh = [&] { return head_of<T>(p.dq, bh, p.H); };
+  auto dkh = [&] { return head_of<T>(p.dk, bh, p.H); };
+  auto dvh = [&] { return head_of<T>(p.dv, bh, p.H); };
   const float scale_log2 = p.scale * kLog2e;
   const bool extra = pl.E > 0, pool = pl.P > 0, partials = !pool && extra, rel = pl.RT > 0;
   const int j0 = cta * kBlocksPerCta, nq = min(kBlocksPerCta, pl.nblocks - j0);
@@ -841,8 +894,8 @@ __global__ void __launch_bounds__(kThreads) wa_tile_kernel(const Params p, const
     for (int i = threadIdx.x; i < pl.Epad * DP; i += kThreads) sAk[i] = sAv[i] = 0.f;
   __syncthreads();
   if (extra && pl.xres) {
-    load_tile<T, DP>(sXk, xkh, p.D, xm.tok, pl.Epad, p.D);
-    load_tile<T, DP>(sXv, xvh, p.D, xm.tok, pl.Epad, p.D);
+    load_tile<T, DP>(sXk, xkh(), p.D, xm.tok, pl.Epad, p.D);
+    load_tile<T, DP>(sXv, xvh(), p.D, xm.tok, pl.Epad, p.D);
     cp_async_commit();
   }
 
@@ -853,11 +906,11 @@ __global__ void __launch_bounds__(kThreads) wa_tile_kernel(const Params p, const
     if (rel)
       for (int i = threadIdx.x; i < kRows * pl.RTpad; i += kThreads) sDR[i] = 0.f;
     __syncthreads();
-    load_tile<T, DP>(sQ, qh, p.q.sn, m.tok, kRows, p.D);
-    load_tile<T, DP>(sK, kh, p.k.sn, m.tok, kRows, p.D);
-    load_tile<T, DP>(sV, vh, p.v.sn, m.tok, kRows, p.D);
-    load_tile<T, DP>(sdO, doh, p.dout.sn, m.tok, kRows, p.D);
-    if (!pl.prep) load_tile<T, DP>(sO, oh, p.D, m.tok, kRows, p.D);
+    load_tile<T, DP>(sQ, qh(), p.q.sn, m.tok, kRows, p.D);
+    load_tile<T, DP>(sK, kh(), p.k.sn, m.tok, kRows, p.D);
+    load_tile<T, DP>(sV, vh(), p.v.sn, m.tok, kRows, p.D);
+    load_tile<T, DP>(sdO, doh(), p.dout.sn, m.tok, kRows, p.D);
+    if (!pl.prep) load_tile<T, DP>(sO, oh(), p.D, m.tok, kRows, p.D);
     cp_async_commit();
     cp_async_wait<0>();
     __syncthreads();
@@ -921,8 +974,8 @@ __global__ void __launch_bounds__(kThreads) wa_tile_kernel(const Params p, const
       __syncthreads();
       fill_meta(xm, range_rows(e0, pl.E), pl, kRows);
       __syncthreads();
-      load_tile<T, DP>(sXk, xkh, p.D, xm.tok, kRows, p.D);
-      load_tile<T, DP>(sXv, xvh, p.D, xm.tok, kRows, p.D);
+      load_tile<T, DP>(sXk, xkh(), p.D, xm.tok, kRows, p.D);
+      load_tile<T, DP>(sXv, xvh(), p.D, xm.tok, kRows, p.D);
       cp_async_commit();
       cp_async_wait<0>();
       __syncthreads();
@@ -945,7 +998,7 @@ __global__ void __launch_bounds__(kThreads) wa_tile_kernel(const Params p, const
 #pragma unroll
         for (int e = 0; e < 4; ++e) dq[jj][e] *= p.scale;
       if (rel) rel_dq<T, DP>(dq, sDR, sR, pl, row0, lane);
-      store_acc<T, DP>(dqh, p.dq.sn, dq, tok, p.D, 1.f, tq);
+      store_acc<T, DP>(dqh(), p.dq.sn, dq, tok, p.D, 1.f, tq);
     }
 
     // ---- the extra keys' partial gradients (no pooling: the global tokens seen by these rows), dq
@@ -954,18 +1007,13 @@ __global__ void __launch_bounds__(kThreads) wa_tile_kernel(const Params p, const
       for (int e0 = 0; e0 < pl.E; e0 += kRows) {
         if (!pl.xres) load_extra(e0);
         const int n = min(pl.E - e0, pl.xres ? pl.Epad : kRows);
-        float gk[DP / 8][4], gv[DP / 8][4];
-        zero(gk);
-        zero(gv);
-        extra_grads<T, DP>(gk, gv, sXk, sXv, n, sQ, sdO, sLse2, sDelta, live_chunks(m, kRows), scale_log2, warp,
-                           lane);
-        if (pl.xres) {  // the warp's own rows of the CTA's accumulator: a fixed order
-          store_f32<DP>(sAk, gk, 16 * warp, pl.E, DP, lane, true);
-          store_f32<DP>(sAv, gv, 16 * warp, pl.E, DP, lane, true);
-        } else {  // this block's slot
-          store_f32<DP>(part_slot(p, pl, 0, bh, blk, e0), gk, 16 * warp, n, p.D, lane, false);
-          store_f32<DP>(part_slot(p, pl, 1, bh, blk, e0), gv, 16 * warp, n, p.D, lane, false);
-        }
+        extra_grads_to<T, DP>(sXk, sXv, n, sQ, sdO, sLse2, sDelta, live_chunks(m, kRows), scale_log2, warp, lane,
+                              [&](int c, const float(&acc)[DP / 8][4]) {
+                                if (pl.xres)  // the warp's own rows of the CTA's accumulator: a fixed order
+                                  store_f32<DP>(c ? sAv : sAk, acc, 16 * warp, pl.E, DP, lane, true);
+                                else  // this block's slot
+                                  store_f32<DP>(part_slot(p, pl, c, bh, blk, e0), acc, 16 * warp, n, p.D, lane, false);
+                              });
       }
     }
     __syncthreads();  // P, dS staged by every warp
@@ -980,8 +1028,8 @@ __global__ void __launch_bounds__(kThreads) wa_tile_kernel(const Params p, const
       __syncthreads();
       fill_meta(gm, range_rows(g0, pl.G), pl, kRows);
       __syncthreads();
-      load_tile<T, DP>(sQ, qh, p.q.sn, gm.tok, kRows, p.D);
-      load_tile<T, DP>(sdO, doh, p.dout.sn, gm.tok, kRows, p.D);
+      load_tile<T, DP>(sQ, qh(), p.q.sn, gm.tok, kRows, p.D);
+      load_tile<T, DP>(sdO, doh(), p.dout.sn, gm.tok, kRows, p.D);
       cp_async_commit();
       row_stats(sGLse2, sGDelta, gm, kRows, p, pl, bh, true);
       cp_async_wait<0>();
@@ -996,8 +1044,8 @@ __global__ void __launch_bounds__(kThreads) wa_tile_kernel(const Params p, const
 #pragma unroll
         for (int e = 0; e < 4; ++e) dk[jj][e] *= p.scale;
       if (pool) pool_spread<DP>(dk, dv, tok, xgk, xgv, pl, lane);
-      store_acc<T, DP>(dkh, p.dk.sn, dk, tok, p.D, 1.f, tq);
-      store_acc<T, DP>(dvh, p.dv.sn, dv, tok, p.D, 1.f, tq);
+      store_acc<T, DP>(dkh(), p.dk.sn, dk, tok, p.D, 1.f, tq);
+      store_acc<T, DP>(dvh(), p.dv.sn, dv, tok, p.D, 1.f, tq);
     }
   }
   if (partials && pl.xres) {
@@ -1049,7 +1097,7 @@ struct DqSmem {
 // queries. Else large tiles: query block qb of tile t over the tile's key blocks, then the extra
 // keys (and, without pooling, their partial gradients from this block); relative position.
 template <typename T, int DP, bool kGlobal>
-__global__ void __launch_bounds__(kThreads) wa_dq_kernel(const Params p, const Plan pl) {
+__global__ void __launch_bounds__(kThreads, 1) wa_dq_kernel(const Params p, const Plan pl) {
   constexpr int LD = DP + kPad, BN = LargeCfg<DP>::BN;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const DqSmem<T, DP> L(pl, kGlobal);
@@ -1074,13 +1122,14 @@ __global__ void __launch_bounds__(kThreads) wa_dq_kernel(const Params p, const P
   const int bh = blockIdx.y, cta = blockIdx.x;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
   const int row0 = warp * 16;
-  const T* qh = head_of<T>(p.q, bh, p.H);
-  const T* kh = head_of<T>(p.k, bh, p.H);
-  const T* vh = head_of<T>(p.v, bh, p.H);
-  const T* doh = head_of<T>(p.dout, bh, p.H);
-  const T* oh = static_cast<const T*>(p.out) + static_cast<int64_t>(bh) * p.N * p.D;
-  const T* xkh = static_cast<const T*>(p.extra) + static_cast<int64_t>(bh) * pl.E * p.D;
-  const T* xvh = xkh + static_cast<int64_t>(pl.BH) * pl.E * p.D;
+  // Head pointers recomputed at each use: held for the whole kernel they spill at head dim 128.
+  auto qh = [&] { return head_of<T>(p.q, bh, p.H); };
+  auto kh = [&] { return head_of<T>(p.k, bh, p.H); };
+  auto vh = [&] { return head_of<T>(p.v, bh, p.H); };
+  auto doh = [&] { return head_of<T>(p.dout, bh, p.H); };
+  auto oh = [&] { return static_cast<const T*>(p.out) + static_cast<int64_t>(bh) * p.N * p.D; };
+  auto xkh = [&] { return static_cast<const T*>(p.extra) + static_cast<int64_t>(bh) * pl.E * p.D; };
+  auto xvh = [&] { return xkh() + static_cast<int64_t>(pl.BH) * pl.E * p.D; };
   const float scale_log2 = p.scale * kLog2e;
   const bool extra = !kGlobal && pl.E > 0, partials = extra && pl.P == 0, rel = !kGlobal && pl.RT > 0;
 
@@ -1107,8 +1156,8 @@ __global__ void __launch_bounds__(kThreads) wa_dq_kernel(const Params p, const P
   }
   auto krows = [&](int kb) { return kGlobal ? range_rows(kb * BN, p.N) : tile_rows(t, 1, kb * BN, BN); };
   auto issue = [&](int kb) {
-    load_tile<T, DP>(sK + (kb & 1) * BN * LD, kh, p.k.sn, kmeta(kb).tok, BN, p.D);
-    load_tile<T, DP>(sV + (kb & 1) * BN * LD, vh, p.v.sn, kmeta(kb).tok, BN, p.D);
+    load_tile<T, DP>(sK + (kb & 1) * BN * LD, kh(), p.k.sn, kmeta(kb).tok, BN, p.D);
+    load_tile<T, DP>(sV + (kb & 1) * BN * LD, vh(), p.v.sn, kmeta(kb).tok, BN, p.D);
   };
 
   fill_meta(qm, qrows, pl, kRows);
@@ -1119,12 +1168,12 @@ __global__ void __launch_bounds__(kThreads) wa_dq_kernel(const Params p, const P
     for (int i = threadIdx.x; i < kRows * pl.RTpad; i += kThreads) sDR[i] = 0.f;
   }
   __syncthreads();
-  load_tile<T, DP>(sQ, qh, p.q.sn, qm.tok, kRows, p.D);
-  load_tile<T, DP>(sdO, doh, p.dout.sn, qm.tok, kRows, p.D);
-  if (kGlobal) load_tile<T, DP>(sO, oh, p.D, qm.tok, kRows, p.D);
+  load_tile<T, DP>(sQ, qh(), p.q.sn, qm.tok, kRows, p.D);
+  load_tile<T, DP>(sdO, doh(), p.dout.sn, qm.tok, kRows, p.D);
+  if (kGlobal) load_tile<T, DP>(sO, oh(), p.D, qm.tok, kRows, p.D);
   if (extra && pl.xres) {
-    load_tile<T, DP>(sXk, xkh, p.D, xm.tok, pl.Epad, p.D);
-    load_tile<T, DP>(sXv, xvh, p.D, xm.tok, pl.Epad, p.D);
+    load_tile<T, DP>(sXk, xkh(), p.D, xm.tok, pl.Epad, p.D);
+    load_tile<T, DP>(sXv, xvh(), p.D, xm.tok, pl.Epad, p.D);
   }
   issue(0);
   cp_async_commit();
@@ -1193,8 +1242,8 @@ __global__ void __launch_bounds__(kThreads) wa_dq_kernel(const Params p, const P
     __syncthreads();
     fill_meta(xm, range_rows(x0 + e0, x0 + xn), pl, kRows);
     __syncthreads();
-    load_tile<T, DP>(sXk, xkh, p.D, xm.tok, round16(n), p.D);
-    load_tile<T, DP>(sXv, xvh, p.D, xm.tok, round16(n), p.D);
+    load_tile<T, DP>(sXk, xkh(), p.D, xm.tok, round16(n), p.D);
+    load_tile<T, DP>(sXv, xvh(), p.D, xm.tok, round16(n), p.D);
     cp_async_commit();
     cp_async_wait<0>();
     __syncthreads();
@@ -1223,12 +1272,10 @@ __global__ void __launch_bounds__(kThreads) wa_dq_kernel(const Params p, const P
     for (int e0 = 0; e0 < xn; e0 += kRows) {
       if (kGlobal || !pl.xres) load_extra(e0);
       const int n = min(kRows, xn - e0);
-      float gk[DP / 8][4], gv[DP / 8][4];
-      zero(gk);
-      zero(gv);
-      extra_grads<T, DP>(gk, gv, sXk, sXv, n, sQ, sdO, sLse2, sDelta, qon, scale_log2, warp, lane);
-      store_f32<DP>(part_slot(p, pl, 0, bh, slot, x0 + e0), gk, 16 * warp, n, p.D, lane, false);
-      store_f32<DP>(part_slot(p, pl, 1, bh, slot, x0 + e0), gv, 16 * warp, n, p.D, lane, false);
+      extra_grads_to<T, DP>(sXk, sXv, n, sQ, sdO, sLse2, sDelta, qon, scale_log2, warp, lane,
+                            [&](int c, const float(&acc)[DP / 8][4]) {
+                              store_f32<DP>(part_slot(p, pl, c, bh, slot, x0 + e0), acc, 16 * warp, n, p.D, lane, false);
+                            });
     }
   }
 }
@@ -1259,7 +1306,7 @@ struct DkvSmem {
 // dk, dv of key block kb of large tile t (blockIdx.x = t * QB + kb): over the tile's query blocks
 // (BQ rows, double-buffered) and then the global rows; the pooled keys' spread; one writer a row.
 template <typename T, int DP>
-__global__ void __launch_bounds__(kThreads) wa_dkv_kernel(const Params p, const Plan pl) {
+__global__ void __launch_bounds__(kThreads, 1) wa_dkv_kernel(const Params p, const Plan pl) {
   constexpr int LD = DP + kPad, BQ = LargeCfg<DP>::BN;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const DkvSmem<T, DP> L(pl);
@@ -1372,8 +1419,351 @@ __global__ void __launch_bounds__(kThreads) wa_dkv_kernel(const Params p, const 
   }
 }
 
+// ============================================================================ head-resident path
+// With pooling every output needs the means of *all* k, v of its head, and every dk, dv the sum of
+// the pooled keys' gradients over *all* its queries: streamed, that is one more pass over k, v
+// (forward) and over q, dO, O (backward). When a head fits in shared memory (head dim <= 64, N <=
+// ~768 with bf16/fp16: ViTPose-B at 1/8 features), one CTA per (batch, head) keeps it there:
+//   forward:  k, v resident; the pooled means from smem; the tiles' queries streamed (q read once).
+//   backward: phase 1 streams q, dO, O once (delta; the pooled keys' gradients summed in registers
+//             in a fixed order, no partial slots), keeping q and dO resident; phase 2 streams k, v
+//             once and runs the single pass per block from the resident q, dO.
+// So q, k, v, dO, O are each read once, as the bandwidth floor assumes. Same algorithm, masks and
+// products as the streamed kernels; rows of the resident arrays are gathered by token
+// (Gathered operands). Without global tokens and relative position (they would not fit).
+template <typename T>
+struct ResFwdSmem {
+  size_t kall, vall, zero, q, qm, xm, xk, xv, total;
+  __host__ __device__ explicit ResFwdSmem(const Plan& pl) {
+    constexpr int LD = kResidentDim + kPad;
+    Carve c;
+    kall = c.take<T>(static_cast<size_t>(pl.N) * kResidentDim);
+    vall = c.take<T>(static_cast<size_t>(pl.N) * kResidentDim);
+    zero = c.take<T>(kResidentDim);
+    q = c.take<T>(2 * kRows * LD);
+    qm = c.take<int>(2 * 3 * kRows);
+    xm = c.take<int>(3 * kRows);
+    xk = c.take<T>(pl.Epad * LD);
+    xv = c.take<T>(pl.Epad * LD);
+    total = c.off;
+  }
+};
+
+template <typename T>
+struct ResBwdSmem {
+  size_t qall, doall, zero, k, v, meta, lse2, delta, xm, xk, xv, xgk, xgv, total;
+  __host__ __device__ explicit ResBwdSmem(const Plan& pl) {
+    constexpr int LD = kResidentDim + kPad;
+    Carve c;
+    qall = c.take<T>(static_cast<size_t>(pl.N) * kResidentDim);
+    doall = c.take<T>(static_cast<size_t>(pl.N) * kResidentDim);
+    zero = c.take<T>(kResidentDim);
+    k = c.take<T>(kRows * LD);  // phase 1: O of the block; phase 2: k, then P
+    v = c.take<T>(kRows * LD);  // phase 2: v, then dS
+    meta = c.take<int>(3 * kRows);
+    lse2 = c.take<float>(kRows);
+    delta = c.take<float>(kRows);
+    xm = c.take<int>(3 * kRows);
+    xk = c.take<T>(pl.Epad * LD);
+    xv = c.take<T>(pl.Epad * LD);
+    xgk = c.take<float>(static_cast<size_t>(pl.P) * pl.D);
+    xgv = c.take<float>(static_cast<size_t>(pl.P) * pl.D);
+    total = c.off;
+  }
+};
+
+// Rows tok[0..rows) of a strided head into their token rows of a resident [N][64] array.
+template <typename T>
+__device__ __forceinline__ void load_resident(T* all, const T* base, int64_t sn, const int* tok, int rows, int D) {
+  for (int c = threadIdx.x; c < rows * 8; c += kThreads) {
+    const int r = c >> 3, ch = c & 7, t = tok[r];
+    if (t < 0) continue;
+    const bool ok = ch * 8 < D;
+    cp_async16(all + swizzled(t, ch * 8), ok ? base + t * sn + ch * 8 : base, ok);
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ RowBlock block_rows(const Plan& pl, int blk) {
+  const int t0 = blk * pl.SPB;
+  return tile_rows(t0, min(pl.SPB, pl.T - t0), 0, pl.RB);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads, 1) wa_fwd_resident_kernel(const Params p, const Plan pl) {
+  constexpr int DP = kResidentDim, LD = DP + kPad;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const ResFwdSmem<T> L(pl);
+  T* sKall = at<T>(smem_raw, L.kall);
+  T* sVall = at<T>(smem_raw, L.vall);
+  T* sZero = at<T>(smem_raw, L.zero);
+  T* sQ = at<T>(smem_raw, L.q);
+  T* sXk = at<T>(smem_raw, L.xk);
+  T* sXv = at<T>(smem_raw, L.xv);
+  int* const qmeta_base = at<int>(smem_raw, L.qm);
+  auto qmeta = [&](int i) { return meta_at(qmeta_base + (i & 1) * 3 * kRows); };
+
+  const int bh = blockIdx.y;
+  const T* qh = head_of<T>(p.q, bh, p.H);
+  const T* kh = head_of<T>(p.k, bh, p.H);
+  const T* vh = head_of<T>(p.v, bh, p.H);
+  T* xk_out = static_cast<T*>(p.extra) + static_cast<int64_t>(bh) * pl.E * p.D;
+  T* xv_out = xk_out + static_cast<int64_t>(pl.BH) * pl.E * p.D;
+
+  // ---- the head's k and v into shared memory, once (G == 0: every token is a grid token)
+  for (int i = threadIdx.x; i < p.N * 8; i += kThreads) {
+    const int t = i >> 3, ch = i & 7;
+    const bool ok = ch * 8 < p.D;
+    cp_async16(sKall + swizzled(t, ch * 8), ok ? kh + t * p.k.sn + ch * 8 : kh, ok);
+    cp_async16(sVall + swizzled(t, ch * 8), ok ? vh + t * p.v.sn + ch * 8 : vh, ok);
+  }
+  if (threadIdx.x < DP) sZero[threadIdx.x] = T(0.f);
+  fill_meta(qmeta(0), block_rows<T>(pl, 0), pl, kRows);
+  __syncthreads();
+  load_tile<T, DP>(sQ, qh, p.q.sn, qmeta(0).tok, kRows, p.D);
+  cp_async_commit();
+  cp_async_wait<0>();
+  __syncthreads();
+
+  // ---- the pooled means from shared memory: extra_kv (saved by the op) and the CTA's extra keys
+  for (int job = threadIdx.x; job < 2 * pl.Epad * 8; job += kThreads) {
+    const int tensor = job / (pl.Epad * 8), rest = job - tensor * pl.Epad * 8;
+    const int e = rest >> 3, ch = rest & 7;
+    uint4 packed = make_uint4(0u, 0u, 0u, 0u);
+    if (e < pl.P && ch * 8 < p.D) {
+      const int ty = e / pl.ntw, tx = e - ty * pl.ntw;
+      const int y0 = ty * pl.wh, x0 = tx * pl.ww;
+      const int rows = min(pl.wh, pl.Hg - y0), cols = min(pl.ww, pl.Wg - x0);
+      const T* all = tensor ? sVall : sKall;
+      float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+      for (int r = 0; r < rows; ++r)
+        for (int c = 0; c < cols; ++c) {
+          const T* src = all + swizzled((y0 + r) * pl.Wg + x0 + c, ch * 8);
+#pragma unroll
+          for (int u = 0; u < 8; ++u) acc[u] += Mma<T>::to_float(src[u]);
+        }
+      const float cnt = static_cast<float>(rows * cols);
+      uint32_t* o32 = reinterpret_cast<uint32_t*>(&packed);
+#pragma unroll
+      for (int u = 0; u < 4; ++u) o32[u] = Mma<T>::pack(acc[2 * u] / cnt, acc[2 * u + 1] / cnt);
+      *reinterpret_cast<uint4*>((tensor ? xv_out : xk_out) + static_cast<int64_t>(e) * p.D + ch * 8) = packed;
+    }
+    *reinterpret_cast<uint4*>((tensor ? sXv : sXk) + e * LD + ch * 8) = packed;
+  }
+
+  // ---- the blocks, the next block's q copied while the current one computes
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+  const int row0 = warp * 16;
+  const float scale_log2 = p.scale * kLog2e;
+  const int64_t base = static_cast<int64_t>(bh) * p.N;
+  for (int s = 0; s < pl.nblocks; ++s) {
+    cp_async_wait<0>();
+    __syncthreads();
+    if (s + 1 < pl.nblocks) fill_meta(qmeta(s + 1), block_rows<T>(pl, s + 1), pl, kRows);
+    __syncthreads();
+    if (s + 1 < pl.nblocks) {
+      load_tile<T, DP>(sQ + ((s + 1) & 1) * kRows * LD, qh, p.q.sn, qmeta(s + 1).tok, kRows, p.D);
+      cp_async_commit();
+    }
+    const Meta qm = qmeta(s);
+    if (qm.tok[row0] < 0) continue;
+    int qtok[2], qgrp[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      qtok[r] = qm.tok[row0 + g + 8 * r];
+      qgrp[r] = qm.grp[row0 + g + 8 * r];
+    }
+    uint32_t qf[DP / 16][4];
+    load_a<T, DP>(qf, sQ + (s & 1) * kRows * LD, row0, lane);
+    float o[DP / 8][4];
+    zero(o);
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
+    const Gathered<T> kop{sKall, qm.tok, sZero}, vop{sVall, qm.tok, sZero};
+    const unsigned on = same_tile_chunks(qm, kRows, row0);
+    float sc[8][4];
+    mma_abt<T, DP, 64>(sc, qf, kop, lane, on);
+    for_each_acc<8>(tq, [&](int jj, int e, int col, int r) {
+      const bool ok = ((on >> (col >> 4)) & 1u) && qm.tok[col] >= 0 && qm.grp[col] == qgrp[r];
+      sc[jj][e] = ok ? sc[jj][e] * scale_log2 : -INFINITY;
+    });
+    online_softmax<DP, 64>(sc, o, m, l);
+    mma_acc_pb<T, DP, 64>(o, sc, vop, lane, on);
+    unsigned xon = 0;
+    for (int nn = 0; nn < 4; ++nn) xon |= (nn * 16 < pl.E ? 1u : 0u) << nn;
+    mma_abt<T, DP, 64>(sc, qf, sXk, lane, xon);
+    for_each_acc<8>(tq, [&](int jj, int e, int col, int) {
+      sc[jj][e] = col < pl.E ? sc[jj][e] * scale_log2 : -INFINITY;
+    });
+    online_softmax<DP, 64>(sc, o, m, l);
+    mma_acc_pb<T, DP, 64>(o, sc, sXv, lane, xon);
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+      l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+    }
+    const float inv[2] = {l[0] > 0.f ? 1.f / l[0] : 0.f, l[1] > 0.f ? 1.f / l[1] : 0.f};
+#pragma unroll
+    for (int jj = 0; jj < DP / 8; ++jj) {
+      o[jj][0] *= inv[0];
+      o[jj][1] *= inv[0];
+      o[jj][2] *= inv[1];
+      o[jj][3] *= inv[1];
+    }
+    store_acc<T, DP>(static_cast<T*>(p.out) + base * p.D, p.D, o, qtok, p.D, 1.f, tq);
+    if (tq == 0) {
+#pragma unroll
+      for (int r = 0; r < 2; ++r)
+        if (qtok[r] >= 0) p.lse[base + qtok[r]] = l[r] > 0.f ? (m[r] + log2f(l[r])) * kLn2 : INFINITY;
+    }
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads, 1) wa_bwd_resident_kernel(const Params p, const Plan pl) {
+  constexpr int DP = kResidentDim, LD = DP + kPad;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const ResBwdSmem<T> L(pl);
+  T* sQall = at<T>(smem_raw, L.qall);
+  T* sdOall = at<T>(smem_raw, L.doall);
+  T* sZero = at<T>(smem_raw, L.zero);
+  T* sK = at<T>(smem_raw, L.k);
+  T* sV = at<T>(smem_raw, L.v);
+  T* sXk = at<T>(smem_raw, L.xk);
+  T* sXv = at<T>(smem_raw, L.xv);
+  float* sLse2 = at<float>(smem_raw, L.lse2);
+  float* sDelta = at<float>(smem_raw, L.delta);
+  float* sXGk = at<float>(smem_raw, L.xgk);
+  float* sXGv = at<float>(smem_raw, L.xgv);
+  const Meta m = meta_at(at<int>(smem_raw, L.meta));
+  const Meta xm = meta_at(at<int>(smem_raw, L.xm));
+
+  const int bh = blockIdx.y;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
+  const int row0 = warp * 16;
+  const T* qh = head_of<T>(p.q, bh, p.H);
+  const T* kh = head_of<T>(p.k, bh, p.H);
+  const T* vh = head_of<T>(p.v, bh, p.H);
+  const T* doh = head_of<T>(p.dout, bh, p.H);
+  const T* oh = static_cast<const T*>(p.out) + static_cast<int64_t>(bh) * p.N * p.D;
+  const T* xkh = static_cast<const T*>(p.extra) + static_cast<int64_t>(bh) * pl.E * p.D;
+  const T* xvh = xkh + static_cast<int64_t>(pl.BH) * pl.E * p.D;
+  const float scale_log2 = p.scale * kLog2e;
+  const Gathered<T> qop{sQall, m.tok, sZero}, dop{sdOall, m.tok, sZero};
+
+  fill_meta(xm, range_rows(0, pl.E), pl, kRows);
+  if (threadIdx.x < DP) sZero[threadIdx.x] = T(0.f);
+  __syncthreads();
+  load_tile<T, DP>(sXk, xkh, p.D, xm.tok, pl.Epad, p.D);
+  load_tile<T, DP>(sXv, xvh, p.D, xm.tok, pl.Epad, p.D);
+  cp_async_commit();
+
+  // ---- phase 1: q, dO (kept), O of each block; delta; the pooled keys' gradients (registers)
+  float dkx[DP / 8][4], dvx[DP / 8][4];
+  zero(dkx);
+  zero(dvx);
+  for (int blk = 0; blk < pl.nblocks; ++blk) {
+    __syncthreads();
+    fill_meta(m, block_rows<T>(pl, blk), pl, kRows);
+    __syncthreads();
+    load_resident<T>(sQall, qh, p.q.sn, m.tok, kRows, p.D);
+    load_resident<T>(sdOall, doh, p.dout.sn, m.tok, kRows, p.D);
+    load_tile<T, DP>(sK, oh, p.D, m.tok, kRows, p.D);  // O
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    delta_rows<T, DP>(sDelta, sK, dop, m, p, pl, bh, true);
+    row_stats(sLse2, sDelta, m, kRows, p, pl, bh, false);
+    __syncthreads();
+    extra_grads<T, DP>(dkx, dvx, sXk, sXv, pl.E, qop, dop, sLse2, sDelta, live_chunks(m, kRows), scale_log2, warp,
+                       lane);
+  }
+#pragma unroll
+  for (int jj = 0; jj < DP / 8; ++jj)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) dkx[jj][e] *= p.scale;
+  if (16 * warp < pl.P) {  // the pooled keys' reduced gradients, one warp per 16 of them
+    store_f32<DP>(sXGk, dkx, 16 * warp, pl.P, p.D, lane, false);
+    store_f32<DP>(sXGv, dvx, 16 * warp, pl.P, p.D, lane, false);
+  }
+
+  // ---- phase 2: k, v of each block; the single pass from the resident q, dO
+  constexpr int LDP = kRows + kPad;
+  static_assert(LDP == LD, "P and dS are staged in the k and v buffers");
+  for (int blk = 0; blk < pl.nblocks; ++blk) {
+    __syncthreads();
+    fill_meta(m, block_rows<T>(pl, blk), pl, kRows);
+    __syncthreads();
+    load_tile<T, DP>(sK, kh, p.k.sn, m.tok, kRows, p.D);
+    load_tile<T, DP>(sV, vh, p.v.sn, m.tok, kRows, p.D);
+    cp_async_commit();
+    row_stats(sLse2, sDelta, m, kRows, p, pl, bh, true);  // delta from phase 1, via the workspace
+    cp_async_wait<0>();
+    __syncthreads();
+    const bool warp_on = m.tok[row0] >= 0;
+    const unsigned on = warp_on ? same_tile_chunks(m, kRows, row0) : 0u;
+    int tok[2], grp[2];
+    float lse2[2], dlt[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int row = row0 + g + 8 * r;
+      tok[r] = m.tok[row];
+      grp[r] = m.grp[row];
+      lse2[r] = sLse2[row];
+      dlt[r] = sDelta[row];
+    }
+    float s[8][4], dp[8][4];
+    if (warp_on) {
+      q_step<T, DP, 64>(s, dp, qop, dop, row0, sK, sV, lse2, dlt, on, scale_log2, lane, [&](int col, int r, float x) {
+        return m.tok[col] >= 0 && m.grp[col] == grp[r] ? x : -INFINITY;
+      });
+      float dq[DP / 8][4];
+      zero(dq);
+      mma_acc_pb<T, DP, 64>(dq, dp, sK, lane, on);
+      dq_extra<T, DP>(dq, qop, dop, row0, sXk, sXv, pl.E, lse2, dlt, scale_log2, lane);
+      store_acc<T, DP>(head_of<T>(p.dq, bh, p.H), p.dq.sn, dq, tok, p.D, p.scale, tq);
+    }
+    __syncthreads();  // every warp is done with k, v: P and dS go there
+    if (warp_on) {
+      for_each_acc<8>(tq, [&](int jj, int e, int col, int r) {
+        if (e & 1) return;
+        const int at_ = (row0 + g + 8 * r) * LDP + col;
+        *reinterpret_cast<uint32_t*>(sK + at_) = Mma<T>::pack(s[jj][e], s[jj][e + 1]);
+        *reinterpret_cast<uint32_t*>(sV + at_) = Mma<T>::pack(dp[jj][e], dp[jj][e + 1]);
+      });
+    }
+    __syncthreads();
+    if (warp_on) {
+      float dk[DP / 8][4], dv[DP / 8][4];
+      zero(dk);
+      zero(dv);
+      mma_acc_tb_pair<T, DP>(dv, sK, dop, dk, sV, qop, LDP, row0, lane, on);
+#pragma unroll
+      for (int jj = 0; jj < DP / 8; ++jj)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dk[jj][e] *= p.scale;
+      pool_spread<DP>(dk, dv, tok, sXGk, sXGv, pl, lane);
+      store_acc<T, DP>(head_of<T>(p.dk, bh, p.H), p.dk.sn, dk, tok, p.D, 1.f, tq);
+      store_acc<T, DP>(head_of<T>(p.dv, bh, p.H), p.dv.sn, dv, tok, p.D, 1.f, tq);
+    }
+  }
+}
+
 // ============================================================================ host side
 void fail(const std::string& what) { throw std::invalid_argument(std::string("vitpose_kernels.") + kOp + ": " + what); }
+
+// Shared memory a block may opt in to on the current device (the head-resident path needs ~220 KB).
+int64_t device_smem_optin() {
+  static int cached[64] = {0};
+  int dev = 0;
+  VITPOSE_CUDA_CHECK(kOp, cudaGetDevice(&dev));
+  if (dev < 0 || dev >= 64) dev = 0;
+  if (!cached[dev]) {
+    int v = 0;
+    VITPOSE_CUDA_CHECK(kOp, cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev));
+    cached[dev] = v;
+  }
+  return cached[dev];
+}
 
 Plan make_plan(const Params& p) {
   Plan pl{};
@@ -1411,6 +1801,10 @@ Plan make_plan(const Params& p) {
   pl.npart = pl.E ? pl.npart_grid + pl.gqb : 0;
   pl.rel_slots = pl.RT ? pl.nblocks : 0;
   pl.prep = p.P > 0 || !pl.small;
+  pl.resident = p.resident && p.P > 0 && p.G == 0 && pl.RT == 0 && pl.small && p.D > 32 && p.D <= kResidentDim &&
+                pl.xres && static_cast<int64_t>(std::max(ResFwdSmem<__half>(pl).total, ResBwdSmem<__half>(pl).total)) <=
+                                device_smem_optin();
+  if (pl.resident) pl.npart_grid = pl.npart = 0;
   const int64_t BH = pl.BH, D = p.D;
   int64_t off = 0;
   pl.ws_delta = off;
@@ -1418,7 +1812,7 @@ Plan make_plan(const Params& p) {
   pl.ws_part = off;
   off += 2 * BH * pl.npart * pl.E * D;
   pl.ws_xg = off;
-  off += 2 * BH * p.P * D;
+  off += pl.resident ? 0 : 2 * BH * p.P * D;
   pl.ws_rel = off;
   off += BH * pl.rel_slots * pl.RT * D;
   pl.ws_total = off;
@@ -1476,6 +1870,12 @@ void launch(Kernel kernel, int blocks, int heads, size_t smem, cudaStream_t stre
 
 template <typename T, int DP>
 void launch_forward(const Params& p, const Plan& pl, cudaStream_t stream) {
+  if constexpr (DP == kResidentDim) {
+    if (pl.resident) {
+      launch(wa_fwd_resident_kernel<T>, 1, pl.BH, ResFwdSmem<T>(pl).total, stream, p, pl);
+      return;
+    }
+  }
   if (pl.E) launch(wa_pool_kernel<T>, pl.ntyp + (p.G > 0), pl.BH, 0, stream, p, pl);
   launch(wa_fwd_kernel<T, DP, false>, pl.ctas, pl.BH, FwdSmem<T, DP>(pl, false).total, stream, p, pl);
   if (p.G) launch(wa_fwd_kernel<T, DP, true>, pl.gqb, pl.BH, FwdSmem<T, DP>(pl, true).total, stream, p, pl);
@@ -1483,6 +1883,7 @@ void launch_forward(const Params& p, const Plan& pl, cudaStream_t stream) {
 
 template <typename T, int DP>
 int64_t smem_bytes(const Plan& pl) {
+  if (pl.resident) return static_cast<int64_t>(std::max(ResFwdSmem<T>(pl).total, ResBwdSmem<T>(pl).total));
   size_t m = FwdSmem<T, DP>(pl, false).total;
   if (pl.G) m = std::max(m, FwdSmem<T, DP>(pl, true).total);
   if (pl.prep) m = std::max(m, PrepSmem<T, DP>(pl).total);
@@ -1498,6 +1899,12 @@ int64_t smem_bytes(const Plan& pl) {
 
 template <typename T, int DP>
 void launch_backward(const Params& p, const Plan& pl, cudaStream_t stream) {
+  if constexpr (DP == kResidentDim) {
+    if (pl.resident) {
+      launch(wa_bwd_resident_kernel<T>, 1, pl.BH, ResBwdSmem<T>(pl).total, stream, p, pl);
+      return;
+    }
+  }
   if (pl.prep) launch(wa_prep_kernel<T, DP>, pl.ctas, pl.BH, PrepSmem<T, DP>(pl).total, stream, p, pl);
   if (p.G) launch(wa_dq_kernel<T, DP, true>, pl.gqb, pl.BH, DqSmem<T, DP>(pl, true).total, stream, p, pl);
   const int reduce_blocks = cdiv(pl.E * p.D, kThreads);

@@ -43,6 +43,7 @@ struct Params {
   int P = 0;           // pooled tokens (0 without pooling)
   int Rh = 0, Rw = 0;  // rows of rel_pos_h / rel_pos_w (0 when absent)
   float scale = 1.f;
+  int resident = 1;  // 0: never take the head-resident path (tests of the streamed kernels on its shapes)
 };
 
 // Host entry points (window_attention.cu). dtype: DType code (fp16 or bf16). They throw

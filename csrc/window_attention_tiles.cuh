@@ -75,6 +75,7 @@ struct Plan {
   int gqb;                // global query blocks
   int rel_slots;          // rel-pos partial-sum slots per head (one per grid query block)
   bool prep;              // the backward's prep pass runs (pooling, or large tiles: delta first)
+  bool resident;          // one CTA per head keeps it in shared memory (window_attention.cu)
   int64_t ws_delta, ws_part, ws_xg, ws_rel, ws_total;  // workspace offsets (floats)
 };
 
@@ -272,6 +273,11 @@ __device__ __forceinline__ Gathered<T> as_op(const Gathered<T>& g) {
 }
 
 // ============================================================================ warp tile math
+// Unroll factor of loops whose steps read their fragments from smem (no register array indexed
+// by the loop variable): fully unrolled for head dims <= 64, rolled for wider heads.
+template <int DP>
+constexpr int kRollWide = DP <= 64 ? 8 : 1;
+
 // A warp owns 16 rows of every product; a thread holds rows g and g + 8 of them (mma C fragment,
 // window_attention_mma.cuh), columns j*8 + 2*tq + {0, 1} of n8 tile j.
 template <int N>
@@ -329,6 +335,28 @@ __device__ __forceinline__ void mma_abt(float (&s)[NB / 8][4], const uint32_t (&
   }
 }
 
+// S = A B^T with A rows a_row0..a_row0+15 of an operand (fragments loaded step by step).
+template <typename T, int DP, int NB, typename AOp, typename BOp>
+__device__ __forceinline__ void mma_abt_op(float (&s)[NB / 8][4], const AOp& a_, int a_row0, const BOp& b_, int lane,
+                                           unsigned on) {
+  const auto a = as_op<T, DP>(a_);
+  const auto b = as_op<T, DP>(b_);
+  zero(s);
+#pragma unroll(kRollWide<DP>)
+  for (int kk = 0; kk < DP / 16; ++kk) {
+    uint32_t af[4];
+    ldsm_x4(af, a.at(a_row0 + lrow_a(lane), kk * 16 + lcol_a(lane)));
+#pragma unroll
+    for (int nn = 0; nn < NB / 16; ++nn) {
+      if (!((on >> nn) & 1u)) continue;
+      uint32_t bf[4];
+      ldsm_x4(bf, b.at(nn * 16 + lrow_b(lane), kk * 16 + lcol_b(lane)));
+      Mma<T>::run(s[2 * nn], af, bf[0], bf[1]);
+      Mma<T>::run(s[2 * nn + 1], af, bf[2], bf[3]);
+    }
+  }
+}
+
 // Two score products in one pass over the head dim: S = A B^T and S2 = A2 B2^T, A and A2 rows
 // a_row0..a_row0+15 of their operands, B and B2 the NB rows of theirs (chunks in `on`).
 template <typename T, int DP, int NB, typename AOp, typename AOp2, typename BOp, typename BOp2>
@@ -339,7 +367,9 @@ __device__ __forceinline__ void mma_abt_pair(float (&s)[NB / 8][4], float (&s2)[
   const auto b = as_op<T, DP>(b_), b2 = as_op<T, DP>(b2_);
   zero(s);
   zero(s2);
-#pragma unroll
+  // Wide heads: the head-dim loop stays rolled (its fragments come from smem each step), so that
+  // the compiler does not hoist every step's loads beside the accumulators (spills at D 128).
+#pragma unroll(kRollWide<DP>)
   for (int kk = 0; kk < DP / 16; ++kk) {
     uint32_t af[4], af2[4];
     ldsm_x4(af, a.at(a_row0 + lrow_a(lane), kk * 16 + lcol_a(lane)));
@@ -413,7 +443,7 @@ __device__ __forceinline__ void mma_acc_tb_pair(float (&acc)[DP / 8][4], const T
                                                 float (&acc2)[DP / 8][4], const T* a2, const BOp2& b2_, int lda,
                                                 int col0, int lane, unsigned on) {
   const auto b = as_op<T, DP>(b_), b2 = as_op<T, DP>(b2_);
-#pragma unroll
+#pragma unroll(kRollWide<DP>)
   for (int kk = 0; kk < kRows / 16; ++kk) {
     if (!((on >> kk) & 1u)) continue;
     uint32_t af[4], af2[4];

@@ -71,6 +71,14 @@ ATTENTION = [_low(c, i) for i, c in enumerate(parity.attention_sweep("ci"))] + [
                          dtype=torch.bfloat16, H=1),
 ] + [_low(dataclasses.replace(c, H=min(c.H, 2)), i) for i, c in enumerate(_RANDOM)]
 
+# Pooled windows with head dims 33..64 and no global tokens or rel-pos: one CTA keeps a whole head in
+# shared memory (the head-resident kernels; the target shape's path). Each also runs streamed.
+RESIDENT = [
+    parity.AttentionCase(grid=(16, 12), window=(8, 8), shift=(4, 4), pool=True, D=64, dtype=torch.bfloat16, B=2, H=1),
+    parity.AttentionCase(grid=(7, 9), window=(4, 3), shift=(2, 1), pool=True, D=48, dtype=torch.float16, packed=False),
+    parity.AttentionCase(grid=(5, 6), window=(5, 6), pool=True, D=64, dtype=torch.bfloat16, H=1),
+]
+
 
 # Cases where the CUDA kernels miss the harness's bound: kernel defects to fix, not tolerances to
 # loosen. Listed (strict xfail) so that CI stays green meanwhile and a fix shows up as XPASS.
@@ -100,6 +108,18 @@ def _run_attention(case):
     return [out.detach()] + [t.grad for t in leaves if t is not None]
 
 
+@pytest.mark.parametrize("resident", [True, False], ids=["resident", "streamed"])
+@pytest.mark.parametrize("case", RESIDENT, ids=str)
+def test_window_attention_head_resident(emu, monkeypatch, case, resident):
+    """The same shapes through the head-resident kernels (one launch forward, one backward) and
+    through the streamed ones (pool, forward, prep, reduce, tiles)."""
+    monkeypatch.setenv("VITPOSE_CUDA_RESIDENT", "1" if resident else "0")
+    before = cuda_emulator.launch_count()
+    parity.check_window_attention("cuda", case, CPU)
+    launches = cuda_emulator.launch_count() - before
+    assert launches == 2 if resident else launches >= 5, launches
+
+
 # Thread orders and cp.async timings under which a race-free kernel gives the same bits: warps in
 # lockstep (the default) or one warp running ahead to the next barrier (serial), copies landing at
 # the retiring wait (late: a missing wait reads stale data) or at issue (early: a missing barrier
@@ -111,6 +131,10 @@ SCHEDULES = [("reverse", "late"), ("serial", "early"), ("serial-reverse", "late"
     parity.AttentionCase(grid=(6, 5), window=(4, 4), shift=(2, 2), pool=True, num_global=1, rel_pos=True, D=32,
                          dtype=torch.bfloat16, H=1),
     parity.AttentionCase(grid=(9, 9), window=None, num_global=2, rel_pos=True, D=32, dtype=torch.float16, H=1),
+    # tiles spanning warps (64-row blocks): the single pass's P, dS cross warps between its phases
+    parity.AttentionCase(grid=(9, 8), window=(8, 8), shift=(4, 4), num_global=1, rel_pos=True, D=32,
+                         dtype=torch.bfloat16, H=1),
+    parity.AttentionCase(grid=(12, 10), window=(8, 8), shift=(4, 4), pool=True, D=64, dtype=torch.bfloat16, H=1),
 ], ids=str)
 def test_window_attention_schedule_independent(emu, monkeypatch, case):
     """Results must not change by a bit with the thread order or the copy timing: a barrier

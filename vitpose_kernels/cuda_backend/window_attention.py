@@ -14,6 +14,7 @@ does) and their float32 gradients converted back to the tables' dtype.
 from __future__ import annotations
 
 import functools
+import os
 
 import torch
 
@@ -23,6 +24,13 @@ from . import _launch
 
 _FP32_HINT = "float32 inputs are served by the triton backend (this kernel uses fp16/bf16 tensor cores)"
 MAX_REL_ROWS = 128  # rel_pos_h rows + rel_pos_w rows (csrc kMaxRelRows: a (64, 128) float32 smem table)
+
+
+def _resident() -> int:
+    """1 unless VITPOSE_CUDA_RESIDENT=0: whether the kernels may keep a whole head in shared memory
+    (pooled windows with head dims 33..64 and N up to ~768, see csrc/window_attention.cu). Read at
+    call time so that tests can run the streamed kernels on the same shapes."""
+    return 0 if os.environ.get("VITPOSE_CUDA_RESIDENT", "1") == "0" else 1
 
 
 def _operand(t: torch.Tensor) -> list[int]:
@@ -57,8 +65,8 @@ def _table(rel: torch.Tensor | None, dtype) -> torch.Tensor | None:
 
 
 @functools.lru_cache(maxsize=256)
-def _workspace_floats(sizes: tuple) -> int:
-    return int(_launch.ext().window_attention_workspace(list(sizes)))
+def _workspace_floats(sizes: tuple, resident: int) -> int:
+    return int(_launch.ext().window_attention_workspace(list(sizes), resident))
 
 
 # ----------------------------------------------------------------------------- the op's kernels
@@ -76,7 +84,7 @@ def _forward(q, k, v, rel_pos_h, rel_pos_w, geometry, pool, scale):
         _launch.ext().window_attention_fwd(
             _operand(q), _operand(k), _operand(v), _launch.ptr(rh), _launch.ptr(rw), out.data_ptr(), lse.data_ptr(),
             extra.data_ptr(), _sizes(q.shape, geometry, P, _rows(rh), _rows(rw)), float(scale),
-            _launch.dtype_code(q), _launch.stream(q))
+            _launch.dtype_code(q), _launch.stream(q), _resident())
     return out, lse, extra
 
 
@@ -93,12 +101,14 @@ def _backward(dout, q, k, v, out, lse, extra, rel_pos_h, rel_pos_w, geometry, po
     grads = [g if _aligned(g) else _alloc.empty(B, H, N, D, dtype=g.dtype, device=dev) for g in (dq, dk, dv)]
     drel = [_alloc.empty(*r.shape, dtype=torch.float32, device=dev) if r is not None else None for r in (rh, rw)]
     sizes = _sizes(q.shape, geometry, P, _rows(rh), _rows(rw))
-    work = _alloc.empty(max(_workspace_floats(tuple(sizes)), 1), dtype=torch.float32, device=dev)
+    resident = _resident()
+    work = _alloc.empty(max(_workspace_floats(tuple(sizes), resident), 1), dtype=torch.float32, device=dev)
     with torch.cuda.device(dev):
         _launch.ext().window_attention_bwd(
             _operand(q), _operand(k), _operand(v), _operand(dout), _launch.ptr(rh), _launch.ptr(rw), out.data_ptr(),
             lse.data_ptr(), extra.data_ptr(), *(_operand(g) for g in grads), _launch.ptr(drel[0]),
-            _launch.ptr(drel[1]), work.data_ptr(), sizes, float(scale), _launch.dtype_code(q), _launch.stream(q))
+            _launch.ptr(drel[1]), work.data_ptr(), sizes, float(scale), _launch.dtype_code(q), _launch.stream(q),
+            resident)
     for dst, src in zip((dq, dk, dv), grads):
         if dst is not src:
             dst.copy_(src)
@@ -115,7 +125,7 @@ def _smem_reason(q, rel_pos_h, rel_pos_w, spec: AttentionSpec) -> str | None:
     geometry = _attention_ops.geometry(spec)
     P = _attention_ops.num_pooled(geometry, spec.pool)
     sizes = _sizes(q.shape, geometry, P, _rows(rel_pos_h), _rows(rel_pos_w))
-    need = int(_launch.ext().window_attention_smem(sizes, _launch.dtype_code(q)))
+    need = int(_launch.ext().window_attention_smem(sizes, _launch.dtype_code(q), _resident()))
     have = torch.cuda.get_device_properties(q.device).shared_memory_per_block_optin
     if need > have:
         return (f"needs {need} bytes of shared memory per block, the device grants {have} "
