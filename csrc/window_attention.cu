@@ -1274,7 +1274,8 @@ __global__ void __launch_bounds__(kThreads, 1) wa_dq_kernel(const Params p, cons
       const int n = min(kRows, xn - e0);
       extra_grads_to<T, DP>(sXk, sXv, n, sQ, sdO, sLse2, sDelta, qon, scale_log2, warp, lane,
                             [&](int c, const float(&acc)[DP / 8][4]) {
-                              store_f32<DP>(part_slot(p, pl, c, bh, slot, x0 + e0), acc, 16 * warp, n, p.D, lane, false);
+                              float* dst = part_slot(p, pl, c, bh, slot, x0 + e0);
+                              store_f32<DP>(dst, acc, 16 * warp, n, p.D, lane, false);
                             });
     }
   }

@@ -506,7 +506,8 @@ __device__ __forceinline__ void store_acc(T* dst, int64_t sn, const float (&acc)
 #pragma unroll
     for (int r = 0; r < 2; ++r)
       if (tok[r] >= 0)
-        *reinterpret_cast<uint32_t*>(dst + tok[r] * sn + col) = Mma<T>::pack(acc[j][2 * r] * mul, acc[j][2 * r + 1] * mul);
+        *reinterpret_cast<uint32_t*>(dst + tok[r] * sn + col) =
+            Mma<T>::pack(acc[j][2 * r] * mul, acc[j][2 * r + 1] * mul);
   }
 }
 

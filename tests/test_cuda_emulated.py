@@ -96,7 +96,7 @@ def _with_known_defects(cases):
 def test_window_attention(emu, case):
     before = cuda_emulator.launch_count()
     parity.check_window_attention("cuda", case, CPU)
-    assert cuda_emulator.launch_count() >= before + 2  # the forward and (at least) the backward's single pass ran emulated
+    assert cuda_emulator.launch_count() >= before + 2  # the forward and (at least) the backward's single pass ran
 
 
 def _run_attention(case):
