@@ -26,6 +26,8 @@ def window_attention(q, k, v, *, grid, window=None, shift=(0, 0), pool=False, nu
     backend: None picks the fastest backend that supports the inputs; "reference", "triton" or
     "cuda" forces one (NotImplementedError listing its reasons if it cannot serve the call).
     """
+    if torch.jit.is_tracing():
+        grid, num_global = traced_ints(grid), traced_ints(num_global)
     args = _prepare_window_attention(q, k, v, grid=grid, window=window, shift=shift, pool=pool,
                                      num_global=num_global, rel_pos_h=rel_pos_h, rel_pos_w=rel_pos_w,
                                      scale=scale)
@@ -42,6 +44,8 @@ def window_attention_qkvpacked(qkv, *, grid, window=None, shift=(0, 0), pool=Fal
     _validate.check_rank("qkv", qkv, 5, "(B, N, 3, H, D)")
     if qkv.shape[2] != 3:
         raise ValueError(f"qkv must be (B, N, 3, H, D), got qkv.shape={tuple(qkv.shape)}")
+    if torch.jit.is_tracing():
+        grid, num_global = traced_ints(grid), traced_ints(num_global)
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
     args = _prepare_window_attention(q, k, v, grid=grid, window=window, shift=shift, pool=pool,
                                      num_global=num_global, rel_pos_h=rel_pos_h, rel_pos_w=rel_pos_w,
@@ -49,6 +53,16 @@ def window_attention_qkvpacked(qkv, *, grid, window=None, shift=(0, 0), pool=Fal
     fn = dispatch.select("window_attention", backend, q.device, *args).fn
     packed = getattr(fn, "qkvpacked", None)  # backends whose kernels take the packed tensor
     return packed(qkv, *args[3:]) if packed is not None else fn(*args)
+
+
+def traced_ints(value):
+    """Sizes read from shapes while torch.jit traces (ONNX export) are 0-dim tensors; the geometry
+    of a traced graph is fixed (only the batch is dynamic), so take the ints they hold."""
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.is_floating_point():
+        return int(value)
+    if isinstance(value, (tuple, list)):
+        return type(value)(traced_ints(v) for v in value)
+    return value
 
 
 def _prepare_window_attention(q, k, v, *, grid, window=None, shift=(0, 0), pool=False, num_global=0,
