@@ -138,14 +138,31 @@ def test_fake_registrations_give_shapes():
     assert out.shape == (2, 17, 28, 20) and out.dtype == x.dtype
     dx, dw, db = sd.simple_decoder_backward_op(torch.empty(2, 17, 28, 20, **m), x, w, 4)
     assert (dx.shape, dw.shape, db.shape) == (x.shape, w.shape, b.shape)
-    kp, sc = dh.decode_heatmaps_op(torch.empty(3, 17, 64, 48, dtype=torch.float16, **m), None, None, 192, 256,
-                                   None, None, True, 11)
+    kp, sc = dh.decode_heatmaps_op(torch.empty(3, 17, 64, 48, dtype=torch.float16, **m), None, None, [192, 256],
+                                   None, None, "udp", 11)
     assert kp.shape == (3, 17, 2) and sc.shape == (3, 17) and kp.dtype == sc.dtype == torch.float32
-    hm, wt = ut.udp_targets_op(torch.empty(3, 17, 2, **m), torch.empty(3, 17, **m), 48, 64, 192, 256, 2.0)
+    hm, wt = ut.udp_targets_op(torch.empty(3, 17, 2, **m), torch.empty(3, 17, **m), [48, 64], [192, 256], 2.0)
     assert hm.shape == (3, 17, 64, 48) and wt.shape == (3, 17)
 
 
-# ----------------------------------------------------------------------------- GPU
+@pytest.mark.parametrize("op", OPS)
+def test_one_schema_per_op(op):
+    """The Triton and CUDA ops of each head are made by one definition (vitpose_kernels._head_ops):
+    same arguments, same order, same types, same returns."""
+    import importlib
+
+    schemas = {}
+    for backend in ("triton", "cuda"):
+        try:
+            importlib.import_module(f"vitpose_kernels.{backend}_backend.{op}")
+        except ImportError as e:
+            pytest.skip(f"the {backend} backend does not import here: {e}")
+        schema = getattr(torch.ops.vitpose_kernels, f"{op}_{backend}").default._schema
+        schemas[backend] = str(schema).replace(f"{op}_{backend}", op)
+    assert schemas["triton"] == schemas["cuda"], schemas
+
+
+# ----------------------------------------------------------------------------- launches (GPU or emulator)
 def _decoder_inputs(B, C, hw, K, k, dtype, dev, seed=0, channels_last=False):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(B, C, *hw, generator=g).to(dev, dtype)
@@ -295,9 +312,9 @@ def test_udp_targets_empty_and_opcheck():
         hm, w = vk.udp_targets(torch.empty(0, 17, 2, device=dev), torch.empty(0, 17, device=dev), backend="cuda")
         assert hm.shape == (0, 17, 64, 48) and w.shape == (0, 17)
         torch.library.opcheck(ut.udp_targets_op, (torch.rand(2, 3, 2, device=dev) * 100,
-                                                  torch.ones(2, 3, device=dev), 12, 16, 48, 64, 2.0))
-        torch.library.opcheck(dh.decode_heatmaps_op, (torch.rand(2, 3, 16, 12, device=dev), None, None, 48, 64,
-                                                      None, None, True, 11))
+                                                  torch.ones(2, 3, device=dev), [12, 16], [48, 64], 2.0))
+        torch.library.opcheck(dh.decode_heatmaps_op, (torch.rand(2, 3, 16, 12, device=dev), None, None, [48, 64],
+                                                      None, None, "udp", 11))
 
 
 # ----------------------------------------------------------------------------- compute-sanitizer

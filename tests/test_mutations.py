@@ -18,6 +18,7 @@ import dataclasses
 import importlib
 import linecache
 import os
+import re
 import shutil
 import sys
 import types
@@ -204,8 +205,10 @@ def load_python_mutant(plant: Plant, text: str, tag: str):
     package = name.rsplit(".", 1)[0]
     importlib.import_module(name)  # the original first: the copy shares its package and imports
     mutant_name = f"{name}__mutant_{tag}"
-    # Its own torch.library namespace: the original ops stay registered and untouched.
+    # Its own torch.library names: the original ops stay registered and untouched (ops defined in
+    # the module, and ops the module has vitpose_kernels._head_ops define for its backend).
     text = text.replace('"vitpose_kernels::', f'"vitpose_kernels_mutant_{tag}::')
+    text = re.sub(r'(define_\w+\(\s*)"(\w+)"', rf'\1"\2_mutant_{tag}"', text)
     filename = f"<mutant {tag}: {plant.file}>"
     linecache.cache[filename] = (len(text), None, text.splitlines(True), filename)  # triton reads the source
     module = types.ModuleType(mutant_name)

@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 
 from .. import _alloc, dispatch
+from .._head_ops import define_udp_targets
 
 
 @triton.jit
@@ -77,18 +78,7 @@ def _targets(keypoints, visible, heatmap_size, input_size, sigma):
     return heatmaps, weights
 
 
-@torch.library.custom_op("vitpose_kernels::udp_targets_triton", mutates_args=())
-def udp_targets_op(keypoints: torch.Tensor, visible: torch.Tensor, heatmap_size: list[int],
-                   input_size: list[int], sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
-    return _targets(keypoints, visible, heatmap_size, input_size, sigma)
-
-
-@udp_targets_op.register_fake
-def _(keypoints, visible, heatmap_size, input_size, sigma):
-    B, K, _ = keypoints.shape
-    W, H = heatmap_size
-    return (keypoints.new_empty(B, K, H, W, dtype=torch.float32),
-            keypoints.new_empty(B, K, dtype=torch.float32))
+udp_targets_op = define_udp_targets("triton", _targets)
 
 
 def reasons(keypoints, visible, heatmap_size, input_size, sigma) -> list[str]:
