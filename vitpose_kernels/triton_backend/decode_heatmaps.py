@@ -123,7 +123,11 @@ def _decode_kernel(hm_ptr, fl_ptr, fidx_ptr, g_ptr, ctr_ptr, scl_ptr, kp_ptr, sc
                     bmax = tl.maximum(bmax, tl.max(tl.max(tl.where(valid, chunk, float("-inf")),
                                                           axis=1), axis=0))
             scale = score / bmax
-        logm = tl.log(tl.minimum(tl.maximum(blurred * scale, 1.0e-3), 50.0))
+        # The clip propagates NaN, as the reference's and mmpose's do: an all-zero map renormalises
+        # by 0 / 0 and decodes to NaN (min/max on a GPU would drop the NaN).
+        modulated = blurred * scale
+        logm = tl.log(tl.where(modulated != modulated, modulated,
+                               tl.minimum(tl.maximum(modulated, 1.0e-3), 50.0)))
 
         i_ = _pick(logm, o, c, 1, 1)
         ix1 = _pick(logm, o, c, 1, 2)

@@ -49,11 +49,13 @@ def _udp_kernel(kp_ptr, vis_ptr, hm_ptr, w_ptr, H, W, s_kn, s_kc, fx, fy, radius
     xs = tl.arange(0, BLOCK_W)
     gx, lo_x, hi_x = _axis(xs, kx, fx, radius, size, c0, two_sigma2)
     gy, lo_y, hi_y = _axis(ys, ky, fy, radius, size, c0, two_sigma2)
-    inside = (lo_x < W) & (lo_y < H) & (hi_x >= 0) & (hi_y >= 0)
-    weight = tl.where((vis >= 0.5) & inside, vis, 0.0)
+    inside = (lo_x < W) & (lo_y < H) & (hi_x >= 0) & (hi_y >= 0)  # False for NaN/inf coordinates
+    # mmpose: unlabelled (visibility < 0.5) keeps its visibility as the weight with an empty map; a
+    # labelled keypoint whose patch misses the map gets weight 0.
+    labelled = vis >= 0.5
+    weight = tl.where(labelled & ~inside, 0.0, vis)
     tl.store(w_ptr + n, weight, mask=rb == 0)
-    on = tl.where(weight > 0, 1.0, 0.0)
-    hm = (gy[:, None] * gx[None, :]) * on
+    hm = tl.where(labelled & inside, gy[:, None] * gx[None, :], 0.0)
     mask = (ys[:, None] < H) & (xs[None, :] < W)
     tl.store(hm_ptr + n.to(tl.int64) * H * W + ys[:, None] * W + xs[None, :], hm, mask=mask)
 
