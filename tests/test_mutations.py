@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import sys
+import tempfile
 import types
 from pathlib import Path
 
@@ -33,7 +34,10 @@ from vitpose_kernels import dispatch
 
 REPO = Path(__file__).resolve().parents[1]
 REF_WA = "vitpose_kernels/reference/window_attention.py"
-TRI_WA = "vitpose_kernels/triton_backend/window_attention.py"
+# The Triton window_attention is a package (tiles, forward, backward, host): a plant names one of
+# its files and runs as a mutated copy of the whole package (load_package_mutant).
+TRI_WA_DIR = "vitpose_kernels/triton_backend/window_attention/"
+TRI_WA_HOST, TRI_WA_FWD, TRI_WA_BWD = (TRI_WA_DIR + f for f in ("host.py", "forward.py", "backward.py"))
 CUDA_WA_PY = "vitpose_kernels/cuda_backend/window_attention.py"
 CUDA_WA = "csrc/window_attention.cu"
 REF_DH, TRI_DH, CUDA_DH = ("vitpose_kernels/reference/decode_heatmaps.py",
@@ -84,35 +88,39 @@ PLANTS = [
         ("    B, H, N, D = q.shape\n    acc = torch.promote_types",
          "    B, H, N, D = q.shape\n    spec = __import__('dataclasses').replace(spec, scale=spec.scale * 1.01)\n"
          "    acc = torch.promote_types")), "attention forward"),
-    Plant("softmax scale off by 1%", "triton", TRI_WA, _e(
-        ("window_attention_op(q, k, v, rel_pos_h, rel_pos_w, geom, spec.pool, spec.scale)",
-         "window_attention_op(q, k, v, rel_pos_h, rel_pos_w, geom, spec.pool, spec.scale * 1.01)")), "attention forward"),
+    Plant("softmax scale off by 1%", "triton", TRI_WA_HOST, _e(
+        ("        qk_scale = scale * LOG2E\n        _launch(fw.fwd_grid_kernel",
+         "        qk_scale = scale * 1.01 * LOG2E\n        _launch(fw.fwd_grid_kernel")), "attention forward"),
     Plant("softmax scale off by 1%", "cuda", "csrc/window_attention_binding.cpp", _e(
         ("p.scale = static_cast<float>(scale);", "p.scale = static_cast<float>(scale) * 1.01f;")), "attention forward"),
     # ---- a cell boundary shifted by one token
     Plant("cell boundary shifted by one token", "reference", REF_WA, _e(
         ("before = (window - shift) % window", "before = (window - shift + 1) % window")), "attention forward"),
-    Plant("cell boundary shifted by one token", "triton", TRI_WA, _e(
-        ("self.top = (self.wh - sh) % self.wh", "self.top = (self.wh - sh + 1) % self.wh")), "attention forward"),
+    Plant("cell boundary shifted by one token", "triton", TRI_WA_HOST, _e(
+        ("before = (w - s) % w", "before = (w - s + 1) % w")), "attention forward"),
     Plant("cell boundary shifted by one token", "cuda", CUDA_WA, _e(
         ("c.pad_t = (p.wh - p.sh) % p.wh;", "c.pad_t = (p.wh - p.sh + 1) % p.wh;")), "attention forward"),
     # ---- the shift applied with the wrong sign
     Plant("shift with the wrong sign", "reference", REF_WA, _e(
         ("before = (window - shift) % window", "before = shift % window")), "attention forward"),
-    Plant("shift with the wrong sign", "triton", TRI_WA, _e(
-        ("self.top = (self.wh - sh) % self.wh", "self.top = sh % self.wh")), "attention forward"),
+    Plant("shift with the wrong sign", "triton", TRI_WA_HOST, _e(
+        ("before = (w - s) % w", "before = s % w")), "attention forward"),
     Plant("shift with the wrong sign", "cuda", CUDA_WA, _e(
         ("c.pad_t = (p.wh - p.sh) % p.wh;", "c.pad_t = p.sh % p.wh;")), "attention forward"),
     # ---- a pooled mean missing one tile member (the first member's value is left out of the sum)
     Plant("pooled mean missing one tile member", "reference", REF_WA, _e(
         ("pooled = F.avg_pool2d(grid,",
          "grid = grid.clone()\n    grid[..., 0, 0] = 0\n    pooled = F.avg_pool2d(grid,")), "attention forward"),
-    Plant("pooled mean missing one tile member", "triton", TRI_WA, _e(
-        ("m = (cmask & ((x * 0 + y) < HG))", "m = (cmask & ((x * 0 + y) < HG) & ((r + c + tx + ty) > 0))")),
+    Plant("pooled mean missing one tile member", "triton", TRI_WA_FWD, _e(
+        ("ck += load_rows(K, tok, ok, skn, skd, d, D)",
+         "ck += load_rows(K, tok, ok & ((i + r + x) > 0), skn, skd, d, D)"),
+        ("cv += load_rows(V, tok, ok, svn, svd, d, D)",
+         "cv += load_rows(V, tok, ok & ((i + r + x) > 0), svn, svd, d, D)")),
           "attention forward"),
     Plant("pooled mean missing one tile member", "cuda", CUDA_WA_PY, _e(
-        ("kp, vp = pooled_tokens(k[:, :, G:], spec)",
-         "kp, vp = pooled_tokens(torch.cat([k[:, :, G:G + 1] * 0, k[:, :, G + 1:]], 2), spec)")), "attention forward"),
+        ("extra[i, :, :, :P] = pooled_tokens(t[:, :, G:], _spec(geometry))",
+         "extra[i, :, :, :P] = pooled_tokens(torch.cat([t[:, :, G:G + 1] * 0, t[:, :, G + 1:]], 2), "
+         "_spec(geometry))")), "attention forward"),
     # ---- one grid row not seeing a global token (the first grid token loses global token 0)
     Plant("one grid row not seeing a global token", "reference", REF_WA, _e(
         ("        logits.append(torch.matmul(qc, kg[:, :, None].transpose(-1, -2)) * spec.scale)",
@@ -121,10 +129,10 @@ PLANTS = [
          "        c, s = ((first[0, 0, :, :, 0] == 0) & valid).nonzero()[0].tolist()\n"
          "        glob[:, :, c, s, 0] = float('-inf')\n"
          "        logits.append(glob)")), "attention forward"),
-    Plant("one grid row not seeing a global token", "triton", TRI_WA, _e(
-        ("_softmax_step(acc, m_i, l_i, q, k, v, no_bias, (e < E)[None, :], qk_scale, PREC)",
-         "_softmax_step(acc, m_i, l_i, q, k, v, no_bias, (e < E)[None, :] & ~((tok_q == G)[:, None] & "
-         "(e == E - G)[None, :]), qk_scale, PREC)")), "attention forward"),
+    Plant("one grid row not seeing a global token", "triton", TRI_WA_FWD, _e(
+        ("softmax_step(acc, m_i, l_i, q, xk, xv, 0.0, (e < E)[None, :], qk_scale, False, PREC)",
+         "softmax_step(acc, m_i, l_i, q, xk, xv, 0.0, (e < E)[None, :] & ~((tok_q == G)[:, None] & "
+         "(e == E - G)[None, :]), qk_scale, False, PREC)")), "attention forward"),
     Plant("one grid row not seeing a global token", "cuda", CUDA_WA, _e(
         ("      if (n0 + col >= seg.len) {\n        x = -INFINITY;",
          "      if (n0 + col >= seg.len || (seg.kind == kExtra && n0 + col == p.P && qs.kind == kCell && qok[r] &&\n"
@@ -133,9 +141,12 @@ PLANTS = [
     Plant("rel-pos h and w swapped", "reference", REF_WA, _e(
         ("_rel_pos_logits(qc, rel_pos_h, rel_pos_w, spec)", "_rel_pos_logits(qc, rel_pos_w, rel_pos_h, spec)")),
           "attention forward"),
-    Plant("rel-pos h and w swapped", "triton", TRI_WA, _e(
-        ("jh = ly_q[:, None] - ly_k[None, :] + WH - 1", "jh = lx_q[:, None] - lx_k[None, :] + WW - 1"),
-        ("jw = lx_q[:, None] - lx_k[None, :] + WW - 1", "jw = ly_q[:, None] - ly_k[None, :] + WH - 1")), "attention forward"),
+    Plant("rel-pos h and w swapped", "triton", TRI_WA_FWD, _e(
+        ("rel_logits(qrh, ly_q, ly_k, WH, WH_PAD, RH_PAD, PREC)",
+         "rel_logits(qrh, lx_q, lx_k, WW, WW_PAD, RH_PAD, PREC)"),
+        ("rel_logits(qrw, lx_q, lx_k, WW, WW_PAD, RW_PAD, PREC)",
+         "rel_logits(qrw, ly_q, ly_k, WH, WH_PAD, RW_PAD, PREC)")),
+          "attention forward"),
     Plant("rel-pos h and w swapped", "cuda", CUDA_WA, _e(
         ("grow * p.Rh + (yq - yk + p.wh - 1)", "grow * p.Rh + (xq - xk + p.ww - 1)"),
         ("grow * p.Rw + (xq - xk + p.ww - 1)", "grow * p.Rw + (yq - yk + p.wh - 1)")), "attention forward"),
@@ -143,12 +154,14 @@ PLANTS = [
     Plant("dq missing its rel-pos term", "reference", REF_WA, _e(
         ("q = q_cells.reshape(B, H, nc, wh, ww, D)", "q = q_cells.detach().reshape(B, H, nc, wh, ww, D)")),
           "attention"),
-    Plant("dq missing its rel-pos term", "triton", TRI_WA, _e(
-        ("dq += _rel_dq(DRELH,", "dq += 0.0 * _rel_dq(DRELH,"), ("dq += _rel_dq(DRELW,", "dq += 0.0 * _rel_dq(DRELW,")),
-          "attention"),
+    Plant("dq missing its rel-pos term", "triton", TRI_WA_BWD, _e(
+        ("_rel_dq(by_h, ly, WH, th, q, WH_PAD, RH_PAD, PREC)\n            dq += dqr",
+         "_rel_dq(by_h, ly, WH, th, q, WH_PAD, RH_PAD, PREC)\n            dq += 0.0 * dqr"),
+        ("_rel_dq(by_w, lx, WW, tw, q, WW_PAD, RW_PAD, PREC)\n            dq += dqr",
+         "_rel_dq(by_w, lx, WW, tw, q, WW_PAD, RW_PAD, PREC)\n            dq += 0.0 * dqr")), "attention"),
     Plant("dq missing its rel-pos term", "cuda", CUDA_WA_PY, _e(
-        ("dq = torch.matmul(g, rel.float()).to(qg.dtype) if ctx.needs_input_grad[0] else None", "dq = None")),
-          "attention"),
+        ("gq.copy_(gq.float() + sum(torch.matmul(d, r.to(q.dtype).float()) for d, r in rel))",
+         "gq.copy_(gq.float())")), "attention"),
     # ---- a missing __syncthreads (CUDA only: Triton and PyTorch have no explicit barriers to lose)
     Plant("missing __syncthreads", "cuda", CUDA_WA, _e(
         ("    if (bias_tile) {  // uniform over the CTA\n      __syncthreads();",
@@ -233,6 +246,49 @@ def load_python_mutant(plant: Plant, text: str, tag: str):
     return module, fn
 
 
+def in_backend_package(plant: Plant) -> bool:
+    """The plant's file belongs to a backend that is a package of its own (one op's kernels split
+    into several files, e.g. vitpose_kernels/triton_backend/window_attention/)."""
+    parent = (REPO / plant.file).parent
+    return (parent / "__init__.py").exists() and parent.name not in ("reference", "triton_backend", "cuda_backend")
+
+
+def load_package_mutant(plant: Plant, text: str, tag: str):
+    """A copy of the plant's whole backend package with its file mutated, imported as a sibling
+    package of its own (its torch.library ops renamed like load_python_mutant's); returns
+    (package, the function it registers for the op)."""
+    pkg_dir = (REPO / plant.file).parent
+    parent_name = ".".join(Path(plant.file).parent.parent.parts)
+    parent = importlib.import_module(parent_name)
+    importlib.import_module(f"{parent_name}.{pkg_dir.name}")  # the original first (shared imports)
+    root = Path(tempfile.mkdtemp(prefix="vk-mutant-"))
+    name = f"{pkg_dir.name}__mutant_{tag}"
+    shutil.copytree(pkg_dir, root / name, ignore=shutil.ignore_patterns("__pycache__"))
+    (root / name / Path(plant.file).name).write_text(text)
+    for f in (root / name).glob("*.py"):  # real files: triton reads the kernels' source
+        src = f.read_text()
+        renamed = re.sub(r'(define_\w+\(\s*)"(\w+)"', rf'\1"\2_mutant_{tag}"',
+                         src.replace('"vitpose_kernels::', f'"vitpose_kernels_mutant_{tag}::'))
+        if renamed != src:
+            f.write_text(renamed)
+    op, captured, real_register = OP_OF_CHECK[plant.check], {}, dispatch.register
+
+    def capture(op_name, backend, reasons=None):
+        def wrap(fn):
+            captured[(op_name, backend)] = fn
+            return fn
+        return wrap
+
+    parent.__path__.append(str(root))
+    dispatch.register = capture
+    try:
+        module = importlib.import_module(f"{parent_name}.{name}")
+    finally:
+        dispatch.register = real_register
+        parent.__path__.remove(str(root))
+    return module, captured[(op, plant.backend)]
+
+
 def _mutant_opt(plant: Plant) -> tuple:
     """The file that differs is compiled at -O0 (a third of -O1's time; the CI shapes are tiny),
     everything else is the shared -O1 build of the real kernels."""
@@ -290,7 +346,8 @@ def test_harness_catches_planted_defect(plant, mutant_trees, monkeypatch):
             with cuda_emulator.emulated(csrc=mutant_trees[plant], file_opt=_mutant_opt(plant)):
                 check(plant.backend, None)
         else:
-            module, fn = load_python_mutant(plant, text, _tag(plant))
+            load = load_package_mutant if in_backend_package(plant) else load_python_mutant
+            module, fn = load(plant, text, _tag(plant))
             if plant.backend == "cuda":
                 with cuda_emulator.emulated():
                     cuda_emulator.register_cpu_kernels(module)
