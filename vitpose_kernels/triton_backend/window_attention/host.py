@@ -310,9 +310,8 @@ def window_attention_reasons(q, k, v, rel_pos_h, rel_pos_w, spec: AttentionSpec)
     if D > MAX_HEAD_DIM:
         why.append(f"head dim D={D} > {MAX_HEAD_DIM} (q.shape={tuple(q.shape)})")
     for name, t in (("q", q), ("k", k), ("v", v)):  # the kernels' in-head offsets are int32
-        if t.untyped_storage().nbytes() < 2 ** 31 * t.element_size() and t.shape[2] * D < 2 ** 31:
-            continue  # no offset inside this storage reaches 2**31 elements
-        extent = max(sum((n - 1) * abs(s) for n, s in zip(t.shape[2:], t.stride()[2:])), t.shape[2] * D)
+        n, sn, sd = t.shape[2], t.stride(2), t.stride(3)
+        extent = max((n - 1) * abs(sn) + (D - 1) * abs(sd), n * D)  # also bounds our (B, H, N, D) outputs
         if extent >= 2 ** 31:
             why.append(f"{name} spans {extent} elements within one head (shape {tuple(t.shape)}, strides "
                        f"{t.stride()}): the Triton kernels index a head with int32 offsets")
