@@ -55,3 +55,39 @@ def test_info_without_triton_says_why():
     assert "triton: not installed" in out.stdout
     assert len(triton_lines) == 4 and all("triton is not importable" in ln for ln in triton_lines), out.stdout
     assert "no triton implementation" not in out.stdout
+
+
+def test_readme_python_names_exist():
+    """Every `vitpose.X` / `vk.X` / `vitpose_kernels.X` the README's Python snippets use exists
+    (it once showed a COCO_FLIP that exists nowhere)."""
+    import re
+
+    import vitpose
+    import vitpose_kernels
+
+    text = (REPO / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    modules = {"vitpose": vitpose, "vk": vitpose_kernels, "vitpose_kernels": vitpose_kernels}
+    missing = sorted({f"{m}.{name}" for block in blocks
+                      for m, name in re.findall(r"\b(vitpose_kernels|vitpose|vk)\.(\w+)", block)
+                      if not hasattr(modules[m], name)})
+    assert blocks and not missing, f"README snippets use names that do not exist: {missing}"
+
+
+def test_attention_memory_writes_to_scratch_unless_asked():
+    """`python benchmarks/attention_memory.py` must not overwrite the committed results: the default
+    output is a scratch folder outside the repository; --update-results is the explicit way."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        spec = importlib.util.spec_from_file_location("attention_memory_for_test",
+                                                      REPO / "benchmarks" / "attention_memory.py")
+        am = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = am  # dataclasses look their module up
+        spec.loader.exec_module(am)
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+        sys.modules.pop("attention_memory_for_test", None)
+    assert REPO not in am.SCRATCH.resolve().parents
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "attention_memory.py"), "--out", "x",
+                           "--update-results"], capture_output=True, text=True, env=_env(), cwd=REPO, timeout=300)
+    assert proc.returncode == 2 and "exclude each other" in proc.stderr
