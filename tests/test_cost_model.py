@@ -76,6 +76,38 @@ def test_triton_counter_counts_a_gemm_exactly():
     assert launch.constexprs == {"BM": BM, "BN": BN, "BK": BK}
 
 
+if INTERPRETED:
+    @triton.jit
+    def _reuse(A, C, D, BLOCK: tl.constexpr):
+        """Each program: A read twice, C written then read back, D written (fp32 rows of BLOCK)."""
+        offs = tl.arange(0, BLOCK)
+        row = tl.program_id(0) * BLOCK + offs
+        x = tl.load(A + offs)
+        y = tl.load(A + offs)
+        tl.store(C + row, x + y)
+        tl.store(D + row, tl.load(C + row) * 2.0)
+
+
+@needs_interpreter
+def test_triton_counter_hbm_model_by_hand():
+    """The HBM model: per program, first reads of a sector count, re-reads and reads after the
+    program's own store do not, every distinct written sector counts; programs share nothing.
+    2 programs of 64 fp32 (256 B = 8 sectors per row block), A the same block for both."""
+    from cost.triton_counter import TritonCounter
+
+    a = torch.arange(64, dtype=torch.float32)
+    c, d = torch.empty(128), torch.empty(128)
+    with TritonCounter() as cnt:
+        _reuse[(2,)](a, c, d, BLOCK=64)
+    assert torch.equal(d, (4 * a).repeat(2))
+    n = cnt.launches[0].counts
+    assert n.load_bytes == 2 * 3 * 256  # executed: A twice and C once, per program
+    assert n.load_sector_bytes == (8 + 16) * 32  # distinct in the launch: A once, all of C
+    assert n.hbm_load_bytes == 2 * 8 * 32  # per program: A once (C was its own store)
+    assert n.hbm_store_bytes == 2 * 16 * 32 == n.store_bytes  # C and D blocks, once each
+    assert n.max_program_bytes == 3 * 8 * 32  # one program touches its A, C and D blocks
+
+
 @needs_interpreter
 def test_triton_counter_dry_run_records_the_launch_only():
     from cost.triton_counter import TritonCounter
