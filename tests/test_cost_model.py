@@ -220,12 +220,15 @@ def test_scaling_a_reduced_run_gives_the_full_run():
 _PROBE_CU = r'''
 #include <cuda_runtime.h>
 #include <cstdint>
-// 64 threads (2 warps): thread t < n doubles in[t] into out[t]; every thread issues one 16-byte
-// cp.async (threads < 4 copy from src, the rest zero-fill); every warp one mma.sync.
+// 64 threads (2 warps): thread t < n doubles in[t] into out[t], then (after a barrier) reads in[t]
+// and out[t] again; every thread issues one 16-byte cp.async (threads < 4 copy from src, the rest
+// zero-fill); every warp one mma.sync.
 __global__ void probe_kernel(const float* in, float* out, const uint16_t* src, int n) {
   extern __shared__ __align__(16) unsigned char smem[];
   const int t = threadIdx.x;
   if (t < n) out[t] = in[t] * 2.f;
+  __syncthreads();
+  if (t < n && out[t] != in[t] * 2.f) out[t] = -1.f;
   vpemu::ptx_cp_async(__cvta_generic_to_shared(smem + 16 * t), src + 8 * (t % 4), 16, t < 4 ? 16 : 0, true);
   vpemu::ptx_cp_async_wait_all();
   uint32_t a[4] = {0, 0, 0, 0}, b[2] = {0, 0};
@@ -265,8 +268,8 @@ print("@@" + json.dumps(out))
 
 
 def test_cuda_counter_counts_a_probe_kernel_exactly(tmp_path):
-    """The counting build of the emulator on a probe kernel with known traffic: per block, 40
-    loads and stores of 4 bytes, 4 x 16 cp.async bytes and 60 x 16 zero-filled, 2 mma.sync."""
+    """The counting build of the emulator on a probe kernel with known traffic: per block, 3 x 40
+    loads and 40 stores of 4 bytes, 4 x 16 cp.async bytes and 60 x 16 zero-filled, 2 mma.sync."""
     sys.path.insert(0, str(REPO / "tests"))
     import cuda_emulator
 
@@ -288,10 +291,14 @@ def test_cuda_counter_counts_a_probe_kernel_exactly(tmp_path):
     assert (got["kernel"], got["grid"]) == ("probe_kernel", [3, 1, 1])
     assert got["options"] == {"block": [64, 1, 1], "smem": 1024}
     assert got["programs"] == 3 and got["dots"] == 6 and got["flops"] == 6 * 2 * 16 * 8 * 16
-    assert got["load_bytes"] == 3 * (40 * 4 + 4 * 16) and got["load_masked_bytes"] == 3 * 60 * 16
+    assert got["load_bytes"] == 3 * (3 * 40 * 4 + 4 * 16) and got["load_masked_bytes"] == 3 * 60 * 16
     assert got["store_bytes"] == 3 * 40 * 4 and got["stores"] == 3 * 40
-    # distinct sectors: in (160 B: 5 sectors) and src (64 B: 2) read, out (160 B: 5) written
-    assert (got["load_sector_bytes"], got["store_sector_bytes"]) == (7 * 32, 5 * 32)
+    # distinct sectors in the launch: in (160 B: 5 sectors), src (64 B: 2) and out (5) read, out written
+    assert (got["load_sector_bytes"], got["store_sector_bytes"]) == (12 * 32, 5 * 32)
+    # the HBM model, per block: in and src read once (the second read of in, and out read after the
+    # block's own store, hit L2), out written once; three blocks share nothing
+    assert (got["hbm_load_bytes"], got["hbm_store_bytes"]) == (3 * 7 * 32, 3 * 5 * 32)
+    assert got["max_program_bytes"] == 12 * 32
     assert res["dry"]["programs"] == 3 and res["dry"]["flops"] == 0 and res["dry"]["bytes"] == 0
     assert res["unwatched"]["store_bytes"] == 0  # only registered buffers count as global memory
 
