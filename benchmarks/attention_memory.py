@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import tempfile
 import time
 import warnings
 from dataclasses import dataclass
@@ -575,6 +576,9 @@ def plot(results: dict, path: Path) -> bool:
                               f"{results['precision']}", results["environment"])
 
 
+SCRATCH = Path(tempfile.gettempdir()) / "vitpose_benchmarks"
+
+
 def main(argv=None) -> int:
     p = common.parser(__doc__)
     p.add_argument("--batch", type=int, default=64, help="per-GPU batch (the paper's: 64)")
@@ -585,8 +589,13 @@ def main(argv=None) -> int:
                    help="cpu: estimates only, even where a GPU is present")
     p.add_argument("--budget-s", type=float, default=None,
                    help="GPU: measure no new row after this many seconds (estimates still printed)")
-    p.add_argument("--out", default=None, help="directory for JSON + PNG (default benchmarks/results)")
+    p.add_argument("--out", default=None,
+                   help=f"directory for JSON + PNG (default: the scratch folder {SCRATCH})")
+    p.add_argument("--update-results", action="store_true",
+                   help="write to benchmarks/results/, replacing the committed JSON and PNG")
     args = p.parse_args(argv)
+    if args.update_results and args.out:
+        p.error("--out and --update-results exclude each other")
     common.stop_on_sigterm()
     args.tables = [t.strip() for t in args.tables.split(",") if t.strip()]
     bad = [t for t in args.tables if t not in TABLES]
@@ -598,7 +607,9 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     results = run(args)
     where = "gpu" if results["mode"] != "estimate" else "cpu-estimate"
-    common.finish(results, args.out, f"attention_memory_{where}_{args.precision}_b{args.batch}", render, plot, t0)
+    # A run writes to a scratch folder unless asked: the committed results change only on purpose.
+    out = common.DEFAULT_OUT if args.update_results else (args.out or SCRATCH)
+    common.finish(results, out, f"attention_memory_{where}_{args.precision}_b{args.batch}", render, plot, t0)
     return 0
 
 

@@ -25,7 +25,7 @@
 # a full GPU run). Nothing here needs the network.
 #
 # Environment: PYTHON (default python3), STEPS (default "install parity kernels throughput memory";
-# also: tests = the whole GPU suite, patched), TOTAL_S, MAX_JOBS (16), VITPOSE_CUDA_ARCHS (90a-real:
+# also: tests = the whole GPU suite, patched, serving), TOTAL_S, MAX_JOBS (16), VITPOSE_CUDA_ARCHS (90a-real:
 # H100/H200 only, the fastest compile), PYTEST_WORKERS (8 with pytest-xdist, 0 = off).
 # Python wheels in .whl/ (carried to the device machine) are installed into /tmp/site first.
 set -uo pipefail
@@ -46,8 +46,8 @@ STATUS="$WORK/steps.tsv"
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg VITPOSE_AUTOTUNE=0
 export VITPOSE_RANDOM_CASES=${VITPOSE_RANDOM_CASES:-40}
 
-declare -A WEIGHT=([parity]=30 [tests]=30 [kernels]=30 [throughput]=20 [memory]=12 [patched]=10)
-declare -A CAP=([parity]=200 [tests]=400 [kernels]=200 [throughput]=150 [memory]=100 [patched]=120)
+declare -A WEIGHT=([parity]=30 [tests]=30 [kernels]=30 [throughput]=20 [memory]=12 [patched]=10 [serving]=12)
+declare -A CAP=([parity]=200 [tests]=400 [kernels]=200 [throughput]=150 [memory]=100 [patched]=120 [serving]=180)
 DONE=" "
 
 has() { [[ " $STEPS " == *" $1 "* ]]; }
@@ -65,7 +65,7 @@ pack() {  # OUTDIR/summary.txt + OUTDIR/gpu_session.tar.gz, replaced atomically
 limit() {
     local name=$1 left total=0 s
     left=$(( DEADLINE - $(now) - RESERVE ))
-    for s in parity tests kernels throughput memory patched; do
+    for s in parity tests kernels throughput memory patched serving; do
         has "$s" && [[ "$DONE" != *" $s "* ]] && total=$(( total + WEIGHT[$s] ))
     done
     (( total > 0 )) || total=1
@@ -215,6 +215,12 @@ if has patched; then
     l=$(limit patched); DONE+="patched "
     step patched_models "$l" TERM $PY benchmarks/patched_models.py --out "$WORK" --rep 10 --max-seconds 2 \
         --budget-s "$(budget "$l")"
+fi
+
+if has serving; then  # CUDA-graph serving latency per bucket, then a TensorRT engine (if installed)
+    l=$(limit serving); DONE+="serving "
+    step serving "$(( l * 2 / 3 ))" TERM $PY benchmarks/serving.py --out "$WORK" --budget-s "$(budget "$(( l * 2 / 3 ))")"
+    step tensorrt "$(( l / 3 ))" TERM $PY benchmarks/tensorrt_engine.py --out "$WORK" --budget-s "$(budget "$(( l / 3 ))")"
 fi
 
 # ----------------------------------------------------------------------------- summary

@@ -251,12 +251,12 @@ def natten_fn(setup: AttnSetup, device):
         raise NotImplementedError("NATTEN is timed on a GPU only")
     (hg, wg), ks = case.grid, natten_kernel_size(case)
 
-    def natten(q, k, v):  # (B, H, N, D) -> NATTEN's (B, Hg, Wg, H, D) layout, as views
+    def neighbourhood(q, k, v):  # (B, H, N, D) -> NATTEN's (B, Hg, Wg, H, D) layout, as views
         def grid(t):
             return t.transpose(1, 2).unflatten(1, (hg, wg))
         return na2d(grid(q), grid(k), grid(v), kernel_size=ks).flatten(1, 2).transpose(1, 2)
 
-    return natten
+    return neighbourhood
 
 
 def flex_fn(setup: AttnSetup, device, smoke: bool):

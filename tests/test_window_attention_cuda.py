@@ -168,15 +168,17 @@ def test_torch_compile_fullgraph_and_opcheck():
 
     eager = f(q, k, v, rh, rw)
     compiled = torch.compile(f, fullgraph=True)
-    # The same kernels behind the custom op; only the rel-pos tables' rounding to q's dtype runs in torch.
+    # Same kernels and host code (the op's fake serves the trace; only the rel-pos tables' rounding to
+    # q's dtype runs in torch).
     parity.assert_close("compiled", compiled(q, k, v, rh, rw), eager, 1e-2)
 
-    packed = torch.stack([q, k, v]).permute(1, 3, 0, 2, 4).contiguous()  # (B, N, 3, H, D)
-    for args in ((*(t.detach().requires_grad_(True) for t in (q, k, v)),),
-                 (packed.detach().requires_grad_(True), None, None)):
-        torch.library.opcheck(mod.window_attention_op, (*args, rh.detach().requires_grad_(True),
-                                                        rw.detach().requires_grad_(True),
-                                                        [*case.grid, 8, 8, 4, 4, 1], True, 64 ** -0.5))
+    # The op schema shared with the Triton backend (vitpose_kernels._attention_ops), q, k, v apart and
+    # packed in one (B, N, 3, H, D) tensor (one packed gradient).
+    geom = [*case.grid, *case.window, *case.shift, case.num_global]
+    packed = torch.stack([q, k, v]).permute(1, 3, 0, 2, 4).contiguous()
+    for qkv in ((q, k, v), (packed, None, None)):
+        leaves = [t.detach().requires_grad_(True) if t is not None else None for t in (*qkv, rh, rw)]
+        torch.library.opcheck(mod.window_attention_op, (*leaves, geom, True, 64 ** -0.5))
 
 
 # ----------------------------------------------------------------------------- CPU-runnable

@@ -118,7 +118,10 @@ def test_opcheck(rel, packed):
                                 rel_pos=rel, B=1, H=1, D=16)
     (q, k, v, rh, rw), _ = _inputs(case)
     geom = [*case.grid, *case.window, *case.shift, case.num_global]
-    args = (q, k, v) if not packed else (torch.stack([q, k, v], 2).transpose(1, 3).detach().requires_grad_(), None, None)
+    if packed:  # one (B, N, 3, H, D) tensor, k = v = None
+        args = (torch.stack([q, k, v], 2).transpose(1, 3).detach().requires_grad_(), None, None)
+    else:
+        args = (q, k, v)
     torch.library.opcheck(wa.window_attention_op, (*args, rh, rw, geom, True, 0.25))
 
 

@@ -16,6 +16,10 @@ def window_attention(q, k, v, *, grid, window=None, shift=(0, 0), pool=False, nu
     pool=True adds, for every grid query, the means of k and v over each tile of the unshifted
     tiling; global queries attend to all tokens and every grid query to all global tokens;
     rel_pos_h (2*wh-1, D) / rel_pos_w (2*ww-1, D) add ViTDet/SAM's decomposed relative position.
+    A window may be larger than the grid: cells are still the tiles of side `window` whose
+    boundaries fall at shift + i*window, clipped to the grid (one cell, i.e. full attention, when
+    window >= grid and shift is 0). float64 runs on the reference backend only (for gradcheck;
+    explain() says why the kernels decline it); the kernels take float32, float16 and bfloat16.
 
     Equivalent PyTorch code (the dense form of the spec; see vitpose_kernels.reference)::
 
@@ -26,6 +30,8 @@ def window_attention(q, k, v, *, grid, window=None, shift=(0, 0), pool=False, nu
     backend: None picks the fastest backend that supports the inputs; "reference", "triton" or
     "cuda" forces one (NotImplementedError listing its reasons if it cannot serve the call).
     """
+    if torch.jit.is_tracing():
+        grid, num_global = traced_ints(grid), traced_ints(num_global)
     args = _prepare_window_attention(q, k, v, grid=grid, window=window, shift=shift, pool=pool,
                                      num_global=num_global, rel_pos_h=rel_pos_h, rel_pos_w=rel_pos_w,
                                      scale=scale)
@@ -42,6 +48,8 @@ def window_attention_qkvpacked(qkv, *, grid, window=None, shift=(0, 0), pool=Fal
     _validate.check_rank("qkv", qkv, 5, "(B, N, 3, H, D)")
     if qkv.shape[2] != 3:
         raise ValueError(f"qkv must be (B, N, 3, H, D), got qkv.shape={tuple(qkv.shape)}")
+    if torch.jit.is_tracing():
+        grid, num_global = traced_ints(grid), traced_ints(num_global)
     q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
     args = _prepare_window_attention(q, k, v, grid=grid, window=window, shift=shift, pool=pool,
                                      num_global=num_global, rel_pos_h=rel_pos_h, rel_pos_w=rel_pos_w,
@@ -49,6 +57,16 @@ def window_attention_qkvpacked(qkv, *, grid, window=None, shift=(0, 0), pool=Fal
     fn = dispatch.select("window_attention", backend, q.device, *args).fn
     packed = getattr(fn, "qkvpacked", None)  # backends whose kernels take the packed tensor
     return packed(qkv, *args[3:]) if packed is not None else fn(*args)
+
+
+def traced_ints(value):
+    """Sizes read from shapes while torch.jit traces (ONNX export) are 0-dim tensors; the geometry
+    of a traced graph is fixed (only the batch is dynamic), so take the ints they hold."""
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.is_floating_point():
+        return int(value)
+    if isinstance(value, (tuple, list)):
+        return type(value)(traced_ints(v) for v in value)
+    return value
 
 
 def _prepare_window_attention(q, k, v, *, grid, window=None, shift=(0, 0), pool=False, num_global=0,

@@ -9,7 +9,10 @@ batch and heads can be scaled launch by launch to the target.
 Besides the executed bytes (every active lane of every load: what the kernel asks the memory
 system for, an upper bound of DRAM traffic), each launch keeps the number of distinct 32-byte
 sectors it touched, loads and stores apart: a lower bound of DRAM traffic (perfect reuse in
-L2 within one launch).
+L2 within one launch, unrealistic when a launch touches more than the L2 holds). And the HBM
+model (launches.ProgramTraffic): per program, the sectors it reads before it touched them
+itself and the distinct sectors it writes, summed over the launch's programs: re-reads inside
+one program are L2 hits, nothing is shared between programs.
 
 `dry=True` records each launch (grid, argument types and values, constexprs, launch options)
 without running its programs: a run at the full target size then gives the exact grids and the
@@ -21,14 +24,13 @@ silently counting nothing.
 """
 from __future__ import annotations
 
-import contextlib
 import inspect
 import os
 import threading
 
 import numpy as np
 
-from .launches import SECTOR, Counts, Launch
+from .launches import SECTOR, Counts, Launch, ProgramTraffic
 
 # (class attribute, parameter names it must take): checked before patching.
 _HOOKS = {
@@ -99,6 +101,7 @@ class TritonCounter:
         self.launches: list[Launch] = []
         self._cur: Counts | None = None
         self._sectors: dict[str, list] = {"load": [], "store": []}
+        self._program: ProgramTraffic | None = None
         self._in_launch = threading.local()
         self._saved = []
 
@@ -116,17 +119,6 @@ class TritonCounter:
 
     def on_free(self, ptr: int) -> None:
         pass
-
-    def totals(self, by_kernel: bool = False):
-        if not by_kernel:
-            out = Counts()
-            for lnch in self.launches:
-                out.add(lnch.counts)
-            return out
-        per = {}
-        for lnch in self.launches:
-            per.setdefault(lnch.kernel, Counts()).add(lnch.counts)
-        return per
 
     # ---------------------------------------------------------------- counting
     def _lanes(self, kind: str, ptrs, mask) -> None:
@@ -148,12 +140,21 @@ class TritonCounter:
         if active:
             addr = p[m].astype(np.uint64)
             first, last = addr // SECTOR, (addr + np.uint64(elt - 1)) // SECTOR
+            touched = np.concatenate([first, last]) if elt > 1 else first
+            self._program.add(touched, kind == "store")
             secs = self._sectors[kind]
-            secs.append(first)
-            if elt > 1:
-                secs.append(last)
+            secs.append(touched)
             if sum(a.size for a in secs) > 1 << 22:  # keep memory bounded on long launches
                 self._sectors[kind] = [np.unique(np.concatenate(secs))]
+
+    def _close_program(self) -> None:
+        c, prog = self._cur, self._program
+        if prog is not None:
+            reads, writes, touched = prog.totals()
+            c.hbm_load_bytes += reads * SECTOR
+            c.hbm_store_bytes += writes * SECTOR
+            c.max_program_bytes = max(c.max_program_bytes, touched * SECTOR)
+        self._program = ProgramTraffic()
 
     def _close_sectors(self) -> None:
         c = self._cur
@@ -213,6 +214,7 @@ class TritonCounter:
 
         def set_grid_idx(self, x, y, z):
             if counter._cur is not None:
+                counter._close_program()  # the previous program's HBM traffic; a fresh one
                 counter._cur.programs += 1
             return orig["set_grid_idx"](self, x, y, z)
 
@@ -232,10 +234,12 @@ class TritonCounter:
                 launch.counts.programs = launch.programs
                 return None
             counter._cur = launch.counts
+            counter._program = None
             counter._in_launch.v = True
             try:
                 return orig_call(self, *args_dev, **kwargs)
             finally:
+                counter._close_program()
                 counter._close_sectors()
                 counter._cur = None
                 counter._in_launch.v = False
@@ -255,10 +259,4 @@ class TritonCounter:
             setattr(cls, name, fn)
         self._saved.clear()
         return False
-
-
-@contextlib.contextmanager
-def counting(dry: bool = False):
-    with TritonCounter(dry=dry) as c:
-        yield c
 

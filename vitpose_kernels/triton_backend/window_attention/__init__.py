@@ -48,7 +48,7 @@ the same per-row shift to drel (BM, R_PAD), dq += drel @ R, d R += drel^T q (fp3
 for low-precision inputs), d R as per-program partial sums added by torch (fixed order).
 
 Backward, cells that fit one block (the single pass): order of launches
-  1. bwd_prep_kernel (only with pooling): per program (same tile groups as 3), per tile: delta =
+  1. bwd_prep_kernel (only with pooling): per program TILES_PER_PROGRAM tiles, per tile: delta =
      rowsum(dO * O) into a (B, H, N) fp32 buffer, and the extra keys' partial gradients from those
      rows, dK_x += dS_x^T q, dV_x += P_x^T dO, accumulated in registers over the program's tiles,
      one fp32 slot per program ((2, B*H, slots, E, D); slots are per (tile, query block) when
@@ -57,14 +57,15 @@ Backward, cells that fit one block (the single pass): order of launches
      gradients from the global queries (one more slot per global query block).
   3. bwd_reduce_kernel: per extra key the slots added in slot order (deterministic): pooled keys'
      gradients to XG (fp32, (2, B*H, P, D)); global tokens' to their dk, dv rows.
-  4. bwd_tile_kernel: per program TILES_PER_PROGRAM tiles; per tile one pass: load q, k, v, dO
+  4. bwd_tile_kernel: one program per tile (a loop over tiles costs ~60 registers), one pass: load q, k, v, dO
      (and O for delta when there is no pooling), S = q k^T (+ rel bias), P = exp(S - lse), dP = dO
      v^T, dS = P * (dP - delta), dv = P^T dO, dk = dS^T q, dq = dS k (FlashAttention-2's 5
      products); dq += the extra keys' share (dS_x k_x; without pooling this pass also writes their
      partial gradients, and the reduction runs after it); dk, dv += the global queries' share;
-     dk, dv += XG[tile of the token] / tile size (the mean's backward: one-hot product from the
-     P rows held in registers); dq, dk, dv written once, in the caller's layout (strided views of
-     one (B, N, 3, H, D) gradient for packed qkv). No atomics; tiles do not overlap.
+     dk, dv += XG[tile of the token] / tile size (the mean's backward: a one-hot product with the
+     P reduced rows, or a per-key gather when P > 64 or with rel-pos); dq, dk, dv written once,
+     in the caller's layout (strided views of one (B, N, 3, H, D) gradient for packed qkv). No
+     atomics; tiles do not overlap. Partial sums without pooling: one slot per tile.
 Larger cells: bwd_prep_kernel (delta, and pooled partials), bwd_global_kernel, bwd_reduce_kernel
 (pooling), then bwd_kv_kernel (program = (tile, key block): dk, dv over the tile's query blocks
 and the global queries, pooled spread) and bwd_q_kernel (program = (tile, query block): dq over

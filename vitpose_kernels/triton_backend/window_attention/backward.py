@@ -205,14 +205,16 @@ def _pool_spread(dk, dv, tok, valid, XGK, XGV, G, HG, WG, WH, WW, NTW, d, D: tl.
 
 
 @triton.jit
-def _pool_spread_regs(dk, dv, tok, xgk, xgv, e, G, HG, WG, WH, WW, NTW):
+def _pool_spread_regs(dk, dv, tok, xgk, xgv, e, G, HG, WG, WH, WW, NTW, PREC: tl.constexpr):
     """_pool_spread with all P pooled gradients already in registers (xgk, xgv: rows e), picked
-    per key by an exact one-hot product instead of a gather from memory per key."""
+    per key by a one-hot product on the tensor cores (tf32 for low-precision inputs: the pooled
+    share keeps 10 mantissa bits before the sum is rounded to 7 or 10; exact for fp32 inputs)
+    instead of a gather of fp32 rows from memory per key."""
     pidx, cnt = pooled_index(tok, G, HG, WG, WH, WW, NTW)
     onehot = (pidx[:, None] == e[None, :]).to(tl.float32)
     inv = 1.0 / cnt.to(tl.float32)
-    dk += tl.dot(onehot, xgk, input_precision="ieee") * inv[:, None]
-    dv += tl.dot(onehot, xgv, input_precision="ieee") * inv[:, None]
+    dk += mm(onehot, xgk, PREC) * inv[:, None]
+    dv += mm(onehot, xgv, PREC) * inv[:, None]
     return dk, dv
 
 
@@ -261,7 +263,7 @@ def bwd_tile_kernel(Q, K, V, DO, O, LSE, DELTA, XK, XV, XGK, XGV, PK, PV, RH, RW
                     D: tl.constexpr, D_PAD: tl.constexpr, HAS_RELH: tl.constexpr, HAS_RELW: tl.constexpr,
                     WH_PAD: tl.constexpr, WW_PAD: tl.constexpr, RH_PAD: tl.constexpr, RW_PAD: tl.constexpr,
                     HAS_EXTRA: tl.constexpr, POOL: tl.constexpr, PARTIALS: tl.constexpr, IN_REGS: tl.constexpr,
-                    HAS_GLOBAL: tl.constexpr, PREC: tl.constexpr, BLOCK: tl.constexpr, BLOCK_E: tl.constexpr,
+                    SPREAD_IN_REGS: tl.constexpr, HAS_GLOBAL: tl.constexpr, PREC: tl.constexpr, BLOCK: tl.constexpr, BLOCK_E: tl.constexpr,
                     BLOCK_G: tl.constexpr):
     """Single pass over packed tiles grp*TPP.. whose cells fit one block: for each tile, dq, dk, dv
     of all its tokens from one S = q k^T (5 products, as FlashAttention-2's inner step), plus
@@ -301,17 +303,6 @@ def bwd_tile_kernel(Q, K, V, DO, O, LSE, DELTA, XK, XV, XGK, XGV, PK, PV, RH, RW
     drw = tl.zeros([RW_PAD, D_PAD], dtype=tl.float32)
     dkx = tl.zeros([BLOCK_E, D_PAD], dtype=tl.float32)
     dvx = tl.zeros([BLOCK_E, D_PAD], dtype=tl.float32)
-    xk = 0.0
-    xv = 0.0
-    xgk = 0.0
-    xgv = 0.0
-    if HAS_EXTRA:
-        if IN_REGS:  # the extra keys (and the pooled ones' reduced gradients) once per program
-            xk = load_rows(XK, e, e < E, D, 1, d, D)
-            xv = load_rows(XV, e, e < E, D, 1, d, D)
-            if POOL:
-                xgk = load_rows(XGK, e, e < P, D, 1, d, D)
-                xgv = load_rows(XGV, e, e < P, D, 1, d, D)
     t0 = grp * TPP
     for t in range(t0, tl.minimum(t0 + TPP, T)):
         tok, valid, cell, ly, lx, _ = tile_slots(t, slots, G, HG, WG, WH, WW, NTX, NTY, MY, MX, BY, BX, FY, FX)
@@ -350,9 +341,9 @@ def bwd_tile_kernel(Q, K, V, DO, O, LSE, DELTA, XK, XV, XGK, XGV, PK, PV, RH, RW
         if HAS_EXTRA:
             dqx = tl.zeros([BLOCK, D_PAD], dtype=tl.float32)
             if IN_REGS:
-                px, dsx = grad_step(q, xk, xv, do, lse2, delta, 0.0, valid[:, None] & (e < E)[None, :], qk_scale,
-                                    False, PREC)
-                dqx += mm(dsx.to(xk.dtype), xk, PREC)
+                # Loaded per tile (4 KB at the target): held across the tile loop they cost ~90
+                # registers (ptxas, sm_90a) for a few percent of the bytes.
+                dqx, px, dsx = _extra_block(dqx, q, do, lse2, delta, valid, XK, XV, e, E, d, qk_scale, D, PREC)
                 if PARTIALS:
                     dkx += mm(tl.trans(dsx).to(q.dtype), q, PREC)
                     dvx += mm(tl.trans(px).to(do.dtype), do, PREC)
@@ -370,8 +361,10 @@ def bwd_tile_kernel(Q, K, V, DO, O, LSE, DELTA, XK, XV, XGK, XGV, PK, PV, RH, RW
                                      qk_scale, D, PREC, BLOCK_G)
         dk = dk * scale
         if POOL:
-            if IN_REGS:
-                dk, dv = _pool_spread_regs(dk, dv, tok, xgk, xgv, e, G, HG, WG, WH, WW, NTW)
+            if IN_REGS and SPREAD_IN_REGS:
+                xgk = load_rows(XGK, e, e < P, D, 1, d, D)
+                xgv = load_rows(XGV, e, e < P, D, 1, d, D)
+                dk, dv = _pool_spread_regs(dk, dv, tok, xgk, xgv, e, G, HG, WG, WH, WW, NTW, PREC)
             else:
                 dk, dv = _pool_spread(dk, dv, tok, valid, XGK, XGV, G, HG, WG, WH, WW, NTW, d, D)
         store_rows(DK, tok, dk, valid, sgkn, sgkd, d, D)

@@ -17,7 +17,7 @@ MAX_HEAD_DIM = 256
 MAX_REL_ROWS = 255  # 2*w - 1: q . R^T is held as a (BLOCK_M, next_pow2(2*w - 1)) register tile
 SINGLE_MAX = 64  # cells up to this many tokens take the single-pass backward (one block a tile)
 EXTRA_MAX = 64  # up to this many extra keys (pooled + global) are one register block
-TILES_PER_PROGRAM = 4  # tiles one program of the single-pass backward (and its prep) walks
+TILES_PER_PROGRAM = 4  # tiles one program of the forward and of the backward's prep walks
 _DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -115,10 +115,12 @@ class Plan:
 
         # ---- backward
         bwd_block = _pow2(self.S) if self.small else (64 if d_pad <= 128 else 32)
-        # Tiles per program of the single pass: a few, so that partial sums (and the extra keys'
-        # loads) are shared by several tiles. A function of the tiling only, never of the batch:
-        # results stay bit-identical across batch sizes, and work per program is the same at
-        # any (B, H) (the cost model scales a reduced run by program counts).
+        # Tiles per program: the prep kernel walks a few (its partial sums shared by several
+        # tiles); the single pass takes one (tpp == 1 is specialized as a constant: straight-line
+        # code; a loop over tiles costs it ~60 registers, measured with ptxas for sm_90a). A
+        # function of the tiling only, never of the batch: results stay bit-identical across
+        # batch sizes, and work per program is the same at any (B, H) (the cost model scales a
+        # reduced run by program counts).
         self.groups = _cdiv(self.T, TILES_PER_PROGRAM) if self.small else self.T
         self.tpp = _cdiv(self.T, self.groups)
         self.groups = _cdiv(self.T, self.tpp)
@@ -126,8 +128,8 @@ class Plan:
         self.prep = self.P > 0 or not self.small  # delta buffer (and pooled keys' partial sums)
         if self.P > 0:  # the prep kernel writes the grid rows' partial sums
             self.npart_grid = self.groups if self.in_regs else self.T * self.bqb
-        elif self.E > 0:  # the cell programs do
-            self.npart_grid = (self.groups if self.in_regs else self.T) if self.small else self.T * self.bqb
+        elif self.E > 0:  # the cell programs do, one slot per tile (per block of a larger cell)
+            self.npart_grid = self.T if self.small else self.T * self.bqb
         else:
             self.npart_grid = 0
         self.npart = self.npart_grid + (self.gb if G else 0)
@@ -139,13 +141,16 @@ class Plan:
         self.reduce_blocks = _cdiv(self.E, block_e)
         gblk = min(64, _pow2(G))
         if self.small:
-            self.cell_grids = ((self.groups, self.BH),)
+            self.cell_grids = ((self.T, self.BH),)
             self.tile_c = dict(D=D, D_PAD=d_pad, **rel, HAS_EXTRA=self.E > 0, POOL=self.P > 0,
-                               PARTIALS=self.P == 0 and self.E > 0, IN_REGS=self.in_regs, HAS_GLOBAL=G > 0,
+                               PARTIALS=self.P == 0 and self.E > 0, IN_REGS=self.in_regs,
+                               # the P pooled gradients held for a one-hot spread: with rel-pos the
+                               # registers are spent (measured spills), so a gather per key instead
+                               SPREAD_IN_REGS=not (has_rh or has_rw), HAS_GLOBAL=G > 0,
                                PREC=prec, BLOCK=bwd_block, BLOCK_E=block_e, BLOCK_G=gblk,
                                num_warps=_warps(bwd_block, dw, 64 * 64),
                                num_stages=1 if has_rh or has_rw else 2)  # 2 spills with rel-pos
-            self.rel_slots = self.groups
+            self.rel_slots = self.T
         else:
             self.cell_grids = ((self.T * self.bqb, self.BH), (self.T * self.bqb, self.BH))
             blocks = dict(BLOCK_M=bwd_block, BLOCK_N=bwd_block)
@@ -230,7 +235,7 @@ class Plan:
         if self.small:
             _launch(bk.bwd_tile_kernel, self.cell_grids[0], q, k, v, do, out, lse, delta, xk, xv, xgk, xgv, pk, pv,
                     *rel, *prel, dq, dk, dv, *strides, *sgq, *sgk, *sgv, *rs, H, N, E, P, self.npart, self.T,
-                    self.tpp, *self.geo, self.ntw, qk_scale, scale, **self.tile_c)
+                    1, *self.geo, self.ntw, qk_scale, scale, **self.tile_c)
         else:
             _launch(bk.bwd_kv_kernel, self.cell_grids[0], q, k, v, do, out, lse, delta, xgk, xgv, *rel, dk, dv,
                     *strides, *sgk, *sgv, *rs, H, N, P, self.bqb, *self.geo, self.ntw, qk_scale, scale, **self.kv_c)
@@ -305,7 +310,8 @@ def window_attention_reasons(q, k, v, rel_pos_h, rel_pos_w, spec: AttentionSpec)
     if D > MAX_HEAD_DIM:
         why.append(f"head dim D={D} > {MAX_HEAD_DIM} (q.shape={tuple(q.shape)})")
     for name, t in (("q", q), ("k", k), ("v", v)):  # the kernels' in-head offsets are int32
-        extent = max(sum((n - 1) * abs(s) for n, s in zip(t.shape[2:], t.stride()[2:])), t.shape[2] * D)
+        n, sn, sd = t.shape[2], t.stride(2), t.stride(3)
+        extent = max((n - 1) * abs(sn) + (D - 1) * abs(sd), n * D)  # also bounds our (B, H, N, D) outputs
         if extent >= 2 ** 31:
             why.append(f"{name} spans {extent} elements within one head (shape {tuple(t.shape)}, strides "
                        f"{t.stride()}): the Triton kernels index a head with int32 offsets")
