@@ -25,6 +25,7 @@ A backend supplies two functions and nothing else:
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, List, Optional, Tuple
 
 import torch
@@ -33,6 +34,31 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode as _current_
 from . import _alloc
 
 GEOMETRY = ("Hg", "Wg", "wh", "ww", "sh", "sw", "num_global")
+
+# Launch plans a backend may choose between per shape (the Triton one does): "split" spreads a
+# head's tiles over several programs (fills the GPU at any batch), "head" gives one program a
+# whole (batch, head) (with pooled keys: no second HBM pass, no cross-program reduction).
+PLANS = ("split", "head")
+_forced_plan: list = [None]
+
+
+@contextlib.contextmanager
+def forced_plan(kind: Optional[str]):
+    """Calls inside use launch plan `kind` ("split" or "head"; None: the backend's own choice),
+    e.g. to test both plans at small shapes or to count a reduced run with the full size's plan. A
+    backend raises ValueError when the forced plan cannot serve a call."""
+    if kind is not None and kind not in PLANS:
+        raise ValueError(f"forced_plan(kind={kind!r}): expected one of {PLANS} or None")
+    before = _forced_plan[0]
+    _forced_plan[0] = kind
+    try:
+        yield
+    finally:
+        _forced_plan[0] = before
+
+
+def plan_forced() -> Optional[str]:
+    return _forced_plan[0]
 
 
 def geometry(spec) -> list[int]:
