@@ -354,7 +354,27 @@ def _backward(dout, q, k, v, out, lse, extra_kv, rel_pos_h, rel_pos_w, geometry,
 window_attention_op, window_attention_backward_op = _attention_ops.define_ops("triton", _forward, _backward)
 
 
+_REASONS: dict = {}  # window_attention_reasons, per call metadata (eager calls)
+
+
 def window_attention_reasons(q, k, v, rel_pos_h, rel_pos_w, spec: AttentionSpec) -> list:
+    """Why these kernels cannot serve the call: a function of the tensors' dtypes, device type,
+    shapes and strides, the window and whether the interpreter is on; eager calls look it up."""
+    if torch.compiler.is_compiling():  # (dynamo traces the checks themselves)
+        return _reasons(q, k, v, rel_pos_h, rel_pos_w, spec)
+    key = (q.dtype, q.device.type, dispatch.interpreting(), q.shape, q.stride(), k.shape, k.stride(), v.shape,
+           v.stride(), None if rel_pos_h is None else rel_pos_h.dtype,
+           None if rel_pos_w is None else rel_pos_w.dtype, spec.window)
+    why = _REASONS.get(key)
+    if why is None:
+        why = _reasons(q, k, v, rel_pos_h, rel_pos_w, spec)
+        if len(_REASONS) >= 512:
+            _REASONS.clear()
+        _REASONS[key] = why
+    return list(why)
+
+
+def _reasons(q, k, v, rel_pos_h, rel_pos_w, spec: AttentionSpec) -> list:
     why = []
     if q.dtype not in _DTYPES:
         why.append(f"q.dtype={q.dtype}: the Triton kernels take float32, float16 or bfloat16 "
