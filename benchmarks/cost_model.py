@@ -19,9 +19,10 @@ How each number is obtained (benchmarks/cost/ holds one module per instrument):
                          sectors it reads before touching them itself, plus the distinct sectors
                          it writes, summed over programs (a re-read inside one program is an L2
                          hit; nothing is shared between programs or launches); plus the PyTorch
-                         ops' bytes. The model's assumption, that a program's footprint stays in
-                         L2 while it runs, is shown beside it: the largest footprint of one
-                         program times the programs resident at once (SMs x CTAs/SM), over L2.
+                         ops' bytes. The model's assumption, that what a program re-reads is
+                         still in L2, is shown beside it: the mean LRU reuse distance of those
+                         re-reads (distinct bytes the program touched in between) times the
+                         programs resident at once (SMs x CTAs/SM), over the 50 MB L2.
   useful FLOPs, floor    from the geometry alone (benchmarks/cost/geometry.py)
   peak extra memory      the full-size dry run's live tensor bytes through forward + backward with
                          q, k, v views of one packed (B, N, 3, H, D) tensor, as the model calls it:
@@ -59,6 +60,7 @@ from cost.launches import Counts, scaled_launches  # noqa: E402
 from cost.torch_counter import TorchCounter  # noqa: E402
 
 import vitpose_kernels as vk  # noqa: E402
+from vitpose_kernels._attention_ops import forced_plan  # noqa: E402
 
 TARGET = "t5-window8x8-shift-pool"
 DIRECTIONS = ("fwd", "fwd+bwd")
@@ -157,6 +159,15 @@ class TritonBackend:
             os.environ["TRITON_INTERPRET"] = env
             vk.dispatch.reasons = reasons
 
+    def plan_kind(self, case: Case) -> str:
+        """The launch plan the full-size call gets (the counted run at reduced batch and heads
+        is forced to it: the Triton host picks per-head programs only when B*H fills the GPU)."""
+        from vitpose_kernels.triton_backend.window_attention import host
+
+        g = case.geom
+        geom = [*g.grid, *g.win, *(g.shift if g.window is not None else (0, 0)), g.num_global]
+        return host.plan_of(g.B, g.H, g.N, g.D, DTYPES[case.dtype], geom, g.pool, g.rel_pos, g.rel_pos).kind
+
     def counter(self, dry: bool):
         from cost.triton_counter import TritonCounter
 
@@ -173,6 +184,9 @@ class CudaBackend:
         from cost import cuda_counter
 
         return cuda_counter.unavailable_reason()
+
+    def plan_kind(self, case: Case) -> None:
+        return None  # one launch plan per shape, whatever the batch
 
     def context(self, dry: bool):
         from cost import cuda_counter
@@ -233,9 +247,12 @@ def run_op(case: Case, backend, direction: str, B: int, H: int, dry: bool):
 def measure(case: Case, backend, direction: str, run_b: int, run_h: int, jobs: int, machine_code: bool) -> dict:
     g = case.geom
     t0 = time.time()
-    small, _, _ = run_op(case, backend, direction, run_b, run_h, dry=False)
+    kind = backend.plan_kind(case)
+    with forced_plan(kind):  # the full size's launch plan for the reduced run too
+        small, _, _ = run_op(case, backend, direction, run_b, run_h, dry=False)
     try:
-        full, tcount, inputs = run_op(case, backend, direction, g.B, g.H, dry=True)
+        with forced_plan(kind):
+            full, tcount, inputs = run_op(case, backend, direction, g.B, g.H, dry=True)
     except Exception as e:
         raise RuntimeError(
             f"cost model: the full-size dry run of {case.name} / {backend.name} / {direction} failed "
@@ -261,7 +278,7 @@ def measure(case: Case, backend, direction: str, run_b: int, run_h: int, jobs: i
     hbm = total.hbm_bytes + torch_ops.bytes
     codes = [k["machine_code"] for k in kernels.values() if k["machine_code"] is not None]
     entry = dict(
-        name=case.name, backend=backend.name, direction=direction,
+        name=case.name, backend=backend.name, direction=direction, plan=kind,
         executed_flops=int(executed), useful_flops=int(useful), bytes=int(nbytes), floor_bytes=int(floor),
         spill_bytes=sum(c["spill_bytes"] for c in codes) if machine_code else None,
         serialized_wgmma=sum(c["serialized_wgmma"] for c in codes) if machine_code else None,
@@ -283,7 +300,7 @@ def measure(case: Case, backend, direction: str, run_b: int, run_h: int, jobs: i
         entry["peak_extra_memory_ratio"] = (inputs + tcount.peak_bytes) / qkvo_grads
         entry["peak_memory"] = dict(inputs_bytes=inputs, peak_above_inputs_bytes=tcount.peak_bytes,
                                     qkv_out_and_grads_bytes=qkvo_grads)
-    entry["l2_footprint_ratio"] = l2_footprint_ratio(entry["kernels"]) if machine_code else None
+    entry["l2_reuse_ratio"] = l2_reuse_ratio(entry["kernels"]) if machine_code else None
     entry["predictions"] = predict(entry)
     return entry
 
@@ -294,18 +311,21 @@ def _has_hbm(total: Counts) -> bool:
     return total.hbm_bytes > 0 or total.bytes == 0
 
 
-def l2_footprint_ratio(kernels: list[dict]) -> float:
-    """The HBM model's assumption, checked conservatively: per kernel, the largest distinct
-    footprint of one program times the programs resident at once on an H100/H200 (132 SMs x the
-    cubin's CTAs/SM, at most the launch's programs), over the 50 MB L2; the largest over the
-    kernels. A re-read's reuse distance is at most the program's footprint, so <= 1 means every
-    re-read the model calls an L2 hit fits in L2 even if all resident programs stream at once."""
+def l2_reuse_ratio(kernels: list[dict]) -> float | None:
+    """The HBM model's assumption, checked: per kernel, the mean LRU reuse distance of the loads
+    the model calls L2 hits (distinct bytes one program touches between two accesses of a sector)
+    times the programs resident at once on an H100/H200 (132 SMs x the cubin's CTAs/SM, at most
+    the launch's programs), over the 50 MB L2; the largest over the kernels. With every resident
+    program streaming at the same pace, <= 1 means a typical re-read is still in L2; above 1, part
+    of what the model counts as hits would come from HBM (the raw bytes bound that part)."""
     p = PEAKS["H100"]
-    worst = 0.0
+    worst = None
     for k in kernels:
-        mc = k.get("machine_code") or {}
+        mc, reuse = k.get("machine_code") or {}, k.get("mean_reuse_bytes")
+        if reuse is None:
+            continue
         resident = min(k["programs"] / max(k["launches"], 1), p["sms"] * max(mc.get("ctas_per_sm") or 1, 1))
-        worst = max(worst, k["max_program_bytes"] * resident / (p["l2_mb"] * 2 ** 20))
+        worst = max(worst or 0.0, reuse * resident / (p["l2_mb"] * 2 ** 20))
     return worst
 
 
@@ -320,6 +340,7 @@ def _kernel_row(k: dict) -> dict:
     row = dict(kernel=k["kernel"], launches=k["launches"], programs=int(c.programs), flops=int(c.flops),
                bytes=int(c.bytes), hbm_bytes=int(c.hbm_bytes), masked_bytes=int(c.masked_bytes),
                sector_bytes=int(c.sector_bytes) or None, max_program_bytes=int(c.max_program_bytes),
+               mean_reuse_bytes=c.mean_reuse_bytes, max_reuse_bytes=int(c.max_reuse_bytes) or None,
                dots=int(c.dots), config=k["config"])
     if k["machine_code"] is not None:
         row["machine_code"] = k["machine_code"]
@@ -352,11 +373,11 @@ def predict(entry: dict) -> dict:
 # ============================================================================ report
 def table(entries: list[dict]) -> str:
     hdr = (f"{'case':28} {'backend':7} {'dir':8} {'exec GF':>9} {'useful':>9} {'x':>5} {'HBM MB':>9} "
-           f"{'floor':>8} {'HBM x':>5} {'raw x':>5} {'L2 fp':>5} {'spill':>5} {'serWG':>5} {'mem x':>6} "
+           f"{'floor':>8} {'HBM x':>5} {'raw x':>5} {'L2 x':>5} {'spill':>5} {'serWG':>5} {'mem x':>6} "
            f"{'H100 us':>8} {'H200 us':>8}")
     lines = [hdr, "-" * len(hdr)]
     for e in entries:
-        mem, hbm, fp = e.get("peak_extra_memory_ratio"), e.get("hbm_ratio"), e.get("l2_footprint_ratio")
+        mem, hbm, fp = e.get("peak_extra_memory_ratio"), e.get("hbm_ratio"), e.get("l2_reuse_ratio")
         p = e["predictions"]
         lines.append(
             f"{e['name']:28} {e['backend']:7} {e['direction']:8} {e['executed_flops'] / 1e9:9.2f} "
@@ -376,6 +397,10 @@ def _x(x):
     return "n/a" if x is None else f"{x:.2f}"
 
 
+def _kb(x):
+    return "n/a" if x is None else f"{x / 1e3:.0f}"
+
+
 def _us(x):
     return "n/a" if x is None else f"{x:.1f}"
 
@@ -390,7 +415,8 @@ def kernel_table(e: dict) -> str:
                 f"{' C7515' if mc['c7515'] else ''}") if mc else ""
         lines.append(f"    {k['kernel']:24} x{k['launches']} progs {k['programs']:>8} {k['flops'] / 1e9:8.2f} GF "
                      f"{k['bytes'] / 1e6:9.1f} MB executed, {k['hbm_bytes'] / 1e6:9.1f} MB HBM model (masked "
-                     f"{k['masked_bytes'] / 1e6:7.1f}; one program touches {k['max_program_bytes'] / 1e3:.0f} KB) "
+                     f"{k['masked_bytes'] / 1e6:7.1f}; one program touches {k['max_program_bytes'] / 1e3:.0f} KB, "
+                     f"re-reads {_kb(k['mean_reuse_bytes'])} KB apart on average) "
                      f"{k['config']}{code}")
     t = e["torch_ops"]
     if t["bytes"] or t["flops"]:
@@ -495,9 +521,9 @@ def main(argv=None) -> int:
     args.json.write_text(json.dumps(result, indent=1))
     print(table(entries))
     print("# x = executed / useful FLOPs; HBM x = HBM-model bytes / floor (re-reads inside one program hit L2); "
-          "raw x = every executed load and store / floor; L2 fp = largest program footprint x resident programs "
-          "/ 50 MB L2 (the HBM model's assumption holds at <= 1); spill = spilled bytes; serWG = serialized "
-          "wgmma; mem x = fwd+bwd peak / bytes of q,k,v,out + grads")
+          "raw x = every executed load and store / floor; L2 x = mean reuse distance of the model's L2 hits x "
+          "resident programs / 50 MB L2 (the HBM model's assumption holds at <= 1); spill = spilled bytes; "
+          "serWG = serialized wgmma; mem x = fwd+bwd peak / bytes of q,k,v,out + grads")
     print("# H100/H200 us: PREDICTIONS (roofline at " + "; ".join(
         f"{g} {p['bf16_dense_tflops']} bf16 dense TFLOP/s, {p['hbm_tb_per_s']} TB/s" for g, p in PEAKS.items())
           + "), executed FLOPs and HBM-model bytes (no-reuse figures in the JSON); no GPU has run this")

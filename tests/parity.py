@@ -29,6 +29,7 @@ import torch
 
 import vitpose_kernels as vk
 from vitpose_kernels import _alloc, dispatch
+from vitpose_kernels._attention_ops import forced_plan
 
 import yardstick
 
@@ -195,12 +196,36 @@ class AttentionCase:
     dtype: torch.dtype = torch.float32
     packed: bool = True  # q, k, v as strided views of one (B, N, 3, H, D) tensor
     seed: int = 0
+    # A launch plan forced on the backend (vitpose_kernels._attention_ops.PLANS; None: its own
+    # choice, which at these batch sizes is the split plan for the Triton backend).
+    plan: str | None = None
 
     def __str__(self):
         w = "full" if self.window is None else f"w{self.window[0]}x{self.window[1]}"
         return (f"g{self.grid[0]}x{self.grid[1]}-{w}-s{self.shift[0]}{self.shift[1]}"
                 f"{'-pool' if self.pool else ''}-G{self.num_global}{'-rel' if self.rel_pos else ''}"
-                f"-B{self.B}H{self.H}D{self.D}-{str(self.dtype)[6:]}{'-packed' if self.packed else ''}")
+                f"-B{self.B}H{self.H}D{self.D}-{str(self.dtype)[6:]}{'-packed' if self.packed else ''}"
+                f"{f'-{self.plan}plan' if self.plan else ''}")
+
+
+def head_plan_serves(case: AttentionCase) -> bool:
+    """Cases the per-head plan can serve (pooled keys, cells of <= 64 tokens, <= 64 extra keys;
+    D <= 64 keeps it clear of the head-dim limit): the sweeps alternate the plans over them."""
+    wh, ww = case.window or case.grid
+    pooled = -(-case.grid[0] // wh) * -(-case.grid[1] // ww)
+    return case.pool and wh * ww <= 64 and pooled + case.num_global <= 64 and case.D <= 64
+
+
+def alternate_plans(cases: list[AttentionCase]) -> list[AttentionCase]:
+    """Every other case the per-head plan can serve is forced to it, the rest keep the backend's
+    choice (the split plan at these sizes): both plans under the same sweep at no extra cost."""
+    out, n = [], 0
+    for c in cases:
+        if head_plan_serves(c):
+            c = replace(c, plan="head") if n % 2 == 0 else c
+            n += 1
+        out.append(c)
+    return out
 
 
 def attention_inputs(case: AttentionCase, dev):
@@ -231,7 +256,7 @@ def _run_attention(backend, case, inputs, grad, poisoned=False, implementation=N
     """[out, dq, dk, dv, drel_pos_h?, drel_pos_w?] of one backend (absent rel-pos: no entry)."""
     leaves = [_leaf(t) if t is not None else None for t in inputs]
     with _alloc.poisoned() if poisoned else contextlib.nullcontext(), \
-            serving("window_attention", backend, implementation):
+            serving("window_attention", backend, implementation), forced_plan(case.plan):
         out = vk.window_attention(*leaves[:3], rel_pos_h=leaves[3], rel_pos_w=leaves[4], backend=backend,
                                   **attention_kwargs(case))
         if grad is not None:
@@ -307,7 +332,7 @@ def attention_sweep(scale: str = "ci") -> list[AttentionCase]:
         cases += [AttentionCase(D=D, dtype=dt, rel_pos=True, pool=True, shift=(2, 1), num_global=1)
                   for D, dt in [(80, torch.float32), (32, torch.float16), (32, torch.bfloat16)]]
         cases.append(AttentionCase(packed=False, B=2, H=3, pool=True))
-        return cases
+        return alternate_plans(cases)
     grids = [(16, 12), (32, 24), (7, 9), (64, 48)]
     windows = [None, (8, 8), (16, 12), (7, 7), (4, 3)]
     dims = [32, 64, 80, 96, 128]
@@ -324,7 +349,7 @@ def attention_sweep(scale: str = "ci") -> list[AttentionCase]:
     for D, dt in itertools.product(dims, (torch.float32, torch.float16, torch.bfloat16)):
         cases.append(AttentionCase(grid=(16, 12), window=(8, 8), shift=(4, 4), pool=True, num_global=1,
                                    rel_pos=True, B=2, H=3, D=D, dtype=dt))
-    return cases
+    return alternate_plans(cases)
 
 
 def random_attention_cases(n: int, seed: int = 0, small: bool = True) -> list[AttentionCase]:

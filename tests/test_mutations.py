@@ -31,6 +31,7 @@ import torch
 import cuda_emulator
 import parity
 from vitpose_kernels import dispatch
+from vitpose_kernels._attention_ops import PLANS, forced_plan
 
 REPO = Path(__file__).resolve().parents[1]
 REF_WA = "vitpose_kernels/reference/window_attention.py"
@@ -160,10 +161,10 @@ PLANTS = [
         ("q = q_cells.reshape(B, H, nc, wh, ww, D)", "q = q_cells.detach().reshape(B, H, nc, wh, ww, D)")),
           "attention"),
     Plant("dq missing its rel-pos term", "triton", TRI_WA_BWD, _e(
-        ("_rel_dq(by_h, ly, WH, th, q, WH_PAD, RH_PAD, PREC)\n            dq += dqr",
-         "_rel_dq(by_h, ly, WH, th, q, WH_PAD, RH_PAD, PREC)\n            dq += 0.0 * dqr"),
-        ("_rel_dq(by_w, lx, WW, tw, q, WW_PAD, RW_PAD, PREC)\n            dq += dqr",
-         "_rel_dq(by_w, lx, WW, tw, q, WW_PAD, RW_PAD, PREC)\n            dq += 0.0 * dqr")), "attention"),
+        ("_rel_dq(by_h, ly, WH, th, q, WH_PAD, RH_PAD, PREC)\n        dq += dqr",
+         "_rel_dq(by_h, ly, WH, th, q, WH_PAD, RH_PAD, PREC)\n        dq += 0.0 * dqr"),
+        ("_rel_dq(by_w, lx, WW, tw, q, WW_PAD, RW_PAD, PREC)\n        dq += dqr",
+         "_rel_dq(by_w, lx, WW, tw, q, WW_PAD, RW_PAD, PREC)\n        dq += 0.0 * dqr")), "attention"),
     Plant("dq missing its rel-pos term", "cuda", CUDA_WA, _e(  # wa_tile_kernel
         ("      if (rel) rel_dq<T, DP>(dq, sDR, sR, pl, row0, lane);\n      store_acc<T, DP>(dqh(),",
          "      store_acc<T, DP>(dqh(),")), "attention"),
@@ -339,20 +340,37 @@ def _skip_unless_runs(plant: Plant):
             pytest.skip(f"triton backend unavailable: {why}")
 
 
-@pytest.mark.parametrize("plant", PLANTS, ids=_id)
-def test_harness_catches_planted_defect(plant, mutant_trees, monkeypatch):
+# The Triton window_attention has two launch plans (host.Plan.kind: tiles spread over programs,
+# or one program per (batch, head)); each of its defects is planted once and must be caught with
+# either plan serving the mutated copy.
+_LOADED: dict = {}  # plant -> (mutant module, its function of the op)
+RUNS = [(plant, plan) for plant in PLANTS
+        for plan in (PLANS if plant.backend == "triton" and OP_OF_CHECK[plant.check] == "window_attention"
+                     else (None,))]
+
+
+def _run_id(run) -> str:
+    plant, plan = run
+    return _id(plant) if plan is None else f"{plant.mutation} [{plant.backend}, {plan} plan]"
+
+
+@pytest.mark.parametrize("run", RUNS, ids=_run_id)
+def test_harness_catches_planted_defect(run, mutant_trees, monkeypatch):
+    plant, plan = run
     _skip_unless_runs(plant)
     text = mutated_source(plant)
     for var, value in plant.env:
         monkeypatch.setenv(var, value)
     check = CHECKS[plant.check]
-    with pytest.raises(AssertionError) as caught:
+    with pytest.raises(AssertionError) as caught, forced_plan(plan):
         if plant.file.startswith("csrc/"):
             with cuda_emulator.emulated(csrc=mutant_trees[plant], file_opt=_mutant_opt(plant)):
                 check(plant.backend, None)
         else:
-            load = load_package_mutant if in_backend_package(plant) else load_python_mutant
-            module, fn = load(plant, text, _tag(plant))
+            if plant not in _LOADED:  # once per plant: the same mutant serves both plans
+                load = load_package_mutant if in_backend_package(plant) else load_python_mutant
+                _LOADED[plant] = load(plant, text, _tag(plant))
+            module, fn = _LOADED[plant]
             if plant.backend == "cuda":
                 with cuda_emulator.emulated():
                     cuda_emulator.register_cpu_kernels(module)
@@ -360,7 +378,8 @@ def test_harness_catches_planted_defect(plant, mutant_trees, monkeypatch):
             else:
                 check(plant.backend, fn)
     first = str(caught.value).strip().splitlines()[0][:160]
-    CAUGHT.append(f"caught  {plant.mutation:40s} [{plant.backend:9s}] {first}")
+    where = plant.backend if plan is None else f"{plant.backend}/{plan}"
+    CAUGHT.append(f"caught  {plant.mutation:40s} [{where:12s}] {first}")
 
 
 def test_every_defect_is_planted_in_every_backend():

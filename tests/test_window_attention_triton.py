@@ -247,6 +247,29 @@ def test_launch_plan_is_cached_per_shape(monkeypatch):
                                              "bwd_tile_kernel"]
 
 
+def test_launch_plan_kind_per_shape_class():
+    """One program per (batch, head) where pooled keys tie a head's tiles together and B*H fills
+    2 waves of 132 SMs (at the target shape class, whose looped single pass fits the registers);
+    the split plan otherwise (batch-1 inference, no pooling, rel-pos, global tokens, fp32). A
+    forced plan that cannot serve the call is a ValueError."""
+    from vitpose_kernels._attention_ops import forced_plan
+    from vitpose_kernels.triton_backend.window_attention import host
+
+    def kind(B, H=12, D=64, dtype=torch.bfloat16, G=0, pool=True, rel=False, window=(8, 8)):
+        geom = [32, 24, *window, 4, 4, G]
+        return host.plan_of(B, H, G + 768, D, dtype, geom, pool, rel, rel).kind
+
+    assert (kind(64), kind(22), kind(21), kind(1)) == ("head", "head", "split", "split")  # 22 * 12 = 264
+    assert {kind(64, pool=False), kind(64, rel=True), kind(64, G=1), kind(64, dtype=torch.float32),
+            kind(64, D=128), kind(64, window=(16, 12))} == {"split"}
+    with forced_plan("head"):
+        assert kind(1) == kind(1, rel=True, G=3, dtype=torch.float32) == "head"
+        with pytest.raises(ValueError, match="per-head plan"):
+            kind(1, pool=False)
+    with forced_plan("split"):
+        assert kind(64) == "split"
+
+
 def test_host_overhead_benchmark_smoke():
     """benchmarks/host_overhead.py runs and reports (the figures are measured there, not judged
     here: a loaded CI machine would make any absolute bound flaky). The bound below only catches
@@ -288,11 +311,13 @@ def test_cuda_graph_capture():
 
 
 @needs_gpu
-@pytest.mark.parametrize("window,shift,pool", [(None, (0, 0), False), ((8, 8), (4, 4), True)])
-def test_vitpose_b_eighth_features(window, shift, pool):
-    """The benchmark's shapes (ViTPose-B at 1/8 features), bf16, against the reference."""
+@pytest.mark.parametrize("window,shift,pool,plan", [(None, (0, 0), False, None), ((8, 8), (4, 4), True, "split"),
+                                                    ((8, 8), (4, 4), True, "head")])
+def test_vitpose_b_eighth_features(window, shift, pool, plan):
+    """The benchmark's shapes (ViTPose-B at 1/8 features), bf16, against the reference; the pooled
+    case with both launch plans (batch 64 takes the per-head plan by itself)."""
     case = parity.AttentionCase(grid=(32, 24), window=window, shift=shift, pool=pool, num_global=0,
-                                B=8, H=12, D=64, dtype=torch.bfloat16)
+                                B=8, H=12, D=64, dtype=torch.bfloat16, plan=plan)
     parity.check_window_attention("triton", case)
 
 
@@ -318,8 +343,9 @@ def test_inductor_compile():
 # Calls whose every launch is compiled for sm_90a exactly as the launcher would specialize it on a
 # GPU: the target case (Table 5 at 1/8 features, pooled and shifted) and one per other code path.
 SM90_CALLS = [
-    # B, H, grid, window, shift, pool, G, rel_pos, D, dtype; strict: no spill, no serialized wgmma
-    (4, 12, (32, 24), (8, 8), (4, 4), True, 0, False, 64, "bfloat16", True),
+    # B, H, grid, window, shift, pool, G, rel_pos, D, dtype[, plan]; strict: no spill, no serialized wgmma
+    (4, 12, (32, 24), (8, 8), (4, 4), True, 0, False, 64, "bfloat16", True),  # split plan (B*H < 264)
+    (4, 12, (32, 24), (8, 8), (4, 4), True, 0, False, 64, "bfloat16", "head", True),  # the target's plan
     (4, 12, (16, 12), (8, 8), (4, 4), True, 1, True, 64, "bfloat16", True),
     (2, 12, (32, 24), None, (0, 0), False, 0, False, 64, "bfloat16", True),
     (1, 2, (7, 9), (4, 3), (2, 1), True, 3, True, 32, "float32", False),
@@ -339,7 +365,8 @@ def test_launches_compile_for_sm90a():
         "vitpose_kernels.triton_backend.window_attention.host", "dry_run", SM90_CALLS)
     assert {r["kernel"] for r in report} >= {"extra_kv_kernel", "fwd_grid_kernel", "fwd_global_kernel",
                                              "bwd_prep_kernel", "bwd_global_kernel", "bwd_reduce_kernel",
-                                             "bwd_tile_kernel", "bwd_kv_kernel", "bwd_q_kernel"}, report
+                                             "bwd_tile_kernel", "bwd_head_kernel", "bwd_kv_kernel",
+                                             "bwd_q_kernel"}, report
     bad = [r for r in report if r["strict"] and (r["spill_bytes"] or r["serialized_wgmma"])]
     assert not bad, f"spills or serialized wgmma: {bad}"
 

@@ -25,6 +25,7 @@ A backend supplies two functions and nothing else:
 """
 from __future__ import annotations
 
+import contextlib
 from typing import Callable, List, Optional, Tuple
 
 import torch
@@ -33,6 +34,31 @@ from torch.utils._python_dispatch import _get_current_dispatch_mode as _current_
 from . import _alloc
 
 GEOMETRY = ("Hg", "Wg", "wh", "ww", "sh", "sw", "num_global")
+
+# Launch plans a backend may choose between per shape (the Triton one does): "split" spreads a
+# head's tiles over several programs (fills the GPU at any batch), "head" gives one program a
+# whole (batch, head) (with pooled keys: no second HBM pass, no cross-program reduction).
+PLANS = ("split", "head")
+_forced_plan: list = [None]
+
+
+@contextlib.contextmanager
+def forced_plan(kind: Optional[str]):
+    """Calls inside use launch plan `kind` ("split" or "head"; None: the backend's own choice),
+    e.g. to test both plans at small shapes or to count a reduced run with the full size's plan. A
+    backend raises ValueError when the forced plan cannot serve a call."""
+    if kind is not None and kind not in PLANS:
+        raise ValueError(f"forced_plan(kind={kind!r}): expected one of {PLANS} or None")
+    before = _forced_plan[0]
+    _forced_plan[0] = kind
+    try:
+        yield
+    finally:
+        _forced_plan[0] = before
+
+
+def plan_forced() -> Optional[str]:
+    return _forced_plan[0]
 
 
 def geometry(spec) -> list[int]:
@@ -80,20 +106,25 @@ def define_ops(backend: str, forward: Callable, backward: Callable, device_types
         return (q.new_empty(B, H, N, D), q.new_empty(B, H, N, dtype=torch.float32),
                 q.new_empty(2, B, H, num_extra(geometry, pool), D))
 
-    def run_backward(dout, q, k, v, out, lse, extra_kv, rel_pos_h, rel_pos_w, geometry, pool, scale):
+    def gradients(dout, q, k, v, out, lse, extra_kv, rel_pos_h, rel_pos_w, geometry, pool, scale, views=None):
+        """(dq or the packed dqkv, dk or None, dv or None, drel_pos_h or None, drel_pos_w or None)."""
         packed = k is None
         if packed:
             dqkv = _alloc.empty(*q.shape, dtype=q.dtype, device=q.device)
             grads = unpack(dqkv)
         else:
             grads = [_alloc.empty(*t.shape, dtype=t.dtype, device=t.device) for t in (q, k, v)]
-        qv, kv, vv = _views(q, k, v)
+        qv, kv, vv = views or _views(q, k, v)
         drh, drw = backward(dout, qv, kv, vv, out, lse, extra_kv, rel_pos_h, rel_pos_w, geometry, pool,
                             scale, *grads)
-        drh, drw = (d if d is not None else q.new_empty(0) for d in (drh, drw))
         if packed:
-            return dqkv, q.new_empty(0), q.new_empty(0), drh, drw
+            return dqkv, None, None, drh, drw
         return grads[0], grads[1], grads[2], drh, drw
+
+    def run_backward(dout, q, k, v, out, lse, extra_kv, rel_pos_h, rel_pos_w, geometry, pool, scale):
+        # The schema's outputs are tensors: 0-element ones stand for the absent gradients.
+        grads = gradients(dout, q, k, v, out, lse, extra_kv, rel_pos_h, rel_pos_w, geometry, pool, scale)
+        return tuple(g if g is not None else q.new_empty(0) for g in grads)
 
     @torch.library.custom_op(f"vitpose_kernels::window_attention_{backend}_backward", mutates_args=(),
                              device_types=device_types)
@@ -139,16 +170,22 @@ def define_ops(backend: str, forward: Callable, backward: Callable, device_types
 
         @staticmethod
         def forward(ctx, q, k, v, rel_pos_h, rel_pos_w, geom, pool, scale):
-            output = forward(*_views(q, k, v), rel_pos_h, rel_pos_w, geom, pool, scale)
+            views = _views(q, k, v)  # made here, without autograd: kept for the backward
+            output = forward(*views, rel_pos_h, rel_pos_w, geom, pool, scale)
             ctx.set_materialize_grads(False)  # no zero tensors for the lse / extra_kv gradients
             setup_context(ctx, (q, k, v, rel_pos_h, rel_pos_w, geom, pool, scale), output)
+            ctx.views = views
             return output
 
         @staticmethod
         def backward(ctx, dout, _dlse, _dextra):
-            return input_grads(ctx, dout, run_backward)
+            q, k, v, out, lse, extra_kv, rel_pos_h, rel_pos_w = ctx.saved_tensors
+            dq, dk, dv, drh, drw = gradients(dout, q, k, v, out, lse, extra_kv, rel_pos_h, rel_pos_w, ctx.geometry,
+                                             ctx.pool, ctx.scale, ctx.views)
+            return dq, dk, dv, drh, drw, None, None, None
 
     op.eager = Eager
+    op.forward_only = lambda q, k, v, *rest: forward(*_views(q, k, v), *rest)
     return op, backward_op
 
 
@@ -162,8 +199,12 @@ def entry(op) -> Callable:
         # under a dispatch mode (torch.compile, FakeTensorMode, memory tracers) sees the op.
         fast = (type(q) is torch.Tensor and q.device.type != "meta" and not torch.compiler.is_compiling()
                 and _current_dispatch_mode() is None)
-        run = op.eager.apply if fast else op
-        return run(q, k, v, rel_pos_h, rel_pos_w, geometry(spec), spec.pool, spec.scale)[0]
+        if not fast:
+            return op(q, k, v, rel_pos_h, rel_pos_w, geometry(spec), spec.pool, spec.scale)[0]
+        if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (q, k, v, rel_pos_h, rel_pos_w)):
+            return op.eager.apply(q, k, v, rel_pos_h, rel_pos_w, geometry(spec), spec.pool, spec.scale)[0]
+        # Nothing to differentiate (inference): the kernels alone, no autograd node.
+        return op.forward_only(q, k, v, rel_pos_h, rel_pos_w, geometry(spec), spec.pool, spec.scale)[0]
 
     def window_attention(q, k, v, rel_pos_h, rel_pos_w, spec) -> torch.Tensor:
         return call(q, k, v, rel_pos_h, rel_pos_w, spec)

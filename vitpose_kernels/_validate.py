@@ -128,6 +128,45 @@ def window_attention_spec(q, k, v, *, grid, window, shift, pool, num_global, rel
     return AttentionSpec(grid, window, shift, pool, num_global, float(scale), full)
 
 
+_SPECS: dict = {}  # window_attention_spec_cached: call metadata -> the validated spec
+
+
+def _typed(x):
+    """x with the type of every element: pool=1 must not hit a cached pool=True (1 == True)."""
+    if isinstance(x, (tuple, list)):
+        return (type(x), *map(_typed, x))
+    return type(x), x
+
+
+def _meta(t):
+    return None if t is None else (type(t), t.shape, t.dtype, t.device)
+
+
+def window_attention_spec_cached(q, k, v, *, grid, window, shift, pool, num_global, rel_pos_h, rel_pos_w,
+                                 scale) -> AttentionSpec:
+    """window_attention_spec, remembered per call metadata: everything it reads is the tensors'
+    types, shapes, dtypes and devices and the arguments' values and types, so a call whose
+    metadata matches one that passed passes (a failing call is never remembered: it raises every
+    time). Plain tensors outside tracing only; the rest is validated every time."""
+    if type(q) is not torch.Tensor or torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return window_attention_spec(q, k, v, grid=grid, window=window, shift=shift, pool=pool,
+                                     num_global=num_global, rel_pos_h=rel_pos_h, rel_pos_w=rel_pos_w, scale=scale)
+    try:
+        key = (_meta(q), _meta(k), _meta(v), _meta(rel_pos_h), _meta(rel_pos_w), _typed(grid), _typed(window),
+               _typed(shift), _typed(pool), _typed(num_global), _typed(scale))
+        spec = _SPECS.get(key)
+    except (TypeError, AttributeError):  # unhashable, or not a tensor: validated (and refused) below
+        key, spec = None, None
+    if spec is None:
+        spec = window_attention_spec(q, k, v, grid=grid, window=window, shift=shift, pool=pool,
+                                     num_global=num_global, rel_pos_h=rel_pos_h, rel_pos_w=rel_pos_w, scale=scale)
+        if key is not None:
+            if len(_SPECS) >= 512:
+                _SPECS.clear()
+            _SPECS[key] = spec
+    return spec
+
+
 def simple_decoder_args(x, weight, bias, scale_factor) -> int:
     check_float("x", x)
     check_rank("x", x, 4, "(B, C, h, w)")

@@ -71,9 +71,9 @@ def traced_ints(value):
 
 def _prepare_window_attention(q, k, v, *, grid, window=None, shift=(0, 0), pool=False, num_global=0,
                               rel_pos_h=None, rel_pos_w=None, scale=None):
-    spec = _validate.window_attention_spec(q, k, v, grid=grid, window=window, shift=shift, pool=pool,
-                                           num_global=num_global, rel_pos_h=rel_pos_h,
-                                           rel_pos_w=rel_pos_w, scale=scale)
+    spec = _validate.window_attention_spec_cached(q, k, v, grid=grid, window=window, shift=shift, pool=pool,
+                                                  num_global=num_global, rel_pos_h=rel_pos_h,
+                                                  rel_pos_w=rel_pos_w, scale=scale)
     return q, k, v, rel_pos_h, rel_pos_w, spec
 
 

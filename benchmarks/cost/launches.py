@@ -32,6 +32,11 @@ class Counts:
     # The largest distinct footprint (sectors read or written, x 32) of one program: the data a
     # program could re-read from L2. A maximum, not a sum: never scaled.
     max_program_bytes: int = 0
+    # The loads the model calls L2 hits (sectors) and their LRU reuse distances summed (distinct
+    # sectors the program touched between the two accesses): what the L2 must hold per program.
+    hit_sectors: int = 0
+    hit_distance_sectors: int = 0
+    max_reuse_bytes: int = 0  # a maximum, never scaled
 
     @property
     def bytes(self) -> int:
@@ -51,15 +56,19 @@ class Counts:
 
     def add(self, other: "Counts", scale: float = 1.0) -> None:
         for f in dataclasses.fields(self):
-            if f.name == "max_program_bytes":
-                self.max_program_bytes = max(self.max_program_bytes, other.max_program_bytes)
+            if f.name in ("max_program_bytes", "max_reuse_bytes"):
+                setattr(self, f.name, max(getattr(self, f.name), getattr(other, f.name)))
             else:
                 setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name) * scale)
+
+    @property
+    def mean_reuse_bytes(self) -> float | None:
+        return self.hit_distance_sectors * SECTOR / self.hit_sectors if self.hit_sectors else None
 
     def as_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d.update(bytes=self.bytes, masked_bytes=self.masked_bytes, sector_bytes=self.sector_bytes,
-                 hbm_bytes=self.hbm_bytes)
+                 hbm_bytes=self.hbm_bytes, mean_reuse_bytes=self.mean_reuse_bytes)
         return d
 
 
@@ -117,6 +126,7 @@ class ProgramTraffic:
     def __init__(self):
         self._events: list[tuple[np.ndarray, bool]] = []
         self._n = 0
+        self._compacted = False
 
     def add(self, sectors: np.ndarray, is_store: bool) -> None:
         self._events.append((np.unique(sectors), is_store))
@@ -135,6 +145,7 @@ class ProgramTraffic:
         later = np.setdiff1d(stored, uniq[first_store], assume_unique=True)  # stored after a first load
         self._events = [(uniq[first_store], True), (uniq[~first_store], False), (later, True)]
         self._n = uniq.size + later.size
+        self._compacted = True
 
     def totals(self) -> tuple[int, int, int]:
         """(sectors read from HBM, sectors written, distinct sectors touched)."""
@@ -142,3 +153,31 @@ class ProgramTraffic:
             return 0, 0, 0
         uniq, first_store, stored = self._first()
         return int(np.count_nonzero(~first_store)), int(stored.size), int(uniq.size)
+
+    def reuse(self) -> tuple[int, int, int] | None:
+        """The loads the model calls L2 hits: (their sectors, the sum and the maximum of their LRU
+        reuse distances in sectors), at instruction granularity: a hit's distance is the number of
+        distinct sectors whose latest access lies strictly between its previous access and it.
+        None once the program was compacted (its order is gone)."""
+        if self._compacted or not self._events:
+            return None if self._compacted else (0, 0, 0)
+        _, ids = np.unique(np.concatenate([e[0] for e in self._events]), return_inverse=True)
+        last = np.full(ids.max() + 1, -1, dtype=np.int64)  # instruction of each sector's latest access
+        live = np.zeros(len(self._events), dtype=np.int64)  # sectors whose latest access is instruction i
+        hits = total = worst = 0
+        start = 0
+        for i, (secs, is_store) in enumerate(self._events):
+            cur = ids[start:start + secs.size]
+            start += secs.size
+            prev = last[cur]
+            seen = prev >= 0
+            if not is_store and seen.any():
+                before = np.concatenate([[0], np.cumsum(live[:i])])  # before[x] = live[0:x].sum()
+                dist = before[i] - before[prev[seen] + 1]
+                hits += int(dist.size)
+                total += int(dist.sum())
+                worst = max(worst, int(dist.max()))
+            np.subtract.at(live, prev[seen], 1)
+            live[i] = cur.size
+            last[cur] = i
+        return hits, total, worst

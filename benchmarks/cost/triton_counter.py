@@ -154,6 +154,11 @@ class TritonCounter:
             c.hbm_load_bytes += reads * SECTOR
             c.hbm_store_bytes += writes * SECTOR
             c.max_program_bytes = max(c.max_program_bytes, touched * SECTOR)
+            reuse = prog.reuse()
+            if reuse is not None:
+                c.hit_sectors += reuse[0]
+                c.hit_distance_sectors += reuse[1]
+                c.max_reuse_bytes = max(c.max_reuse_bytes, reuse[2] * SECTOR)
         self._program = ProgramTraffic()
 
     def _close_sectors(self) -> None:

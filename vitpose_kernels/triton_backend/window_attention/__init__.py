@@ -40,6 +40,28 @@ looped. fwd_global_kernel: the G global rows over all N keys (its own kernel: no
 branch around a product in the grid path, so wgmma is not serialized). Saved: q, k, v (or the
 packed qkv), out, lse (natural log, (B, H, N) fp32), extra_kv.
 
+Launch plans (host.Plan.kind; vitpose_kernels._attention_ops.forced_plan overrides, for tests).
+With pooled keys every output of a head needs the means of all of its k, v, and every pooled key's
+gradient sums over all of its queries, so split programs must read k, v twice and the backward
+needs a pass for the pooled gradients plus a reduction kernel between programs.
+  "split": what is described below: a head's tiles spread over many programs (fills the GPU at
+     any batch; batch-1 inference at the target launches 12 x 3 tile programs, not 12).
+  "head": one program per (batch, head) (pooled keys, cells that fit one block, <= 64 extra
+     keys): the forward program computes the head's pooled means itself (pooled rows in reverse
+     order, so the first tiles re-read the rows read last) and stores extra_kv, then walks all T
+     tiles; the backward is one kernel, bwd_head_kernel: the prep pass over all tiles (delta
+     stored, the extra keys' gradients summed in registers: the pooled keys' are complete, no
+     reduction kernel, deterministic), XG stored, a barrier, then the single pass over all tiles
+     (the same _tile_grads as the split plan's tile kernel). The second reads of k, v (forward)
+     and q, dO, delta (backward) are the same program's, a few hundred KB back: L2 hits on a GPU
+     (benchmarks/README.md: the HBM model and its L2 check). Global tokens: their keys' grid-query
+     gradient goes to one partial slot, reduced with bwd_global_kernel's slots by
+     bwd_reduce_kernel (rows P..E only).
+  Chosen when B*H >= 2 x the SM count, at the classes whose looped single pass fits the registers
+  (no rel-pos, no global tokens, D <= 64, 16-bit inputs: 246 registers and no spill at the
+  target; the others spill 100-750 bytes with ptxas for sm_90a, so they keep "split"). The two
+  plans agree up to summation order (pooled sums' one-hot products, pooled gradients).
+
 Relative position (in-kernel, no N x (2w-1) buffer): per query block qr = q @ R^T (R rounded to
 q's dtype, (BM, next_pow2(2w-1))); the logit of (i, j) is qr[i, li - lj + w - 1], obtained by
 shifting each row by its own line with a register gather to a per-key-*line* logit (BM, W_PAD),
@@ -73,12 +95,13 @@ the key blocks and extra keys, rel-pos terms, extra partial sums without pooling
 reduction when there is no pooling.
 
 Determinism: every output row and partial slot has one writer; slot counts depend on the tiling
-only (not on B, H or the device), so results are bit-identical run to run and across batch sizes.
+only (not on B, H or the device), so results are bit-identical run to run and, within one launch
+plan, across batch sizes (the plan may change with B*H: the pooled gradients' summation order).
 Offsets inside one head are int32 (the host declines heads spanning 2**31 elements); head
 offsets int64. Configs are fixed per shape class (host.Plan; autotuning off): registers, spills
 and serialized wgmma of the launched specializations are checked for sm_90a in
 tests/test_window_attention_triton.py.
 """
 from . import backward, forward, tiles  # noqa: F401
-from .host import (MAX_HEAD_DIM, MAX_REL_ROWS, pack_axis, plan, window_attention,  # noqa: F401
+from .host import (MAX_HEAD_DIM, MAX_REL_ROWS, pack_axis, plan, plan_of, window_attention,  # noqa: F401
                    window_attention_backward_op, window_attention_op, window_attention_reasons)

@@ -29,6 +29,24 @@ def _store_partial(PK, PV, part, e, ok, dk, dv, E, d, D: tl.constexpr):
 
 # ----------------------------------------------------------------------------- before the cells
 @triton.jit
+def _prep_block(dkx, dvx, tok, valid, Q, DO, O, LSE, DELTA, xk, xv, e, E, sqn, sqd, sdn, sdd, d, qk_scale,
+                D: tl.constexpr, PARTIALS: tl.constexpr, PREC: tl.constexpr):
+    """One query block of the prep pass: delta = rowsum(dO * O) stored, and with PARTIALS the
+    extra keys' gradients from these rows added to dkx (dS^T q) and dvx (P^T dO): all E extra
+    keys (xk, xv) in one register block."""
+    delta, do = _rows_delta(O, DO, tok, valid, D, 1, sdn, sdd, d, D)
+    tl.store(DELTA + tok, delta, mask=valid)
+    if PARTIALS:
+        q = load_rows(Q, tok, valid, sqn, sqd, d, D)
+        lse2 = load_vec(LSE, tok, valid) * 1.4426950408889634
+        p, ds = grad_step(q, xk, xv, do, lse2, delta, 0.0, valid[:, None] & (e < E)[None, :], qk_scale, False,
+                          PREC)
+        dkx += mm(tl.trans(ds).to(q.dtype), q, PREC)
+        dvx += mm(tl.trans(p).to(do.dtype), do, PREC)
+    return dkx, dvx
+
+
+@triton.jit
 def bwd_prep_kernel(Q, DO, O, LSE, DELTA, XK, XV, PK, PV,
                     sqb, sqh, sqn, sqd, sdb, sdh, sdn, sdd,
                     H, N, E, NPART, T, TPP, QB, G, HG, WG, WH, WW, NTX, NTY, MY, MX, BY, BX, FY, FX, qk_scale,
@@ -65,27 +83,24 @@ def bwd_prep_kernel(Q, DO, O, LSE, DELTA, XK, XV, PK, PV,
         for m0 in range(0, count, BLOCK_M):
             tok, valid, cell, ly, lx, _ = tile_slots(t, m0 + offs_m, G, HG, WG, WH, WW, NTX, NTY, MY, MX,
                                                      BY, BX, FY, FX)
-            delta, do = _rows_delta(O, DO, tok, valid, D, 1, sdn, sdd, d, D)
-            tl.store(DELTA + tok, delta, mask=valid)
-            if PARTIALS:
+            if IN_REGS or not PARTIALS:
+                dkx, dvx = _prep_block(dkx, dvx, tok, valid, Q, DO, O, LSE, DELTA, xk, xv, e, E, sqn, sqd,
+                                       sdn, sdd, d, qk_scale, D, PARTIALS, PREC)
+            else:
+                delta, do = _rows_delta(O, DO, tok, valid, D, 1, sdn, sdd, d, D)
+                tl.store(DELTA + tok, delta, mask=valid)
                 q = load_rows(Q, tok, valid, sqn, sqd, d, D)
                 lse2 = load_vec(LSE, tok, valid) * 1.4426950408889634
-                if IN_REGS:
-                    p, ds = grad_step(q, xk, xv, do, lse2, delta, 0.0, valid[:, None] & (e < E)[None, :],
+                part = t * QB + m0 // BLOCK_M
+                for e0 in range(0, E, BLOCK_E):  # the extra keys in blocks, one slot per query block
+                    ee = e0 + e
+                    ok = ee < E
+                    bk = load_rows(XK, ee, ok, D, 1, d, D)
+                    bv = load_rows(XV, ee, ok, D, 1, d, D)
+                    p, ds = grad_step(q, bk, bv, do, lse2, delta, 0.0, valid[:, None] & ok[None, :],
                                       qk_scale, False, PREC)
-                    dkx += mm(tl.trans(ds).to(q.dtype), q, PREC)
-                    dvx += mm(tl.trans(p).to(do.dtype), do, PREC)
-                else:
-                    part = t * QB + m0 // BLOCK_M
-                    for e0 in range(0, E, BLOCK_E):
-                        ee = e0 + e
-                        ok = ee < E
-                        bk = load_rows(XK, ee, ok, D, 1, d, D)
-                        bv = load_rows(XV, ee, ok, D, 1, d, D)
-                        p, ds = grad_step(q, bk, bv, do, lse2, delta, 0.0, valid[:, None] & ok[None, :],
-                                          qk_scale, False, PREC)
-                        _store_partial(PK, PV, part, ee, ok, mm(tl.trans(ds).to(q.dtype), q, PREC),
-                                       mm(tl.trans(p).to(do.dtype), do, PREC), E, d, D)
+                    _store_partial(PK, PV, part, ee, ok, mm(tl.trans(ds).to(q.dtype), q, PREC),
+                                   mm(tl.trans(p).to(do.dtype), do, PREC), E, d, D)
         if PARTIALS:
             if not IN_REGS:  # the slots of this tile's empty query blocks (a partial tile) hold zeros
                 zero = tl.zeros([BLOCK_E, D_PAD], dtype=tl.float32)
@@ -147,13 +162,14 @@ def bwd_global_kernel(Q, K, V, DO, O, LSE, DQ, PK, PV,
 # ----------------------------------------------------------------------------- extra-key reduction
 @triton.jit
 def bwd_reduce_kernel(PK, PV, XGK, XGV, DK, DV, skb, skh, skn, skd, svb, svh, svn, svd,
-                      H, P, E, NPART, NPART_GRID, scale, D: tl.constexpr, D_PAD: tl.constexpr,
+                      H, P, E, FIRST, NPART, NPART_GRID, scale, D: tl.constexpr, D_PAD: tl.constexpr,
                       BLOCK_E: tl.constexpr):
-    """Extra keys e0..: their partial sums added in slot order (deterministic). A pooled key's
-    gradient goes to XG (fp32, spread to its tile members by the cell programs); a global
+    """Extra keys FIRST + e0..: their partial sums added in slot order (deterministic). A pooled
+    key's gradient goes to XG (fp32, spread to its tile members by the cell programs); a global
     token's is its dk/dv row. Pooled keys are seen by grid queries only (the first NPART_GRID
-    slots), global ones by every query."""
-    e = tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)
+    slots), global ones by every query. (The per-head plan reduces its pooled keys in-program:
+    FIRST = P there.)"""
+    e = FIRST + tl.program_id(0) * BLOCK_E + tl.arange(0, BLOCK_E)
     bh = tl.program_id(1)
     d = tl.arange(0, D_PAD)
     ok = e < E
@@ -254,6 +270,99 @@ def _extra_block(dq, q, do, lse2, delta, valid, XK, XV, e, E, d, qk_scale, D: tl
 
 # ----------------------------------------------------------------------------- small cells
 @triton.jit
+def _tile_grads(t, slots, e, d, Q, K, V, DO, O, LSE, DELTA, XK, XV, XGK, XGV, PK, PV, DQ, DK, DV, th, tw,
+                drh, drw, dkx, dvx, sqn, sqd, skn, skd, svn, svd, sdn, sdd, sgqn, sgqd, sgkn, sgkd, sgvn, sgvd,
+                E, P, G, HG, WG, WH, WW, NTX, NTY, MY, MX, BY, BX, FY, FX, NTW, qk_scale, scale,
+                D: tl.constexpr, D_PAD: tl.constexpr, HAS_RELH: tl.constexpr, HAS_RELW: tl.constexpr,
+                WH_PAD: tl.constexpr, WW_PAD: tl.constexpr, RH_PAD: tl.constexpr, RW_PAD: tl.constexpr,
+                HAS_EXTRA: tl.constexpr, POOL: tl.constexpr, PARTIALS: tl.constexpr, IN_REGS: tl.constexpr,
+                SPREAD_IN_REGS: tl.constexpr, HAS_GLOBAL: tl.constexpr, PREC: tl.constexpr, BLOCK: tl.constexpr,
+                BLOCK_E: tl.constexpr, BLOCK_G: tl.constexpr):
+    """The single pass over packed tile t (its cells fit one block): dq, dk, dv of all its tokens
+    from one S = q k^T (5 products, as FlashAttention-2's inner step), written once, plus
+    - the extra keys' share of dq (and, without pooling, their partial gradients: PARTIALS),
+    - the global queries' share of dk, dv,
+    - with pooling, the pooled keys' reduced gradients spread to their tile members (XG),
+    - with relative position, dq's term and this tile's share of d rel_pos (added to drh/drw).
+    delta comes from the prep pass's buffer when it ran (pooling), else from O here."""
+    tok, valid, cell, ly, lx, _ = tile_slots(t, slots, G, HG, WG, WH, WW, NTX, NTY, MY, MX, BY, BX, FY, FX)
+    q = load_rows(Q, tok, valid, sqn, sqd, d, D)
+    k = load_rows(K, tok, valid, skn, skd, d, D)
+    v = load_rows(V, tok, valid, svn, svd, d, D)
+    do = load_rows(DO, tok, valid, sdn, sdd, d, D)
+    lse2 = load_vec(LSE, tok, valid) * 1.4426950408889634
+    if POOL:
+        delta = load_vec(DELTA, tok, valid)
+    else:
+        o = load_rows(O, tok, valid, D, 1, d, D)
+        delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    bias = _rel_bias(q, th, tw, ly, lx, ly, lx, WH, WW, HAS_RELH, HAS_RELW, RH_PAD, RW_PAD, WH_PAD,
+                     WW_PAD, PREC)
+    mask = valid[:, None] & valid[None, :] & (cell[:, None] == cell[None, :])
+    p, ds = grad_step(q, k, v, do, lse2, delta, bias, mask, qk_scale, HAS_RELH or HAS_RELW, PREC)
+    # Products in an order that lets p, then ds, then q and dO die early (register pressure).
+    dv = mm(tl.trans(p).to(do.dtype), do, PREC)
+    by_h = 0.0
+    by_w = 0.0
+    if HAS_RELH:
+        by_h = line_sums(ds, ly, WH_PAD, PREC)
+    if HAS_RELW:
+        by_w = line_sums(ds, lx, WW_PAD, PREC)
+    dk = mm(tl.trans(ds).to(q.dtype), q, PREC)
+    dq = mm(ds.to(k.dtype), k, PREC) * scale
+    if HAS_RELH:
+        dqr, dr = _rel_dq(by_h, ly, WH, th, q, WH_PAD, RH_PAD, PREC)
+        dq += dqr
+        drh += dr
+    if HAS_RELW:
+        dqr, dr = _rel_dq(by_w, lx, WW, tw, q, WW_PAD, RW_PAD, PREC)
+        dq += dqr
+        drw += dr
+    if HAS_EXTRA:
+        dqx = tl.zeros([BLOCK, D_PAD], dtype=tl.float32)
+        if IN_REGS:
+            # Loaded per tile (4 KB at the target): held across the tile loop they cost ~90
+            # registers (ptxas, sm_90a) for a few percent of the bytes.
+            dqx, px, dsx = _extra_block(dqx, q, do, lse2, delta, valid, XK, XV, e, E, d, qk_scale, D, PREC)
+            if PARTIALS:
+                dkx += mm(tl.trans(dsx).to(q.dtype), q, PREC)
+                dvx += mm(tl.trans(px).to(do.dtype), do, PREC)
+        else:
+            for e0 in range(0, E, BLOCK_E):
+                dqx, px, dsx = _extra_block(dqx, q, do, lse2, delta, valid, XK, XV, e0 + e, E, d,
+                                            qk_scale, D, PREC)
+                if PARTIALS:
+                    _store_partial(PK, PV, t, e0 + e, e0 + e < E, mm(tl.trans(dsx).to(q.dtype), q, PREC),
+                                   mm(tl.trans(px).to(do.dtype), do, PREC), E, d, D)
+        dq += dqx * scale
+    store_rows(DQ, tok, dq, valid, sgqn, sgqd, d, D)
+    if HAS_GLOBAL:
+        dk, dv = _global_queries(dk, dv, k, v, valid, Q, DO, O, LSE, sqn, sqd, sdn, sdd, G, d,
+                                 qk_scale, D, PREC, BLOCK_G)
+    dk = dk * scale
+    if POOL:
+        if IN_REGS and SPREAD_IN_REGS:
+            xgk = load_rows(XGK, e, e < P, D, 1, d, D)
+            xgv = load_rows(XGV, e, e < P, D, 1, d, D)
+            dk, dv = _pool_spread_regs(dk, dv, tok, xgk, xgv, e, G, HG, WG, WH, WW, NTW, PREC)
+        else:
+            dk, dv = _pool_spread(dk, dv, tok, valid, XGK, XGV, G, HG, WG, WH, WW, NTW, d, D)
+    store_rows(DK, tok, dk, valid, sgkn, sgkd, d, D)
+    store_rows(DV, tok, dv, valid, sgvn, sgvd, d, D)
+    return drh, drw, dkx, dvx
+
+
+@triton.jit
+def _store_rel(PRH, PRW, slot, drh, drw, d, D: tl.constexpr, HAS_RELH: tl.constexpr, HAS_RELW: tl.constexpr,
+               RH_PAD: tl.constexpr, RW_PAD: tl.constexpr):
+    """This program's share of d rel_pos (summed by the host in slot order)."""
+    if HAS_RELH:
+        store_rows(PRH + slot * RH_PAD * D, tl.arange(0, RH_PAD), drh, tl.arange(0, RH_PAD) < RH_PAD, D, 1, d, D)
+    if HAS_RELW:
+        store_rows(PRW + slot * RW_PAD * D, tl.arange(0, RW_PAD), drw, tl.arange(0, RW_PAD) < RW_PAD, D, 1, d, D)
+
+
+@triton.jit
 def bwd_tile_kernel(Q, K, V, DO, O, LSE, DELTA, XK, XV, XGK, XGV, PK, PV, RH, RW, PRH, PRW, DQ, DK, DV,
                     sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sdb, sdh, sdn, sdd,
                     sgqb, sgqh, sgqn, sgqd, sgkb, sgkh, sgkn, sgkd, sgvb, sgvh, sgvn, sgvd,
@@ -263,15 +372,10 @@ def bwd_tile_kernel(Q, K, V, DO, O, LSE, DELTA, XK, XV, XGK, XGV, PK, PV, RH, RW
                     D: tl.constexpr, D_PAD: tl.constexpr, HAS_RELH: tl.constexpr, HAS_RELW: tl.constexpr,
                     WH_PAD: tl.constexpr, WW_PAD: tl.constexpr, RH_PAD: tl.constexpr, RW_PAD: tl.constexpr,
                     HAS_EXTRA: tl.constexpr, POOL: tl.constexpr, PARTIALS: tl.constexpr, IN_REGS: tl.constexpr,
-                    SPREAD_IN_REGS: tl.constexpr, HAS_GLOBAL: tl.constexpr, PREC: tl.constexpr, BLOCK: tl.constexpr, BLOCK_E: tl.constexpr,
-                    BLOCK_G: tl.constexpr):
-    """Single pass over packed tiles grp*TPP.. whose cells fit one block: for each tile, dq, dk, dv
-    of all its tokens from one S = q k^T (5 products, as FlashAttention-2's inner step), plus
-    - the extra keys' share of dq (and, without pooling, their partial gradients: PARTIALS),
-    - the global queries' share of dk, dv,
-    - with pooling, the pooled keys' reduced gradients spread to their tile members (XG),
-    - with relative position, dq's term and this program's share of d rel_pos (PRH/PRW).
-    delta comes from the prep kernel's buffer when it ran (pooling), else from O in-kernel."""
+                    SPREAD_IN_REGS: tl.constexpr, HAS_GLOBAL: tl.constexpr, PREC: tl.constexpr, BLOCK: tl.constexpr,
+                    BLOCK_E: tl.constexpr, BLOCK_G: tl.constexpr):
+    """The split plan's single pass: tiles grp*TPP.. (_tile_grads each), after the prep kernel
+    (pooling) and the reduction of the pooled keys' gradients into XG."""
     grp = tl.program_id(0)
     bh = tl.program_id(1)
     Q = head(Q, bh, H, sqb, sqh)
@@ -305,79 +409,89 @@ def bwd_tile_kernel(Q, K, V, DO, O, LSE, DELTA, XK, XV, XGK, XGV, PK, PV, RH, RW
     dvx = tl.zeros([BLOCK_E, D_PAD], dtype=tl.float32)
     t0 = grp * TPP
     for t in range(t0, tl.minimum(t0 + TPP, T)):
-        tok, valid, cell, ly, lx, _ = tile_slots(t, slots, G, HG, WG, WH, WW, NTX, NTY, MY, MX, BY, BX, FY, FX)
-        q = load_rows(Q, tok, valid, sqn, sqd, d, D)
-        k = load_rows(K, tok, valid, skn, skd, d, D)
-        v = load_rows(V, tok, valid, svn, svd, d, D)
-        do = load_rows(DO, tok, valid, sdn, sdd, d, D)
-        lse2 = load_vec(LSE, tok, valid) * 1.4426950408889634
-        if POOL:
-            delta = load_vec(DELTA, tok, valid)
-        else:
-            o = load_rows(O, tok, valid, D, 1, d, D)
-            delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
-        bias = _rel_bias(q, th, tw, ly, lx, ly, lx, WH, WW, HAS_RELH, HAS_RELW, RH_PAD, RW_PAD, WH_PAD,
-                         WW_PAD, PREC)
-        mask = valid[:, None] & valid[None, :] & (cell[:, None] == cell[None, :])
-        p, ds = grad_step(q, k, v, do, lse2, delta, bias, mask, qk_scale, HAS_RELH or HAS_RELW, PREC)
-        # Products in an order that lets p, then ds, then q and dO die early (register pressure).
-        dv = mm(tl.trans(p).to(do.dtype), do, PREC)
-        by_h = 0.0
-        by_w = 0.0
-        if HAS_RELH:
-            by_h = line_sums(ds, ly, WH_PAD, PREC)
-        if HAS_RELW:
-            by_w = line_sums(ds, lx, WW_PAD, PREC)
-        dk = mm(tl.trans(ds).to(q.dtype), q, PREC)
-        dq = mm(ds.to(k.dtype), k, PREC) * scale
-        if HAS_RELH:
-            dqr, dr = _rel_dq(by_h, ly, WH, th, q, WH_PAD, RH_PAD, PREC)
-            dq += dqr
-            drh += dr
-        if HAS_RELW:
-            dqr, dr = _rel_dq(by_w, lx, WW, tw, q, WW_PAD, RW_PAD, PREC)
-            dq += dqr
-            drw += dr
-        if HAS_EXTRA:
-            dqx = tl.zeros([BLOCK, D_PAD], dtype=tl.float32)
-            if IN_REGS:
-                # Loaded per tile (4 KB at the target): held across the tile loop they cost ~90
-                # registers (ptxas, sm_90a) for a few percent of the bytes.
-                dqx, px, dsx = _extra_block(dqx, q, do, lse2, delta, valid, XK, XV, e, E, d, qk_scale, D, PREC)
-                if PARTIALS:
-                    dkx += mm(tl.trans(dsx).to(q.dtype), q, PREC)
-                    dvx += mm(tl.trans(px).to(do.dtype), do, PREC)
-            else:
-                for e0 in range(0, E, BLOCK_E):
-                    dqx, px, dsx = _extra_block(dqx, q, do, lse2, delta, valid, XK, XV, e0 + e, E, d,
-                                                qk_scale, D, PREC)
-                    if PARTIALS:
-                        _store_partial(PK, PV, t, e0 + e, e0 + e < E, mm(tl.trans(dsx).to(q.dtype), q, PREC),
-                                       mm(tl.trans(px).to(do.dtype), do, PREC), E, d, D)
-            dq += dqx * scale
-        store_rows(DQ, tok, dq, valid, sgqn, sgqd, d, D)
-        if HAS_GLOBAL:
-            dk, dv = _global_queries(dk, dv, k, v, valid, Q, DO, O, LSE, sqn, sqd, sdn, sdd, G, d,
-                                     qk_scale, D, PREC, BLOCK_G)
-        dk = dk * scale
-        if POOL:
-            if IN_REGS and SPREAD_IN_REGS:
-                xgk = load_rows(XGK, e, e < P, D, 1, d, D)
-                xgv = load_rows(XGV, e, e < P, D, 1, d, D)
-                dk, dv = _pool_spread_regs(dk, dv, tok, xgk, xgv, e, G, HG, WG, WH, WW, NTW, PREC)
-            else:
-                dk, dv = _pool_spread(dk, dv, tok, valid, XGK, XGV, G, HG, WG, WH, WW, NTW, d, D)
-        store_rows(DK, tok, dk, valid, sgkn, sgkd, d, D)
-        store_rows(DV, tok, dv, valid, sgvn, sgvd, d, D)
+        drh, drw, dkx, dvx = _tile_grads(
+            t, slots, e, d, Q, K, V, DO, O, LSE, DELTA, XK, XV, XGK, XGV, PK, PV, DQ, DK, DV, th, tw, drh, drw, dkx,
+            dvx, sqn, sqd, skn, skd, svn, svd, sdn, sdd, sgqn, sgqd, sgkn, sgkd, sgvn, sgvd, E, P, G, HG, WG, WH, WW,
+            NTX, NTY, MY, MX, BY, BX, FY, FX, NTW, qk_scale, scale, D, D_PAD, HAS_RELH, HAS_RELW, WH_PAD, WW_PAD,
+            RH_PAD, RW_PAD, HAS_EXTRA, POOL, PARTIALS, IN_REGS, SPREAD_IN_REGS, HAS_GLOBAL, PREC, BLOCK, BLOCK_E,
+            BLOCK_G)
     if HAS_EXTRA:
         if PARTIALS:
             if IN_REGS:
                 _store_partial(PK, PV, grp, e, e < E, dkx, dvx, E, d, D)
-    slot = bh.to(tl.int64) * tl.num_programs(0) + grp
+    _store_rel(PRH, PRW, bh.to(tl.int64) * tl.num_programs(0) + grp, drh, drw, d, D, HAS_RELH, HAS_RELW, RH_PAD,
+               RW_PAD)
+
+
+@triton.jit
+def bwd_head_kernel(Q, K, V, DO, O, LSE, DELTA, XK, XV, XGK, XGV, PK, PV, RH, RW, PRH, PRW, DQ, DK, DV,
+                    sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd, sdb, sdh, sdn, sdd,
+                    sgqb, sgqh, sgqn, sgqd, sgkb, sgkh, sgkn, sgkd, sgvb, sgvh, sgvn, sgvd,
+                    srh0, srh1, srw0, srw1,
+                    H, N, E, P, NPART, T, G, HG, WG, WH, WW, NTX, NTY, MY, MX, BY, BX, FY, FX, NTW,
+                    qk_scale, scale,
+                    D: tl.constexpr, D_PAD: tl.constexpr, HAS_RELH: tl.constexpr, HAS_RELW: tl.constexpr,
+                    WH_PAD: tl.constexpr, WW_PAD: tl.constexpr, RH_PAD: tl.constexpr, RW_PAD: tl.constexpr,
+                    SPREAD_IN_REGS: tl.constexpr, HAS_GLOBAL: tl.constexpr, PREC: tl.constexpr, BLOCK: tl.constexpr,
+                    BLOCK_E: tl.constexpr, BLOCK_G: tl.constexpr):
+    """The per-head plan's whole backward of one (batch, head) with pooled keys (cells that fit one
+    block, all extra keys one register block): the prep pass over every tile (delta stored, the
+    extra keys' gradients from the grid queries summed in registers: the pooled keys' are then
+    complete, no cross-program reduction), XG = the pooled keys' gradients stored, a barrier, then
+    the single pass over every tile with the spread (_tile_grads). The second reads of q, dO and
+    delta are this program's own recent data. With global tokens, their keys' grid-query share
+    goes to partial slot 0 for bwd_reduce_kernel (their global-query share comes from
+    bwd_global_kernel)."""
+    bh = tl.program_id(1)
+    Q = head(Q, bh, H, sqb, sqh)
+    K = head(K, bh, H, skb, skh)
+    V = head(V, bh, H, svb, svh)
+    DO = head(DO, bh, H, sdb, sdh)
+    DQ = head(DQ, bh, H, sgqb, sgqh)
+    DK = head(DK, bh, H, sgkb, sgkh)
+    DV = head(DV, bh, H, sgvb, sgvh)
+    O += bh.to(tl.int64) * N * D
+    LSE += bh.to(tl.int64) * N
+    DELTA += bh.to(tl.int64) * N
+    XK += bh.to(tl.int64) * E * D
+    XV += bh.to(tl.int64) * E * D
+    XGK += bh.to(tl.int64) * P * D
+    XGV += bh.to(tl.int64) * P * D
+    PK += bh.to(tl.int64) * NPART * E * D
+    PV += bh.to(tl.int64) * NPART * E * D
+    d = tl.arange(0, D_PAD)
+    slots = tl.arange(0, BLOCK)
+    e = tl.arange(0, BLOCK_E)
+    # ---- the prep pass: delta, and the extra keys' gradients from every grid query of the head
+    dkx = tl.zeros([BLOCK_E, D_PAD], dtype=tl.float32)
+    dvx = tl.zeros([BLOCK_E, D_PAD], dtype=tl.float32)
+    xk = load_rows(XK, e, e < E, D, 1, d, D)
+    xv = load_rows(XV, e, e < E, D, 1, d, D)
+    for t in range(0, T):
+        tok, valid, cell, ly, lx, _ = tile_slots(t, slots, G, HG, WG, WH, WW, NTX, NTY, MY, MX, BY, BX, FY, FX)
+        dkx, dvx = _prep_block(dkx, dvx, tok, valid, Q, DO, O, LSE, DELTA, xk, xv, e, E, sqn, sqd, sdn, sdd, d,
+                               qk_scale, D, True, PREC)
+    store_rows(XGK, e, dkx * scale, e < P, D, 1, d, D)
+    store_rows(XGV, e, dvx, e < P, D, 1, d, D)
+    if HAS_GLOBAL:
+        _store_partial(PK, PV, 0, e, (e >= P) & (e < E), dkx, dvx, E, d, D)
+    tl.debug_barrier()  # XG and delta, written above by other threads, are read below
+    # ---- the single pass
+    th = 0.0
+    tw = 0.0
     if HAS_RELH:
-        store_rows(PRH + slot * RH_PAD * D, tl.arange(0, RH_PAD), drh, tl.arange(0, RH_PAD) < RH_PAD, D, 1, d, D)
+        th = load_table(RH, srh0, srh1, 2 * WH - 1, d, D, RH_PAD).to(Q.dtype.element_ty)
     if HAS_RELW:
-        store_rows(PRW + slot * RW_PAD * D, tl.arange(0, RW_PAD), drw, tl.arange(0, RW_PAD) < RW_PAD, D, 1, d, D)
+        tw = load_table(RW, srw0, srw1, 2 * WW - 1, d, D, RW_PAD).to(Q.dtype.element_ty)
+    drh = tl.zeros([RH_PAD, D_PAD], dtype=tl.float32)
+    drw = tl.zeros([RW_PAD, D_PAD], dtype=tl.float32)
+    for t in range(0, T):  # (dkx, dvx pass through unused: no partial sums in this pass)
+        drh, drw, _kx, _vx = _tile_grads(
+            t, slots, e, d, Q, K, V, DO, O, LSE, DELTA, XK, XV, XGK, XGV, PK, PV, DQ, DK, DV, th, tw, drh, drw, dkx,
+            dvx, sqn, sqd, skn, skd, svn, svd, sdn, sdd, sgqn, sgqd, sgkn, sgkd, sgvn, sgvd, E, P, G, HG, WG, WH, WW,
+            NTX, NTY, MY, MX, BY, BX, FY, FX, NTW, qk_scale, scale, D, D_PAD, HAS_RELH, HAS_RELW, WH_PAD, WW_PAD,
+            RH_PAD, RW_PAD, True, True, False, True, SPREAD_IN_REGS, HAS_GLOBAL, PREC, BLOCK, BLOCK_E, BLOCK_G)
+    _store_rel(PRH, PRW, bh.to(tl.int64), drh, drw, d, D, HAS_RELH, HAS_RELW, RH_PAD, RW_PAD)
 
 
 # ----------------------------------------------------------------------------- large cells

@@ -6,6 +6,42 @@ from .tiles import (head, load_rows, load_table, mm, rel_logits, softmax_step, s
 
 
 @triton.jit
+def _tile_row_sums(K, V, i, x, ok, G, HG, WG, WH, skn, skd, svn, svd, d, D: tl.constexpr, XB: tl.constexpr,
+                   D_PAD: tl.constexpr):
+    """fp32 sums of k and v over the grid rows of tile row i of the unshifted tiling, per column x:
+    (XB, D_PAD) each, summed line by line."""
+    ck = tl.zeros([XB, D_PAD], dtype=tl.float32)
+    cv = tl.zeros([XB, D_PAD], dtype=tl.float32)
+    for r in range(0, tl.minimum(WH, HG - i * WH)):
+        tok = G + (i * WH + r) * WG + x
+        ck += load_rows(K, tok, ok, skn, skd, d, D).to(tl.float32)
+        cv += load_rows(V, tok, ok, svn, svd, d, D).to(tl.float32)
+    return ck, cv
+
+
+@triton.jit
+def _pooled_means(K, V, G, HG, WG, WH, WW, NTW, NTY, skn, skd, svn, svd, d, D: tl.constexpr,
+                  D_PAD: tl.constexpr, XB: tl.constexpr, BLOCK_E: tl.constexpr):
+    """All P = NTY * NTW pooled means of one head as rows e < P of (BLOCK_E, D_PAD) fp32 blocks:
+    each tile row's column sums gathered to its tiles with a one-hot product (exact in fp32)."""
+    e = tl.arange(0, BLOCK_E)
+    sk = tl.zeros([BLOCK_E, D_PAD], dtype=tl.float32)
+    sv = tl.zeros([BLOCK_E, D_PAD], dtype=tl.float32)
+    for i_rev in range(0, NTY):
+        i = NTY - 1 - i_rev
+        for x0 in range(0, WG, XB):
+            x = x0 + tl.arange(0, XB)
+            ck, cv = _tile_row_sums(K, V, i, x, x < WG, G, HG, WG, WH, skn, skd, svn, svd, d, D, XB, D_PAD)
+            onehot = ((i * NTW + x // WW)[None, :] == e[:, None]).to(tl.float32)
+            sk += tl.dot(onehot, ck, input_precision="ieee")
+            sv += tl.dot(onehot, cv, input_precision="ieee")
+    ty = e // NTW
+    cnt = tl.minimum(WH, HG - ty * WH) * tl.minimum(WW, WG - (e - ty * NTW) * WW)
+    cnt = tl.maximum(cnt, 1).to(tl.float32)
+    return sk / cnt[:, None], sv / cnt[:, None]
+
+
+@triton.jit
 def extra_kv_kernel(K, V, XK, XV, skb, skh, skn, skd, svb, svh, svn, svd,
                     H, G, HG, WG, WH, WW, NTW, NTY, P, E,
                     D: tl.constexpr, D_PAD: tl.constexpr, XB: tl.constexpr, NTW_PAD: tl.constexpr,
@@ -28,13 +64,7 @@ def extra_kv_kernel(K, V, XK, XV, skb, skh, skn, skd, svb, svh, svn, svd,
         sv = tl.zeros([NTW_PAD, D_PAD], dtype=tl.float32)
         for x0 in range(0, WG, XB):
             x = x0 + tl.arange(0, XB)
-            ok = x < WG
-            ck = tl.zeros([XB, D_PAD], dtype=tl.float32)
-            cv = tl.zeros([XB, D_PAD], dtype=tl.float32)
-            for r in range(0, rows):
-                tok = G + (i * WH + r) * WG + x
-                ck += load_rows(K, tok, ok, skn, skd, d, D).to(tl.float32)
-                cv += load_rows(V, tok, ok, svn, svd, d, D).to(tl.float32)
+            ck, cv = _tile_row_sums(K, V, i, x, x < WG, G, HG, WG, WH, skn, skd, svn, svd, d, D, XB, D_PAD)
             onehot = ((x // WW)[None, :] == t[:, None]).to(tl.float32)
             sk += tl.dot(onehot, ck, input_precision="ieee")
             sv += tl.dot(onehot, cv, input_precision="ieee")
@@ -121,14 +151,19 @@ def _query_block(Q, K, V, XK, XV, O, LSE, xk, xv, t, m0, RH, RW, sqn, sqd, skn, 
 def fwd_grid_kernel(Q, K, V, XK, XV, RH, RW, O, LSE,
                     sqb, sqh, sqn, sqd, skb, skh, skn, skd, svb, svh, svn, svd,
                     srh0, srh1, srw0, srw1,
-                    H, N, E, G, HG, WG, WH, WW, NTX, NTY, MY, MX, BY, BX, FY, FX, QB, T, TPP, qk_scale,
+                    H, N, E, P, G, HG, WG, WH, WW, NTX, NTY, MY, MX, BY, BX, FY, FX, NTW, NTY_POOL, QB, T, TPP,
+                    qk_scale,
                     D: tl.constexpr, D_PAD: tl.constexpr, HAS_RELH: tl.constexpr, HAS_RELW: tl.constexpr,
                     RH_PAD: tl.constexpr, RW_PAD: tl.constexpr, WH_PAD: tl.constexpr, WW_PAD: tl.constexpr,
                     HAS_EXTRA: tl.constexpr, EXTRA_IN_REGS: tl.constexpr, ONE_KEY_BLOCK: tl.constexpr,
-                    PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_E: tl.constexpr):
+                    WHOLE_HEAD: tl.constexpr, PREC: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                    BLOCK_E: tl.constexpr, XB: tl.constexpr):
     """The grid queries. Cells that fit one block (ONE_KEY_BLOCK): program = TPP consecutive packed
     tiles, one block each, the extra keys loaded once; larger cells: program = one (tile, query
-    block). No global query and no data-dependent branch around a product in here."""
+    block). WHOLE_HEAD (the per-head plan, pooled keys): the program owns every tile of its head
+    and first computes the head's extra keys itself (pooled means, then the global tokens' copies)
+    and stores them (saved for the backward): its second read of k and v, in the tiles, re-reads
+    what it has just read. No global query and no data-dependent branch around a product in here."""
     pid = tl.program_id(0)
     bh = tl.program_id(1)
     Q = head(Q, bh, H, sqb, sqh)
@@ -144,8 +179,19 @@ def fwd_grid_kernel(Q, K, V, XK, XV, RH, RW, O, LSE,
         if EXTRA_IN_REGS:
             d = tl.arange(0, D_PAD)
             e = tl.arange(0, BLOCK_E)
-            xk = load_rows(XK, e, e < E, D, 1, d, D)
-            xv = load_rows(XV, e, e < E, D, 1, d, D)
+            if WHOLE_HEAD:
+                mk, mv = _pooled_means(K, V, G, HG, WG, WH, WW, NTW, NTY_POOL, skn, skd, svn, svd, d, D, D_PAD,
+                                       XB, BLOCK_E)
+                glob = (e >= P) & (e < E)  # then the global tokens' own rows
+                gk = load_rows(K, tl.where(glob, e - P, 0), glob, skn, skd, d, D)
+                gv = load_rows(V, tl.where(glob, e - P, 0), glob, svn, svd, d, D)
+                xk = tl.where((e < P)[:, None], mk.to(gk.dtype), gk)
+                xv = tl.where((e < P)[:, None], mv.to(gv.dtype), gv)
+                store_rows(XK, e, xk, e < E, D, 1, d, D)
+                store_rows(XV, e, xv, e < E, D, 1, d, D)
+            else:
+                xk = load_rows(XK, e, e < E, D, 1, d, D)
+                xv = load_rows(XV, e, e < E, D, 1, d, D)
     if ONE_KEY_BLOCK:
         t0 = pid * TPP
         for t in range(t0, tl.minimum(t0 + TPP, T)):
