@@ -8,6 +8,13 @@ if "TRITON_INTERPRET" not in os.environ:
     if not torch.cuda.is_available():
         os.environ["TRITON_INTERPRET"] = "1"
 
+# Under pytest-xdist each worker is its own process: one intra-op thread each, so `-n 2` on a
+# 2-core machine runs two tests side by side instead of four threads fighting for two cores.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    import torch
+
+    torch.set_num_threads(1)
+
 if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
     import triton_interpreter  # the interpreter truncates float32 -> bfloat16; GPUs round to nearest
 
@@ -15,11 +22,11 @@ if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
 
 
 def pytest_terminal_summary(terminalreporter):
-    """List the defects tests/test_mutations.py planted and the parity harness caught."""
-    import sys
-
-    caught = getattr(sys.modules.get("test_mutations"), "CAUGHT", None)
+    """List the defects tests/test_mutations.py planted and the parity harness caught (each test
+    records its line as a user property, which pytest-xdist workers send back too)."""
+    caught = [value for report in terminalreporter.stats.get("passed", [])
+              for key, value in getattr(report, "user_properties", ()) if key == "mutation caught"]
     if caught:
         terminalreporter.section(f"mutation suite: {len(caught)} planted defects caught by the parity harness")
-        for line in caught:
+        for line in sorted(caught):
             terminalreporter.write_line(line)
