@@ -32,8 +32,8 @@ from vitpose_kernels import _alloc, dispatch
 
 import yardstick
 
-# Max-normalised error allowed without a yardstick, per dtype, forward and backward, and the
-# relative RMS error allowed (declared once, STYLE.md #4).
+# Without a yardstick (float32, and ops checked against exact expectations): max-normalised error
+# allowed per dtype, forward and backward, and the relative RMS error (declared once, STYLE.md #4).
 TOL = {
     torch.float32: {"fwd": 1e-4, "bwd": 1e-4, "rms": 1e-5},
     torch.float16: {"fwd": 2e-2, "bwd": 2e-2, "rms": 2e-3},
@@ -42,7 +42,7 @@ TOL = {
 # Unit roundoff: half the spacing of floats in [1, 2).
 UNIT = {torch.float32: 2.0 ** -24, torch.float16: 2.0 ** -11, torch.bfloat16: 2.0 ** -8}
 # A low-precision kernel may be off from the float64 truth by this many times what the yardstick
-# is off (FlashAttention's criterion), element-wise per row and in RMS per tensor.
+# is off (FlashAttention's criterion): element-wise per bucket of like rows, and in RMS per tensor.
 YARDSTICK_FACTOR = 2.0
 # Differences below this are rounding noise of O(1) data in float32 (e.g. a gradient whose true
 # value is 0), whatever the dtype.
