@@ -22,11 +22,11 @@ if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
 
 
 def pytest_terminal_summary(terminalreporter):
-    """List the defects tests/test_mutations.py planted and the parity harness caught."""
-    import sys
-
-    caught = getattr(sys.modules.get("test_mutations"), "CAUGHT", None)
+    """List the defects tests/test_mutations.py planted and the parity harness caught (each test
+    records its line as a user property, which pytest-xdist workers send back too)."""
+    caught = [value for report in terminalreporter.stats.get("passed", [])
+              for key, value in getattr(report, "user_properties", ()) if key == "mutation caught"]
     if caught:
         terminalreporter.section(f"mutation suite: {len(caught)} planted defects caught by the parity harness")
-        for line in caught:
+        for line in sorted(caught):
             terminalreporter.write_line(line)

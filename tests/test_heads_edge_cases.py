@@ -1,7 +1,8 @@
 """Edge cases of the heads' ops where every backend must agree with each other and with mmpose
 (or differ by a documented decision, tested here on every backend): non-finite and off-map
 keypoints, mmpose's visibility semantics, all-zero heatmaps. Each test runs on the reference,
-the Triton kernels (GPU or CPU interpreter) and the CUDA kernels (GPU or tests/cuda_emulator).
+the Triton kernels (GPU or CPU interpreter), the CUDA kernels (GPU or tests/cuda_emulator) and,
+for decode_heatmaps, the CPU backend.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import vitpose_kernels as vk
 @contextlib.contextmanager
 def _serving(backend):
     """The device `backend` runs on here (skipping where it cannot run at all)."""
-    if backend == "reference":
+    if backend in ("reference", "cpu"):
         yield torch.device("cpu")
     elif backend == "triton":
         why = parity.skip_reason("udp_targets", "triton")
@@ -72,7 +73,7 @@ def test_udp_targets_keep_mmpose_visibility_as_weight(backend):
     assert drawn.tolist() == [False, False, True, False, False, True]
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("backend", BACKENDS + ["cpu"])  # decode_heatmaps also has a CPU backend
 @pytest.mark.parametrize("boxes", [False, True])
 def test_decode_all_zero_heatmaps(backend, boxes):
     """The documented decision (mmpose's behaviour): an all-zero map decodes, with DARK-UDP, to a

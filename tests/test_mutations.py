@@ -13,11 +13,9 @@ update: find the same defect in the new code and change that entry (tests/README
 """
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import importlib
 import linecache
-import os
 import re
 import shutil
 import sys
@@ -201,7 +199,6 @@ PLANTS = [
 
 OP_OF_CHECK = {"attention forward": "window_attention", "attention": "window_attention",
                "decode": "decode_heatmaps", "targets": "udp_targets"}
-CAUGHT: list[str] = []  # printed at the end of the session by tests/conftest.py
 
 
 def mutated_source(plant: Plant) -> str:
@@ -301,26 +298,6 @@ def _mutant_opt(plant: Plant) -> tuple:
     return ((Path(plant.file).name, "-O0"),)
 
 
-@pytest.fixture(scope="module")
-def mutant_trees(tmp_path_factory):
-    """Every csrc/ plant's mutant tree, built up front in parallel (one compile each of the file
-    that differs; the rest is shared and cached)."""
-    if cuda_emulator.skip_reason():
-        return {}
-    root = tmp_path_factory.mktemp("mutants")
-    trees = {}
-    for plant in PLANTS:
-        if plant.file.startswith("csrc/"):
-            tree = root / _tag(plant) / "csrc"
-            shutil.copytree(REPO / "csrc", tree)
-            (tree / Path(plant.file).name).write_text(mutated_source(plant))
-            trees[plant] = tree
-    cuda_emulator.build()  # the shared objects, once
-    with concurrent.futures.ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-        list(pool.map(lambda p: cuda_emulator.build(csrc=trees[p], file_opt=dict(_mutant_opt(p))), trees))
-    return trees
-
-
 def _tag(plant: Plant) -> str:
     return f"{PLANTS.index(plant)}"
 
@@ -355,7 +332,7 @@ def _run_id(run) -> str:
 
 
 @pytest.mark.parametrize("run", RUNS, ids=_run_id)
-def test_harness_catches_planted_defect(run, mutant_trees, monkeypatch):
+def test_harness_catches_planted_defect(run, mutant_trees, monkeypatch, record_property):
     plant, plan = run
     _skip_unless_runs(plant)
     text = mutated_source(plant)
@@ -379,7 +356,7 @@ def test_harness_catches_planted_defect(run, mutant_trees, monkeypatch):
                 check(plant.backend, fn)
     first = str(caught.value).strip().splitlines()[0][:160]
     where = plant.backend if plan is None else f"{plant.backend}/{plan}"
-    CAUGHT.append(f"caught  {plant.mutation:40s} [{where:12s}] {first}")
+    record_property("mutation caught", f"caught  {plant.mutation:40s} [{where:12s}] {first}")
 
 
 def test_every_defect_is_planted_in_every_backend():
