@@ -137,12 +137,29 @@ def sync(device: torch.device | str | None = None) -> None:
         torch.cuda.synchronize()
 
 
+_L2_FLUSH: dict = {}
+
+
+def flush_l2(device: torch.device) -> None:
+    """Evict the GPU's L2 before a timed rep (a write over a buffer larger than any L2 today,
+    256 MiB): a kernel re-reading inputs that the previous rep left in a 50 MB L2 would otherwise
+    be timed at cache speed, which favours small inputs and multi-pass kernels unequally."""
+    if device.type != "cuda":
+        return
+    buf = _L2_FLUSH.get(device)
+    if buf is None:
+        buf = _L2_FLUSH[device] = torch.empty(64 * 2 ** 20, dtype=torch.int32, device=device)
+    buf.zero_()
+
+
 def bench(fn: Callable[[], object], *, device="cuda", warmup: int = 3, rep: int = 20,
-          max_seconds: float = 5.0) -> dict:
+          max_seconds: float = 5.0, flush: bool = True) -> dict:
     """Median time of fn() in milliseconds (CUDA events on a GPU, perf_counter on CPU).
 
     The median, not the mean: the device is shared and a single preempted rep must not move the
     figure. Stops early after max_seconds of measured reps (at least 3 reps are always taken).
+    On a GPU the L2 is flushed before every timed rep (flush_l2; outside the events), so every
+    peer starts from HBM.
     """
     device = torch.device(device)
     for _ in range(warmup):
@@ -152,6 +169,8 @@ def bench(fn: Callable[[], object], *, device="cuda", warmup: int = 3, rep: int 
     t_start = time.perf_counter()
     for i in range(rep):
         if device.type == "cuda":
+            if flush:
+                flush_l2(device)
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             fn()
@@ -167,7 +186,7 @@ def bench(fn: Callable[[], object], *, device="cuda", warmup: int = 3, rep: int 
     times.sort()
     q = max(1, len(times) // 4)
     return {"median_ms": statistics.median(times), "p25_ms": times[q - 1], "p75_ms": times[-q],
-            "reps": len(times)}
+            "reps": len(times), "l2_flushed": bool(flush and device.type == "cuda")}
 
 
 class Budget:

@@ -15,6 +15,14 @@ How each number is obtained (benchmarks/cost/ holds one module per instrument):
                          the grids without running the programs) to its count in the run. The
                          PyTorch ops the op runs around or inside its kernels (pooling copies,
                          stacking gradients, ...) are counted at the full size by a dispatch mode.
+  HBM bytes              the same executed accesses, per program (CTA): the distinct 32-byte
+                         sectors it reads before touching them itself, plus the distinct sectors
+                         it writes, summed over programs (a re-read inside one program is an L2
+                         hit; nothing is shared between programs or launches); plus the PyTorch
+                         ops' bytes. The model's assumption, that what a program re-reads is
+                         still in L2, is shown beside it: the mean LRU reuse distance of those
+                         re-reads (distinct bytes the program touched in between) times the
+                         programs resident at once (SMs x CTAs/SM), over the 50 MB L2.
   useful FLOPs, floor    from the geometry alone (benchmarks/cost/geometry.py)
   peak extra memory      the full-size dry run's live tensor bytes through forward + backward with
                          q, k, v views of one packed (B, N, 3, H, D) tensor, as the model calls it:
@@ -52,6 +60,7 @@ from cost.launches import Counts, scaled_launches  # noqa: E402
 from cost.torch_counter import TorchCounter  # noqa: E402
 
 import vitpose_kernels as vk  # noqa: E402
+from vitpose_kernels._attention_ops import forced_plan  # noqa: E402
 
 TARGET = "t5-window8x8-shift-pool"
 DIRECTIONS = ("fwd", "fwd+bwd")
@@ -60,8 +69,8 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 # Peak figures the predictions assume (NVIDIA data sheets, SXM parts): dense bf16 tensor-core
 # FLOP/s (no sparsity) and HBM bandwidth.
 PEAKS = {
-    "H100": dict(bf16_dense_tflops=989.4, hbm_tb_per_s=3.35, note="H100 SXM5 80 GB, HBM3"),
-    "H200": dict(bf16_dense_tflops=989.4, hbm_tb_per_s=4.8, note="H200 SXM 141 GB, HBM3e"),
+    "H100": dict(bf16_dense_tflops=989.4, hbm_tb_per_s=3.35, sms=132, l2_mb=50, note="H100 SXM5 80 GB, HBM3"),
+    "H200": dict(bf16_dense_tflops=989.4, hbm_tb_per_s=4.8, sms=132, l2_mb=50, note="H200 SXM 141 GB, HBM3e"),
 }
 
 
@@ -150,6 +159,15 @@ class TritonBackend:
             os.environ["TRITON_INTERPRET"] = env
             vk.dispatch.reasons = reasons
 
+    def plan_kind(self, case: Case) -> str:
+        """The launch plan the full-size call gets (the counted run at reduced batch and heads
+        is forced to it: the Triton host picks per-head programs only when B*H fills the GPU)."""
+        from vitpose_kernels.triton_backend.window_attention import host
+
+        g = case.geom
+        geom = [*g.grid, *g.win, *(g.shift if g.window is not None else (0, 0)), g.num_global]
+        return host.plan_of(g.B, g.H, g.N, g.D, DTYPES[case.dtype], geom, g.pool, g.rel_pos, g.rel_pos).kind
+
     def counter(self, dry: bool):
         from cost.triton_counter import TritonCounter
 
@@ -166,6 +184,9 @@ class CudaBackend:
         from cost import cuda_counter
 
         return cuda_counter.unavailable_reason()
+
+    def plan_kind(self, case: Case) -> None:
+        return None  # one launch plan per shape, whatever the batch
 
     def context(self, dry: bool):
         from cost import cuda_counter
@@ -212,8 +233,10 @@ def run_op(case: Case, backend, direction: str, B: int, H: int, dry: bool):
         counter.watch(qkv, dout, rh, rw)
         with TorchCounter(skip=counter.in_launch, on_alloc=counter.on_alloc, on_free=counter.on_free) as tcount:
             with torch.set_grad_enabled(direction == "fwd+bwd"):
-                out = vk.window_attention(q, k, v, grid=g.grid, window=g.window, shift=g.shift, pool=g.pool,
-                                          num_global=g.num_global, rel_pos_h=rh, rel_pos_w=rw, backend=backend.name)
+                # As the model calls it: the packed entry (vitpose/models/vitpose.py, Attention.forward).
+                out = vk.window_attention_qkvpacked(qkv.view(B, g.N, 3, H, g.D), grid=g.grid, window=g.window,
+                                                    shift=g.shift, pool=g.pool, num_global=g.num_global,
+                                                    rel_pos_h=rh, rel_pos_w=rw, backend=backend.name)
                 if direction == "fwd+bwd":
                     out.backward(dout)
             del out
@@ -224,9 +247,12 @@ def run_op(case: Case, backend, direction: str, B: int, H: int, dry: bool):
 def measure(case: Case, backend, direction: str, run_b: int, run_h: int, jobs: int, machine_code: bool) -> dict:
     g = case.geom
     t0 = time.time()
-    small, _, _ = run_op(case, backend, direction, run_b, run_h, dry=False)
+    kind = backend.plan_kind(case)
+    with forced_plan(kind):  # the full size's launch plan for the reduced run too
+        small, _, _ = run_op(case, backend, direction, run_b, run_h, dry=False)
     try:
-        full, tcount, inputs = run_op(case, backend, direction, g.B, g.H, dry=True)
+        with forced_plan(kind):
+            full, tcount, inputs = run_op(case, backend, direction, g.B, g.H, dry=True)
     except Exception as e:
         raise RuntimeError(
             f"cost model: the full-size dry run of {case.name} / {backend.name} / {direction} failed "
@@ -249,14 +275,18 @@ def measure(case: Case, backend, direction: str, run_b: int, run_h: int, jobs: i
     useful, floor = geometry.useful_flops(g, direction), geometry.floor_bytes(g, direction)
     executed = total.flops + torch_ops.flops
     nbytes = total.bytes + torch_ops.bytes
+    hbm = total.hbm_bytes + torch_ops.bytes
     codes = [k["machine_code"] for k in kernels.values() if k["machine_code"] is not None]
     entry = dict(
-        name=case.name, backend=backend.name, direction=direction,
+        name=case.name, backend=backend.name, direction=direction, plan=kind,
         executed_flops=int(executed), useful_flops=int(useful), bytes=int(nbytes), floor_bytes=int(floor),
         spill_bytes=sum(c["spill_bytes"] for c in codes) if machine_code else None,
         serialized_wgmma=sum(c["serialized_wgmma"] for c in codes) if machine_code else None,
+        hbm_bytes=int(hbm) if _has_hbm(total) else None,
         flops_ratio=executed / useful, bytes_ratio=nbytes / floor,
+        hbm_ratio=hbm / floor if _has_hbm(total) else None,
         kernel_flops=int(total.flops), kernel_bytes=int(total.bytes), masked_bytes=int(total.masked_bytes),
+        kernel_hbm_bytes=int(total.hbm_bytes), max_program_bytes=int(total.max_program_bytes),
         sector_bytes=int(total.sector_bytes) if total.sector_bytes else None,
         torch_ops=dict(flops=int(torch_ops.flops), bytes=int(torch_ops.bytes),
                        by_op={n: dataclasses.asdict(c) | {"bytes": c.bytes}
@@ -270,8 +300,33 @@ def measure(case: Case, backend, direction: str, run_b: int, run_h: int, jobs: i
         entry["peak_extra_memory_ratio"] = (inputs + tcount.peak_bytes) / qkvo_grads
         entry["peak_memory"] = dict(inputs_bytes=inputs, peak_above_inputs_bytes=tcount.peak_bytes,
                                     qkv_out_and_grads_bytes=qkvo_grads)
+    entry["l2_reuse_ratio"] = l2_reuse_ratio(entry["kernels"]) if machine_code else None
     entry["predictions"] = predict(entry)
     return entry
+
+
+def _has_hbm(total: Counts) -> bool:
+    """Whether the counter measured per-program traffic (every counter of this tree does; an
+    emulator library built before it did reports none)."""
+    return total.hbm_bytes > 0 or total.bytes == 0
+
+
+def l2_reuse_ratio(kernels: list[dict]) -> float | None:
+    """The HBM model's assumption, checked: per kernel, the mean LRU reuse distance of the loads
+    the model calls L2 hits (distinct bytes one program touches between two accesses of a sector)
+    times the programs resident at once on an H100/H200 (132 SMs x the cubin's CTAs/SM, at most
+    the launch's programs), over the 50 MB L2; the largest over the kernels. With every resident
+    program streaming at the same pace, <= 1 means a typical re-read is still in L2; above 1, part
+    of what the model counts as hits would come from HBM (the raw bytes bound that part)."""
+    p = PEAKS["H100"]
+    worst = None
+    for k in kernels:
+        mc, reuse = k.get("machine_code") or {}, k.get("mean_reuse_bytes")
+        if reuse is None:
+            continue
+        resident = min(k["programs"] / max(k["launches"], 1), p["sms"] * max(mc.get("ctas_per_sm") or 1, 1))
+        worst = max(worst or 0.0, reuse * resident / (p["l2_mb"] * 2 ** 20))
+    return worst
 
 
 def _config(launch) -> dict:
@@ -283,7 +338,9 @@ def _config(launch) -> dict:
 def _kernel_row(k: dict) -> dict:
     c = k["counts"]
     row = dict(kernel=k["kernel"], launches=k["launches"], programs=int(c.programs), flops=int(c.flops),
-               bytes=int(c.bytes), masked_bytes=int(c.masked_bytes), sector_bytes=int(c.sector_bytes) or None,
+               bytes=int(c.bytes), hbm_bytes=int(c.hbm_bytes), masked_bytes=int(c.masked_bytes),
+               sector_bytes=int(c.sector_bytes) or None, max_program_bytes=int(c.max_program_bytes),
+               mean_reuse_bytes=c.mean_reuse_bytes, max_reuse_bytes=int(c.max_reuse_bytes) or None,
                dots=int(c.dots), config=k["config"])
     if k["machine_code"] is not None:
         row["machine_code"] = k["machine_code"]
@@ -293,8 +350,9 @@ def _kernel_row(k: dict) -> dict:
 # ============================================================================ predictions
 def predict(entry: dict) -> dict:
     """Roofline bounds at the PEAKS figures (predictions, not measurements): executed work with
-    no cache reuse (every executed load from HBM), with perfect reuse in L2 within a launch
-    (distinct 32-byte sectors), and the floor (useful FLOPs, floor bytes)."""
+    no cache reuse (every executed load from HBM), with the HBM model (re-reads inside a program
+    hit L2), with perfect reuse in L2 within a launch (distinct 32-byte sectors), and the floor
+    (useful FLOPs, floor bytes)."""
     out = {}
     for gpu, p in PEAKS.items():
         f, bw = p["bf16_dense_tflops"] * 1e12, p["hbm_tb_per_s"] * 1e12
@@ -304,29 +362,47 @@ def predict(entry: dict) -> dict:
 
         floor = t(entry["useful_flops"], entry["floor_bytes"])
         exec_us = t(entry["executed_flops"], entry["bytes"])
+        hbm_us = t(entry["executed_flops"], entry["hbm_bytes"])
         sectors = entry["sector_bytes"]
         l2 = t(entry["executed_flops"], sectors + entry["torch_ops"]["bytes"]) if sectors else None
-        out[gpu] = dict(predicted_us=exec_us, predicted_us_l2_reuse=l2, floor_us=floor,
+        out[gpu] = dict(predicted_us=exec_us, predicted_us_hbm=hbm_us, predicted_us_l2_reuse=l2, floor_us=floor,
                         predicted_over_floor=exec_us / floor)
     return out
 
 
 # ============================================================================ report
 def table(entries: list[dict]) -> str:
-    hdr = (f"{'case':28} {'backend':7} {'dir':8} {'exec GF':>9} {'useful':>9} {'x':>5} {'MB':>9} {'floor':>8} "
-           f"{'x':>5} {'spill':>5} {'serWG':>5} {'mem x':>6} {'H100 us':>8} {'H200 us':>8}")
+    hdr = (f"{'case':28} {'backend':7} {'dir':8} {'exec GF':>9} {'useful':>9} {'x':>5} {'HBM MB':>9} "
+           f"{'floor':>8} {'HBM x':>5} {'raw x':>5} {'L2 x':>5} {'spill':>5} {'serWG':>5} {'mem x':>6} "
+           f"{'H100 us':>8} {'H200 us':>8}")
     lines = [hdr, "-" * len(hdr)]
     for e in entries:
-        mem = e.get("peak_extra_memory_ratio")
+        mem, hbm, fp = e.get("peak_extra_memory_ratio"), e.get("hbm_ratio"), e.get("l2_reuse_ratio")
         p = e["predictions"]
         lines.append(
             f"{e['name']:28} {e['backend']:7} {e['direction']:8} {e['executed_flops'] / 1e9:9.2f} "
-            f"{e['useful_flops'] / 1e9:9.2f} {e['flops_ratio']:5.2f} {e['bytes'] / 1e6:9.1f} "
-            f"{e['floor_bytes'] / 1e6:8.1f} "
-            f"{e['bytes_ratio']:5.2f} {_opt(e['spill_bytes']):>5} {_opt(e['serialized_wgmma']):>5} "
-            f"{'' if mem is None else f'{mem:.3f}':>6} {p['H100']['predicted_us']:8.1f} "
-            f"{p['H200']['predicted_us']:8.1f}")
+            f"{e['useful_flops'] / 1e9:9.2f} {e['flops_ratio']:5.2f} {_mb(e.get('hbm_bytes')):>9} "
+            f"{e['floor_bytes'] / 1e6:8.1f} {_x(hbm):>5} {e['bytes_ratio']:5.2f} {_x(fp):>5} "
+            f"{_opt(e['spill_bytes']):>5} {_opt(e['serialized_wgmma']):>5} "
+            f"{'' if mem is None else f'{mem:.3f}':>6} {_us(p['H100'].get('predicted_us_hbm')):>8} "
+            f"{_us(p['H200'].get('predicted_us_hbm')):>8}")
     return "\n".join(lines)
+
+
+def _mb(x):
+    return "n/a" if x is None else f"{x / 1e6:.1f}"
+
+
+def _x(x):
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def _kb(x):
+    return "n/a" if x is None else f"{x / 1e3:.0f}"
+
+
+def _us(x):
+    return "n/a" if x is None else f"{x:.1f}"
 
 
 def kernel_table(e: dict) -> str:
@@ -338,7 +414,10 @@ def kernel_table(e: dict) -> str:
                 f"HGMMA {mc['hgmma']} HMMA {mc['hmma']} waits {mc['wgmma_waits']}"
                 f"{' C7515' if mc['c7515'] else ''}") if mc else ""
         lines.append(f"    {k['kernel']:24} x{k['launches']} progs {k['programs']:>8} {k['flops'] / 1e9:8.2f} GF "
-                     f"{k['bytes'] / 1e6:9.1f} MB (masked {k['masked_bytes'] / 1e6:7.1f}) {k['config']}{code}")
+                     f"{k['bytes'] / 1e6:9.1f} MB executed, {k['hbm_bytes'] / 1e6:9.1f} MB HBM model (masked "
+                     f"{k['masked_bytes'] / 1e6:7.1f}; one program touches {k['max_program_bytes'] / 1e3:.0f} KB, "
+                     f"re-reads {_kb(k['mean_reuse_bytes'])} KB apart on average) "
+                     f"{k['config']}{code}")
     t = e["torch_ops"]
     if t["bytes"] or t["flops"]:
         by_bytes = sorted(t["by_op"].items(), key=lambda x: -x[1]["bytes"])
@@ -348,12 +427,13 @@ def kernel_table(e: dict) -> str:
 
 
 def table5_table(rows: list[dict]) -> str:
-    lines = ["Table 5 rows (12 layers of ViTPose-B at 1/8 features, batch 64), fwd+bwd:",
-             f"  {'preset':26} {'backend':7} {'FLOPs x':>7} {'bytes x':>7} {'H100 us':>9} {'H200 us':>9}"]
+    lines = ["Table 5 rows (12 layers of ViTPose-B at 1/8 features, batch 64), fwd+bwd (us: HBM-model predictions):",
+             f"  {'preset':26} {'backend':7} {'FLOPs x':>7} {'HBM x':>7} {'raw x':>7} {'H100 us':>9} {'H200 us':>9}"]
     for r in rows:
         if r["direction"] == "fwd+bwd":
-            lines.append(f"  {r['preset']:26} {r['backend']:7} {r['flops_ratio']:7.2f} {r['bytes_ratio']:7.2f} "
-                         f"{r['predicted_us']['H100']:9.0f} {r['predicted_us']['H200']:9.0f}")
+            us = r["predicted_us_hbm"] or {}
+            lines.append(f"  {r['preset']:26} {r['backend']:7} {r['flops_ratio']:7.2f} {_x(r['hbm_ratio']):>7} "
+                         f"{r['bytes_ratio']:7.2f} {_us(us.get('H100')):>9} {_us(us.get('H200')):>9}")
     return "\n".join(lines)
 
 
@@ -375,11 +455,16 @@ def table5_rows(entries: list[dict]) -> list[dict]:
                 if any(x is None for x in layers):
                     continue
                 s = {f: sum(x[f] for x in layers) for f in ("executed_flops", "useful_flops", "bytes", "floor_bytes")}
-                rows.append(dict(preset=preset, backend=backend, direction=d, layers=len(layers), **s,
+                hbm = None if any(x.get("hbm_bytes") is None for x in layers) else sum(x["hbm_bytes"] for x in layers)
+                rows.append(dict(preset=preset, backend=backend, direction=d, layers=len(layers), **s, hbm_bytes=hbm,
                                  flops_ratio=s["executed_flops"] / s["useful_flops"],
                                  bytes_ratio=s["bytes"] / s["floor_bytes"],
+                                 hbm_ratio=None if hbm is None else hbm / s["floor_bytes"],
                                  predicted_us={gpu: sum(x["predictions"][gpu]["predicted_us"] for x in layers)
-                                               for gpu in PEAKS}))
+                                               for gpu in PEAKS},
+                                 predicted_us_hbm=None if hbm is None else {
+                                     gpu: sum(x["predictions"][gpu]["predicted_us_hbm"] for x in layers)
+                                     for gpu in PEAKS}))
     return rows
 
 
@@ -435,11 +520,13 @@ def main(argv=None) -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1))
     print(table(entries))
-    print("# x = executed / useful FLOPs, bytes / floor; spill = spilled bytes; serWG = serialized wgmma; "
-          "mem x = fwd+bwd peak / bytes of q,k,v,out + grads")
+    print("# x = executed / useful FLOPs; HBM x = HBM-model bytes / floor (re-reads inside one program hit L2); "
+          "raw x = every executed load and store / floor; L2 x = mean reuse distance of the model's L2 hits x "
+          "resident programs / 50 MB L2 (the HBM model's assumption holds at <= 1); spill = spilled bytes; "
+          "serWG = serialized wgmma; mem x = fwd+bwd peak / bytes of q,k,v,out + grads")
     print("# H100/H200 us: PREDICTIONS (roofline at " + "; ".join(
         f"{g} {p['bf16_dense_tflops']} bf16 dense TFLOP/s, {p['hbm_tb_per_s']} TB/s" for g, p in PEAKS.items())
-          + "), executed FLOPs and bytes with no cache reuse; no GPU has run this")
+          + "), executed FLOPs and HBM-model bytes (no-reuse figures in the JSON); no GPU has run this")
     if result["table5_rows"]:
         print(table5_table(result["table5_rows"]))
     if args.kernels:

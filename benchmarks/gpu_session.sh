@@ -1,31 +1,38 @@
 #!/usr/bin/env bash
-# One GPU lease, one command: install with the CUDA extension, run the GPU test suite, then every
-# benchmark, and print a short table (headlines + the issues' targets, PASS/MISS) last.
+# One GPU lease, ONE device call: install with the CUDA extension, run the GPU parity tests, the
+# kernel benchmark, throughput and the memory tables, and print a short table (headlines + the
+# issues' targets, PASS/MISS) last.
 #
-#   bash benchmarks/gpu_session.sh OUTDIR                                   # everything, ~560 s
-#   STEPS="install tests" bash benchmarks/gpu_session.sh OUTDIR             # call 1 of 2
-#   STEPS="install memory kernels throughput patched" bash benchmarks/gpu_session.sh OUTDIR   # call 2
+#   bash benchmarks/gpu_session.sh OUTDIR            # everything, <= 520 s: one call of the device tool
 #
-# OUTDIR receives two files only (the device tool returns at most 8): summary.txt (environment,
-# steps, headline table, targets) and gpu_session.tar.gz (every log, JSON and PNG). Both are
-# rewritten after every step, so a call cut short still returns what was done. Unpack with
+# A session has 15 device minutes in all, machine start included; one call may run 10 minutes.
+# So everything runs in one call of at most 9 minutes (TOTAL_S 520 plus packing), in priority
+# order: GPU parity (the kernels' correctness), the kernel benchmark, throughput, memory. The
+# remaining GPU tests and the patched-model benchmark run only with STEPS naming them.
+#
+# OUTDIR receives two files only: summary.txt (environment, steps, headline table, targets) and
+# gpu_session.tar.gz (every log, JSON and PNG). Both are rewritten after every step, so a call cut
+# short still returns what was done. Unpack with
 #   mkdir -p benchmarks/results/gpu-DATE && tar xzf OUTDIR/gpu_session.tar.gz -C benchmarks/results/gpu-DATE
 #
-# Time: the whole run ends by TOTAL_S seconds (default 560, inside one 10-minute device call).
-# Install gets up to 200 s (skipped when this machine already built this source); the other steps
-# share what is left by weight (tests 3, memory 1.2, kernels 2.5, throughput 2, patched 1), so a
-# call with fewer STEPS gives each more. Every step runs under `timeout`: benchmarks get SIGTERM
-# (they then write the JSON of what they measured) and an internal --budget-s of ~3/4 of their
-# limit; pytest gets SIGINT (it then prints its summary). Nothing here needs the network.
+# Time: the whole run ends by TOTAL_S seconds (default 520). Install gets up to 150 s (skipped when
+# this machine already built this source); the other steps share what is left by weight (parity 3,
+# kernels 3, throughput 2, memory 1.2), so a call with fewer STEPS gives each more. Every step runs
+# under `timeout`: benchmarks get SIGTERM (they then write the JSON of what they measured) and an
+# internal --budget-s of ~3/4 of their limit; pytest gets SIGINT (it then prints its summary).
+# Autotuning is off (VITPOSE_AUTOTUNE=0; the kernels' fixed per-shape-class configs are what is
+# measured) and the random parity sweep is trimmed (VITPOSE_RANDOM_CASES, default 40 here, 500 in
+# a full GPU run). Nothing here needs the network.
 #
-# Environment: PYTHON (default python3), STEPS, TOTAL_S, MAX_JOBS (16), VITPOSE_CUDA_ARCHS
-# (90a-real: H100/H200 only, the fastest compile), PYTEST_WORKERS (8 with pytest-xdist, 0 = off).
+# Environment: PYTHON (default python3), STEPS (default "install parity kernels throughput memory";
+# also: tests = the whole GPU suite, patched, serving), TOTAL_S, MAX_JOBS (16), VITPOSE_CUDA_ARCHS (90a-real:
+# H100/H200 only, the fastest compile), PYTEST_WORKERS (8 with pytest-xdist, 0 = off).
 # Python wheels in .whl/ (carried to the device machine) are installed into /tmp/site first.
 set -uo pipefail
 
 OUT=${1:?usage: bash benchmarks/gpu_session.sh OUTDIR}
-STEPS=${STEPS:-"install tests memory kernels throughput patched serving"}
-TOTAL_S=${TOTAL_S:-560}
+STEPS=${STEPS:-"install parity kernels throughput memory"}
+TOTAL_S=${TOTAL_S:-520}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd) || exit 2
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/gpu_session.XXXXXX") || exit 2
@@ -36,10 +43,11 @@ DEADLINE=$((START + TOTAL_S))
 RESERVE=20                      # for the summary and the packing at the end
 STATUS="$WORK/steps.tsv"
 : > "$STATUS"
-export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
+export PYTHONUNBUFFERED=1 MPLBACKEND=Agg VITPOSE_AUTOTUNE=0
+export VITPOSE_RANDOM_CASES=${VITPOSE_RANDOM_CASES:-40}
 
-declare -A WEIGHT=([tests]=30 [memory]=12 [kernels]=25 [throughput]=20 [patched]=10 [serving]=12)
-declare -A CAP=([tests]=540 [memory]=150 [kernels]=300 [throughput]=240 [patched]=120 [serving]=180)
+declare -A WEIGHT=([parity]=30 [tests]=30 [kernels]=30 [throughput]=20 [memory]=12 [patched]=10 [serving]=12)
+declare -A CAP=([parity]=200 [tests]=400 [kernels]=200 [throughput]=150 [memory]=100 [patched]=120 [serving]=180)
 DONE=" "
 
 has() { [[ " $STEPS " == *" $1 "* ]]; }
@@ -57,7 +65,7 @@ pack() {  # OUTDIR/summary.txt + OUTDIR/gpu_session.tar.gz, replaced atomically
 limit() {
     local name=$1 left total=0 s
     left=$(( DEADLINE - $(now) - RESERVE ))
-    for s in tests memory kernels throughput patched serving; do
+    for s in parity tests kernels throughput memory patched serving; do
         has "$s" && [[ "$DONE" != *" $s "* ]] && total=$(( total + WEIGHT[$s] ))
     done
     (( total > 0 )) || total=1
@@ -135,7 +143,7 @@ if has install; then
         printf "install\tok (already built)\t0s\n" >> "$STATUS"
     else
         lim=$(( DEADLINE - $(now) - RESERVE ))
-        (( lim > 200 )) && lim=200
+        (( lim > 150 )) && lim=150
         step install "$lim" TERM $PY -m pip install -v --no-build-isolation --no-deps -e .
         if installed; then
             echo "$SRC_HASH" > $STAMP
@@ -153,17 +161,29 @@ if has install; then
 fi
 
 # ----------------------------------------------------------------------------- GPU tests
+pytest_args() {  # common pytest arguments; $1: the junit file's stem
+    args=(-q -rfEs --tb=short -p no:cacheprovider --durations=15 --junitxml="$WORK/$1.xml")
+    workers=${PYTEST_WORKERS:-8}
+    if (( workers > 0 )) && $PY -c "import xdist" 2>/dev/null; then
+        args+=(-n "$workers")
+    fi
+}
+if has parity; then  # first priority: the kernels' parity on the GPU (the sweep the CPU cannot run)
+    pytest_args parity
+    l=$(limit parity); DONE+="parity "
+    step parity "$l" INT $PY -m pytest "${args[@]}" tests/test_parity.py tests/test_window_attention_triton.py \
+        tests/test_window_attention_cuda.py -k "window_attention or triton or cuda"
+    grep -E "^(FAILED|ERROR)|[0-9]+ (passed|failed|error)" "$WORK/parity.log" | tail -n 25 > "$WORK/tests_summary.txt"
+    cat "$WORK/tests_summary.txt"
+    pack
+fi
 if has tests; then
-    args=(-q -rfEs --tb=short -p no:cacheprovider --durations=15 --junitxml="$WORK/tests.xml"
-          --ignore=tests/test_benchmarks.py)   # CPU-only; the memory step runs that script for real
+    pytest_args tests
+    args+=(--ignore=tests/test_benchmarks.py)   # CPU-only; the memory step runs that script for real
     if ! $PY -c "import pycocotools" 2>/dev/null; then
         echo "== tests: pycocotools missing here (carry it as a wheel: benchmarks/README.md); its 2 tests deselected"
         args+=(--deselect tests/test_vitpose_evaluation.py::test_ground_truth_as_predictions_scores_ap_1
                --deselect tests/test_vitpose_evaluation.py::test_noise_lowers_ap_monotonically)
-    fi
-    workers=${PYTEST_WORKERS:-8}
-    if (( workers > 0 )) && $PY -c "import xdist" 2>/dev/null; then
-        args+=(-n "$workers")
     fi
     # The GPU kernels' files first, so that a timeout cuts the CPU-side tests rather than these.
     first=()
@@ -173,16 +193,12 @@ if has tests; then
     done
     l=$(limit tests); DONE+="tests "
     step tests "$l" INT $PY -m pytest "${args[@]}" "${first[@]}" tests
-    grep -E "^(FAILED|ERROR)|[0-9]+ (passed|failed|error)" "$WORK/tests.log" | tail -n 25 > "$WORK/tests_summary.txt"
+    grep -E "^(FAILED|ERROR)|[0-9]+ (passed|failed|error)" "$WORK/tests.log" | tail -n 25 >> "$WORK/tests_summary.txt"
     cat "$WORK/tests_summary.txt"
     pack
 fi
 
 # ----------------------------------------------------------------------------- benchmarks
-if has memory; then
-    l=$(limit memory); DONE+="memory "
-    step attention_memory "$l" TERM $PY benchmarks/attention_memory.py --out "$WORK" --budget-s "$(budget "$l")"
-fi
 if has kernels; then
     l=$(limit kernels); DONE+="kernels "
     step kernels "$l" TERM $PY benchmarks/kernels.py --out "$WORK" --rep 10 --max-seconds 1 --budget-s "$(budget "$l")"
@@ -190,6 +206,10 @@ fi
 if has throughput; then
     l=$(limit throughput); DONE+="throughput "
     step throughput "$l" TERM $PY benchmarks/throughput.py --out "$WORK" --rep 10 --budget-s "$(budget "$l")"
+fi
+if has memory; then
+    l=$(limit memory); DONE+="memory "
+    step attention_memory "$l" TERM $PY benchmarks/attention_memory.py --out "$WORK" --budget-s "$(budget "$l")"
 fi
 if has patched; then
     l=$(limit patched); DONE+="patched "

@@ -8,12 +8,17 @@ window_attention (the Table 5 shapes at 32x24 tokens, full attention at 192, 768
 192 tokens + a knowledge token) against
   reference   vitpose_kernels' reference ops (cells by pad/reshape, logits materialized)
   sdpa flash  F.scaled_dot_product_attention forced to its flash backend
-              (torch.nn.attention.sdpa_kernel) for plain full attention
+              (torch.nn.attention.sdpa_kernel) for full attention (with or without global
+              tokens, which leave full attention dense)
   sdpa masked F.scaled_dot_product_attention over [k, pooled k] with the equivalent boolean mask
               (its own backend choice: flash takes no mask)
   flex        FlexAttention, torch.compile'd, with the equivalent mask_mod (pooled tokens
               concatenated as extra keys); the block mask is built once, outside the timing
-  triton/cuda our fused backends, forced; skipped with the dispatcher's reasons where unavailable.
+  natten      NATTEN's fused 2-D neighbourhood attention (na2d, odd k x k ~ the window) when
+              installed, on the plain window cases: comparable work, not the same op (no error)
+  triton/cuda our fused backends, forced, through the packed-qkv entry the model uses (one
+              packed gradient); skipped with the dispatcher's reasons where unavailable.
+Every GPU timing flushes the L2 before each rep (common.flush_l2), so no peer is timed from cache.
 simple_decoder (ReLU, bilinear x4, 3x3 conv) against the reference (interpolate + cuDNN conv over
 the upsampled map). decode_heatmaps (1024 instances x 17 keypoints, flip merge) on the GPU against
 transformers' VitPoseImageProcessor.post_process_pose_estimation (NumPy, this machine's CPU).
@@ -194,8 +199,15 @@ def attention_floor(case: AttnCase, q_ids, k_ids, itemsize: int, peaks: dict) ->
 def attention_fn(setup: AttnSetup, peer: str, device, smoke: bool):
     """fn(q, k, v) for a peer, or raise NotImplementedError with the reason it cannot run."""
     case, spec = setup.case, setup.spec
-    if peer in ("reference",) + OURS:
+    if peer == "reference":
         return lambda q, k, v: vitpose_kernels.window_attention(q, k, v, **case.kwargs(), backend=peer)
+    if peer in OURS:  # as the model calls them: the packed qkv entry (one packed gradient)
+        def ours(q, k, v):
+            qkv = q._base  # make_qkv's q, k, v are views of one (B, N, 3, H, D) leaf
+            if qkv is None or qkv.shape != (case.B, case.N, 3, case.H, case.D):
+                return vitpose_kernels.window_attention(q, k, v, **case.kwargs(), backend=peer)
+            return vitpose_kernels.window_attention_qkvpacked(qkv, **case.kwargs(), backend=peer)
+        return ours
     if peer == "sdpa flash":
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -212,7 +224,39 @@ def attention_fn(setup: AttnSetup, peer: str, device, smoke: bool):
         return sdpa
     if peer == "flex (compiled)":
         return flex_fn(setup, device, smoke)
+    if peer.startswith("natten"):
+        return natten_fn(setup, device)
     raise ValueError(peer)
+
+
+def natten_kernel_size(case: AttnCase) -> tuple[int, int]:
+    """NATTEN's neighbourhood (odd sides) with about the window's keys per query."""
+    wh, ww = case.window
+    return (wh | 1, ww | 1)
+
+
+def natten_fn(setup: AttnSetup, device):
+    """NATTEN's fused 2-D neighbourhood attention, the nearest rival kernel: each query attends a
+    sliding k x k neighbourhood instead of its window cell, so it does comparable work (k*k keys
+    per query, no pooling, no shift) but not the same op: timed, with no error column."""
+    case = setup.case
+    if case.window is None or case.pool or case.num_global:
+        raise NotImplementedError("NATTEN is compared on plain window cases (no pooling, no global tokens)")
+    try:
+        import natten  # noqa: F401
+        from natten.functional import na2d
+    except ImportError as e:
+        raise NotImplementedError(f"NATTEN not installed ({e}); pip install natten for this peer") from None
+    if device.type != "cuda":
+        raise NotImplementedError("NATTEN is timed on a GPU only")
+    (hg, wg), ks = case.grid, natten_kernel_size(case)
+
+    def neighbourhood(q, k, v):  # (B, H, N, D) -> NATTEN's (B, Hg, Wg, H, D) layout, as views
+        def grid(t):
+            return t.transpose(1, 2).unflatten(1, (hg, wg))
+        return na2d(grid(q), grid(k), grid(v), kernel_size=ks).flatten(1, 2).transpose(1, 2)
+
+    return neighbourhood
 
 
 def flex_fn(setup: AttnSetup, device, smoke: bool):
@@ -238,8 +282,12 @@ def flex_fn(setup: AttnSetup, device, smoke: bool):
 
 
 def attention_peers(case: AttnCase) -> list[str]:
-    plain_full = case.window is None and not case.pool and case.num_global == 0
-    return ["reference", "sdpa flash" if plain_full else "sdpa masked", "flex (compiled)", *OURS]
+    # Full attention with global tokens is still dense (every query sees every token): plain
+    # SDPA, so that its flash backend can run (a mask rules flash out).
+    plain_full = case.window is None and not case.pool
+    natten = [f"natten na2d {natten_kernel_size(case)[0]}x{natten_kernel_size(case)[1]}"] if (
+        case.window is not None and not case.pool and not case.num_global) else []
+    return ["reference", "sdpa flash" if plain_full else "sdpa masked", "flex (compiled)", *natten, *OURS]
 
 
 def run_attention(setup: AttnSetup, peer: str, dtype, device, args) -> dict:

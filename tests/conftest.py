@@ -14,3 +14,19 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     import torch
 
     torch.set_num_threads(1)
+
+if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    import triton_interpreter  # the interpreter truncates float32 -> bfloat16; GPUs round to nearest
+
+    triton_interpreter.round_bfloat16_to_nearest()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """List the defects tests/test_mutations.py planted and the parity harness caught (each test
+    records its line as a user property, which pytest-xdist workers send back too)."""
+    caught = [value for report in terminalreporter.stats.get("passed", [])
+              for key, value in getattr(report, "user_properties", ()) if key == "mutation caught"]
+    if caught:
+        terminalreporter.section(f"mutation suite: {len(caught)} planted defects caught by the parity harness")
+        for line in sorted(caught):
+            terminalreporter.write_line(line)

@@ -122,22 +122,21 @@ def test_drop_path_rates_grow_linearly_with_depth(size, rate):
     assert torch.equal(last.eval()(torch.ones(4, 3)), torch.ones(4, 3))
 
 
-def test_qkv_reaches_window_attention_as_views_of_one_linear(monkeypatch):
+def test_qkv_reaches_window_attention_packed_as_the_linear_output(monkeypatch):
+    """The qkv Linear's output goes to the packed entry as one (B, N, 3, H, D) view, so that the
+    kernels read q, k, v in place and write one packed gradient."""
     seen = []
-    inner = vitpose_kernels.window_attention
+    inner = vitpose_kernels.window_attention_qkvpacked
 
-    def spy(q, k, v, **kw):
-        seen.append((q.untyped_storage().data_ptr(), k.untyped_storage().data_ptr(),
-                     v.untyped_storage().data_ptr(), q.is_contiguous(), q.shape))
-        return inner(q, k, v, **kw)
+    def spy(qkv, **kw):
+        seen.append((qkv._base is not None, qkv.is_contiguous(), tuple(qkv.shape)))
+        return inner(qkv, **kw)
 
-    monkeypatch.setattr(vitpose_kernels, "window_attention", spy)
+    monkeypatch.setattr(vitpose_kernels, "window_attention_qkvpacked", spy)
     model = tiny(window=(2, 3))
     with torch.no_grad():
         model(torch.randn(2, 3, 64, 48))
-    assert len(seen) == 2
-    for q, k, v, contiguous, shape in seen:
-        assert q == k == v and not contiguous and shape == (2, 4, 12, 16)
+    assert seen == [(True, True, (2, 12, 3, 4, 16))] * 2
 
 
 def test_position_embedding_is_resized_bicubically():

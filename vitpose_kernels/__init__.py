@@ -6,7 +6,8 @@ backends run on this machine and why the others do not; ``python -m vitpose_kern
 prints the report.
 """
 from .dispatch import backends
-from .ops import decode_heatmaps, explain, simple_decoder, udp_targets, window_attention
+from .ops import (decode_heatmaps, explain, simple_decoder, udp_targets, window_attention,
+                  window_attention_qkvpacked)
 from .patch import PatchReport, patch, route_sdpa, unpatch
 
 # Import the backends and probe the machine now, not inside the first (maybe traced) call:
@@ -17,5 +18,5 @@ _dispatch.probe()
 
 __version__ = "0.1.0"
 
-__all__ = ["window_attention", "simple_decoder", "decode_heatmaps", "udp_targets", "backends",
+__all__ = ["window_attention", "window_attention_qkvpacked", "simple_decoder", "decode_heatmaps", "udp_targets", "backends",
            "explain", "patch", "unpatch", "route_sdpa", "PatchReport", "__version__"]

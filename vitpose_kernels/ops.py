@@ -16,6 +16,10 @@ def window_attention(q, k, v, *, grid, window=None, shift=(0, 0), pool=False, nu
     pool=True adds, for every grid query, the means of k and v over each tile of the unshifted
     tiling; global queries attend to all tokens and every grid query to all global tokens;
     rel_pos_h (2*wh-1, D) / rel_pos_w (2*ww-1, D) add ViTDet/SAM's decomposed relative position.
+    A window may be larger than the grid: cells are still the tiles of side `window` whose
+    boundaries fall at shift + i*window, clipped to the grid (one cell, i.e. full attention, when
+    window >= grid and shift is 0). float64 runs on the reference backend only (for gradcheck;
+    explain() says why the kernels decline it); the kernels take float32, float16 and bfloat16.
 
     Equivalent PyTorch code (the dense form of the spec; see vitpose_kernels.reference)::
 
@@ -34,6 +38,27 @@ def window_attention(q, k, v, *, grid, window=None, shift=(0, 0), pool=False, nu
     return dispatch.select("window_attention", backend, q.device, *args).fn(*args)
 
 
+def window_attention_qkvpacked(qkv, *, grid, window=None, shift=(0, 0), pool=False, num_global=0,
+                               rel_pos_h=None, rel_pos_w=None, scale=None, backend=None) -> torch.Tensor:
+    """window_attention of a packed qkv: one (B, N, 3, H, D) tensor, e.g. ``linear(x).view(B, N, 3,
+    H, D)`` of one qkv projection. Same result as ``window_attention(*qkv.permute(2, 0, 3, 1,
+    4).unbind(0), ...)`` (out is (B, H, N, D)), but the kernel backends read q, k, v in place and
+    their backward writes one (B, N, 3, H, D) gradient: no stack of three gradients, no copies."""
+    _validate.check_float("qkv", qkv)
+    _validate.check_rank("qkv", qkv, 5, "(B, N, 3, H, D)")
+    if qkv.shape[2] != 3:
+        raise ValueError(f"qkv must be (B, N, 3, H, D), got qkv.shape={tuple(qkv.shape)}")
+    if torch.jit.is_tracing():
+        grid, num_global = traced_ints(grid), traced_ints(num_global)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    args = _prepare_window_attention(q, k, v, grid=grid, window=window, shift=shift, pool=pool,
+                                     num_global=num_global, rel_pos_h=rel_pos_h, rel_pos_w=rel_pos_w,
+                                     scale=scale)
+    fn = dispatch.select("window_attention", backend, q.device, *args).fn
+    packed = getattr(fn, "qkvpacked", None)  # backends whose kernels take the packed tensor
+    return packed(qkv, *args[3:]) if packed is not None else fn(*args)
+
+
 def traced_ints(value):
     """Sizes read from shapes while torch.jit traces (ONNX export) are 0-dim tensors; the geometry
     of a traced graph is fixed (only the batch is dynamic), so take the ints they hold."""
@@ -46,9 +71,9 @@ def traced_ints(value):
 
 def _prepare_window_attention(q, k, v, *, grid, window=None, shift=(0, 0), pool=False, num_global=0,
                               rel_pos_h=None, rel_pos_w=None, scale=None):
-    spec = _validate.window_attention_spec(q, k, v, grid=grid, window=window, shift=shift, pool=pool,
-                                           num_global=num_global, rel_pos_h=rel_pos_h,
-                                           rel_pos_w=rel_pos_w, scale=scale)
+    spec = _validate.window_attention_spec_cached(q, k, v, grid=grid, window=window, shift=shift, pool=pool,
+                                                  num_global=num_global, rel_pos_h=rel_pos_h,
+                                                  rel_pos_w=rel_pos_w, scale=scale)
     return q, k, v, rel_pos_h, rel_pos_w, spec
 
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import dispatch
-from .ops import window_attention
+from .ops import window_attention, window_attention_qkvpacked
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -84,11 +84,11 @@ def _padded_window_attention(x: torch.Tensor, qkv: nn.Linear, heads: int, window
     if window > 0:
         x = F.pad(x, (0, 0, 0, -wg % window, 0, -hg % window))
     ph, pw = x.shape[1], x.shape[2]
-    q, k, v = qkv(x).reshape(B, ph * pw, 3, heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+    packed = qkv(x).reshape(B, ph * pw, 3, heads, -1)  # q, k, v in place, one packed gradient
     cell = (window, window) if window > 0 else (ph, pw)
-    out = window_attention(q, k, v, grid=(ph, pw), window=cell if window > 0 else None, scale=scale,
-                           rel_pos_h=_resized_rel_pos(rel_pos[0], cell[0]),
-                           rel_pos_w=_resized_rel_pos(rel_pos[1], cell[1]), backend=backend)
+    out = window_attention_qkvpacked(packed, grid=(ph, pw), window=cell if window > 0 else None, scale=scale,
+                                     rel_pos_h=_resized_rel_pos(rel_pos[0], cell[0]),
+                                     rel_pos_w=_resized_rel_pos(rel_pos[1], cell[1]), backend=backend)
     out = out.transpose(1, 2).reshape(B, ph, pw, -1)
     return out[:, :hg, :wg] if (ph, pw) != (hg, wg) else out
 
@@ -242,6 +242,22 @@ class PatchReport:
 _PATCHED_CLASSES: dict[tuple[type, str | None], type] = {}
 
 
+def _new_patched(original: type, backend: str | None):
+    """Unpickling a patched module: a new, empty instance of the patched class of `original`
+    (made on the spot in a fresh process), whose state pickle then restores."""
+    cls = _patched_class(original, ADAPTERS[_class_key(original)], backend)
+    return cls.__new__(cls)
+
+
+def _reduce_patched(self, protocol):
+    # The generated class has the original's name (so that printing and isinstance read as before),
+    # which pickle would resolve to the original class and refuse ("not the same object"). Pickle
+    # it as "the patched class of <original>" instead: torch.save / pickle.dumps / deepcopy of a
+    # patched model work, and the copy is patched the same way.
+    rv = object.__reduce_ex__(self, protocol)
+    return (_new_patched, (type(self)._vk_original, type(self)._vk_backend)) + tuple(rv[2:])
+
+
 def _patched_class(cls: type, adapter: Adapter, backend: str | None) -> type:
     """A subclass of `cls` with the adapter's forward; cached so that isinstance and
     torch.compile see one class per (original class, backend)."""
@@ -256,6 +272,7 @@ def _patched_class(cls: type, adapter: Adapter, backend: str | None) -> type:
         _PATCHED_CLASSES[key] = type(cls.__name__, (cls,), {
             "forward": adapter.forward, "extra_repr": extra_repr, "_vk_original": cls,
             "_vk_backend": backend, "__module__": cls.__module__, "__qualname__": cls.__qualname__,
+            "__reduce_ex__": _reduce_patched,
         })
     return _PATCHED_CLASSES[key]
 

@@ -5,7 +5,8 @@ m16n8k16 instructions (2*16*8*16 = 4096 FLOPs each, counted once per warp), cp.a
 (zero-filled bytes apart: the masked lanes), every plain load/store the kernel code executes
 into a registered global buffer (the kernel sources are compiled with -fsanitize=kernel-address,
 whose per-access callbacks the emulator defines), and the distinct 32-byte sectors all of these
-touch. The buffers are
+touch, per launch and (the HBM model, benchmarks/README.md) per block: the sectors a block reads
+before touching them itself and the distinct sectors it writes, summed over blocks. The buffers are
 the op's tensors: its inputs, registered here, and every storage created while it runs, reported
 by the dispatch mode (cost.torch_counter) as it is allocated.
 
@@ -158,14 +159,16 @@ class CudaCounter:
         self._lib.vpemu_count_set_dry(0)
         self._lib.vpemu_count_clear_ranges()
         syms, base = _symbols(self._path), _load_base(self._path)
-        vals = (ctypes.c_longlong * 19)()
+        vals = (ctypes.c_longlong * 22)()
         for i in range(self._lib.vpemu_count_launches()):
             raw = self._lib.vpemu_count_launch(i, vals).decode()
             v = list(vals)
             name = syms.get(v[0] - base) or raw
             c = Counts(programs=v[8], dots=v[9], flops=v[9] * MMA_FLOPS, loads=v[10] + v[14],
                        load_bytes=v[11] + v[15], load_masked_bytes=v[16], stores=v[12], store_bytes=v[13],
-                       load_sector_bytes=v[17] * SECTOR, store_sector_bytes=v[18] * SECTOR)
+                       load_sector_bytes=v[17] * SECTOR, store_sector_bytes=v[18] * SECTOR,
+                       hbm_load_bytes=v[19] * SECTOR, hbm_store_bytes=v[20] * SECTOR,
+                       max_program_bytes=v[21] * SECTOR)
             self.launches.append(Launch(kernel=name, module="csrc", grid=tuple(v[1:4]), counts=c, args={},
                                         constexprs={}, options=dict(block=tuple(v[4:7]), smem=v[7])))
         self._lib.vpemu_count_reset()

@@ -9,7 +9,10 @@ batch and heads can be scaled launch by launch to the target.
 Besides the executed bytes (every active lane of every load: what the kernel asks the memory
 system for, an upper bound of DRAM traffic), each launch keeps the number of distinct 32-byte
 sectors it touched, loads and stores apart: a lower bound of DRAM traffic (perfect reuse in
-L2 within one launch).
+L2 within one launch, unrealistic when a launch touches more than the L2 holds). And the HBM
+model (launches.ProgramTraffic): per program, the sectors it reads before it touched them
+itself and the distinct sectors it writes, summed over the launch's programs: re-reads inside
+one program are L2 hits, nothing is shared between programs.
 
 `dry=True` records each launch (grid, argument types and values, constexprs, launch options)
 without running its programs: a run at the full target size then gives the exact grids and the
@@ -27,7 +30,7 @@ import threading
 
 import numpy as np
 
-from .launches import SECTOR, Counts, Launch
+from .launches import SECTOR, Counts, Launch, ProgramTraffic
 
 # (class attribute, parameter names it must take): checked before patching.
 _HOOKS = {
@@ -98,6 +101,7 @@ class TritonCounter:
         self.launches: list[Launch] = []
         self._cur: Counts | None = None
         self._sectors: dict[str, list] = {"load": [], "store": []}
+        self._program: ProgramTraffic | None = None
         self._in_launch = threading.local()
         self._saved = []
 
@@ -136,12 +140,26 @@ class TritonCounter:
         if active:
             addr = p[m].astype(np.uint64)
             first, last = addr // SECTOR, (addr + np.uint64(elt - 1)) // SECTOR
+            touched = np.concatenate([first, last]) if elt > 1 else first
+            self._program.add(touched, kind == "store")
             secs = self._sectors[kind]
-            secs.append(first)
-            if elt > 1:
-                secs.append(last)
+            secs.append(touched)
             if sum(a.size for a in secs) > 1 << 22:  # keep memory bounded on long launches
                 self._sectors[kind] = [np.unique(np.concatenate(secs))]
+
+    def _close_program(self) -> None:
+        c, prog = self._cur, self._program
+        if prog is not None:
+            reads, writes, touched = prog.totals()
+            c.hbm_load_bytes += reads * SECTOR
+            c.hbm_store_bytes += writes * SECTOR
+            c.max_program_bytes = max(c.max_program_bytes, touched * SECTOR)
+            reuse = prog.reuse()
+            if reuse is not None:
+                c.hit_sectors += reuse[0]
+                c.hit_distance_sectors += reuse[1]
+                c.max_reuse_bytes = max(c.max_reuse_bytes, reuse[2] * SECTOR)
+        self._program = ProgramTraffic()
 
     def _close_sectors(self) -> None:
         c = self._cur
@@ -201,6 +219,7 @@ class TritonCounter:
 
         def set_grid_idx(self, x, y, z):
             if counter._cur is not None:
+                counter._close_program()  # the previous program's HBM traffic; a fresh one
                 counter._cur.programs += 1
             return orig["set_grid_idx"](self, x, y, z)
 
@@ -220,10 +239,12 @@ class TritonCounter:
                 launch.counts.programs = launch.programs
                 return None
             counter._cur = launch.counts
+            counter._program = None
             counter._in_launch.v = True
             try:
                 return orig_call(self, *args_dev, **kwargs)
             finally:
+                counter._close_program()
                 counter._close_sectors()
                 counter._cur = None
                 counter._in_launch.v = False

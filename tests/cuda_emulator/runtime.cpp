@@ -9,6 +9,7 @@
 #include <map>
 #include <mutex>
 #ifdef VPEMU_COUNT
+#include <algorithm>
 #include <unordered_set>
 #endif
 #include <stdexcept>
@@ -164,6 +165,9 @@ struct CountRec {
   long long blocks = 0, mma = 0, ld = 0, ld_bytes = 0, st = 0, st_bytes = 0, cp = 0, cp_bytes = 0,
             cp_zfill_bytes = 0;
   std::unordered_set<uintptr_t> ld_sectors, st_sectors;  // distinct 32-byte sectors touched
+  // The HBM model (benchmarks/README.md), per block (CTA): sectors it reads before touching them
+  // itself, distinct sectors it writes (summed over blocks), and its largest footprint (sectors).
+  long long hbm_ld_sectors = 0, hbm_st_sectors = 0, max_block_sectors = 0;
 };
 inline void add_sectors(std::unordered_set<uintptr_t>& set, uintptr_t a, size_t n) {
   for (uintptr_t sec = a >> 5; sec <= (a + n - 1) >> 5; ++sec) set.insert(sec);
@@ -173,10 +177,31 @@ struct Counters {
   std::map<uintptr_t, uintptr_t> ranges;  // start -> end of registered global buffers
   bool dry = false;
   CountRec* cur = nullptr;
+  std::unordered_set<uintptr_t> block_seen, block_stored;  // the running block's sectors
 };
 Counters& C() {
   static Counters* c = new Counters();
   return *c;
+}
+// A global access of the running block, for the HBM model: a load of a sector the block has not
+// touched yet reads HBM (later loads, and loads after its own store, hit L2); every sector the
+// block stores is written back once.
+inline void block_access(uintptr_t a, size_t n, bool store) {
+  Counters& c = C();
+  for (uintptr_t sec = a >> 5; sec <= (a + n - 1) >> 5; ++sec) {
+    const bool fresh = c.block_seen.insert(sec).second;
+    if (store) {
+      if (c.block_stored.insert(sec).second) ++c.cur->hbm_st_sectors;
+    } else if (fresh) {
+      ++c.cur->hbm_ld_sectors;
+    }
+  }
+}
+inline void end_block() {
+  Counters& c = C();
+  c.cur->max_block_sectors = std::max(c.cur->max_block_sectors, static_cast<long long>(c.block_seen.size()));
+  c.block_seen.clear();
+  c.block_stored.clear();
 }
 bool is_global(uintptr_t a) {
   const auto& r = C().ranges;
@@ -672,7 +697,10 @@ void ptx_cp_async(uint32_t dst, const void* src, int cp_size, int src_size, bool
     ++C().cur->cp;
     C().cur->cp_bytes += src_size;
     C().cur->cp_zfill_bytes += cp_size - src_size;
-    if (src_size > 0) add_sectors(C().cur->ld_sectors, reinterpret_cast<uintptr_t>(src), static_cast<size_t>(src_size));
+    if (src_size > 0) {
+      add_sectors(C().cur->ld_sectors, reinterpret_cast<uintptr_t>(src), static_cast<size_t>(src_size));
+      block_access(reinterpret_cast<uintptr_t>(src), static_cast<size_t>(src_size), false);
+    }
   });
   if (s.early_copies)
     perform(Copy{dst, src, cp_size, src_size});
@@ -786,6 +814,8 @@ void run(const Launch& l) {
       return;
     }
     c.cur = &c.recs.back();
+    c.block_seen.clear();
+    c.block_stored.clear();
   }
 #endif
   s.launch = &l;
@@ -804,6 +834,7 @@ void run(const Launch& l) {
         ++s.blocks;
         VPEMU_COUNT_DO(++C().cur->blocks);
         run_block();
+        VPEMU_COUNT_DO(end_block());
         if (s.error.empty()) check_canaries();
         if (!s.error.empty()) {
           const std::string e = "vpemu: " + s.error;
@@ -910,6 +941,7 @@ void count_access(const void* p, size_t n, bool store) {
     c.cur->ld_bytes += static_cast<long long>(n);
   }
   vpemu::add_sectors(store ? c.cur->st_sectors : c.cur->ld_sectors, reinterpret_cast<uintptr_t>(p), n);
+  vpemu::block_access(reinterpret_cast<uintptr_t>(p), n, store);
 }
 }  // namespace
 
@@ -926,7 +958,8 @@ VPEMU_EXPORT void vpemu_count_clear_ranges() { vpemu::C().ranges.clear(); }
 VPEMU_EXPORT long long vpemu_count_launches() { return static_cast<long long>(vpemu::C().recs.size()); }
 // Launch i: fn pointer, grid xyz, block xyz, smem, blocks run, mma, ld ops, ld bytes, st ops,
 // st bytes, cp.async ops, cp.async bytes, cp.async zero-filled bytes, distinct 32-byte sectors
-// read, written (19 int64); returns its name.
+// read, written, then the HBM model's sectors read and written summed over blocks and the largest
+// block footprint in sectors (22 int64); returns its name.
 VPEMU_EXPORT const char* vpemu_count_launch(long long i, long long* out) {
   const vpemu::CountRec& r = vpemu::C().recs.at(static_cast<size_t>(i));
   const long long v[16] = {static_cast<long long>(reinterpret_cast<uintptr_t>(r.fn)), r.grid.x, r.grid.y, r.grid.z,
@@ -936,6 +969,9 @@ VPEMU_EXPORT const char* vpemu_count_launch(long long i, long long* out) {
   out[16] = r.cp_zfill_bytes;
   out[17] = static_cast<long long>(r.ld_sectors.size());
   out[18] = static_cast<long long>(r.st_sectors.size());
+  out[19] = r.hbm_ld_sectors;
+  out[20] = r.hbm_st_sectors;
+  out[21] = r.max_block_sectors;
   return r.name.c_str();
 }
 

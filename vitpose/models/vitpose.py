@@ -74,10 +74,11 @@ class Attention(nn.Module):
 
     def forward(self, x, grid, num_global: int = 0):
         B, N, C = x.shape
-        # One Linear for q, k and v; the kernel reads them as strided views (no copies).
-        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        out = vitpose_kernels.window_attention(
-            q, k, v, grid=grid, window=self.window, shift=self.shift, pool=self.pool,
+        # One Linear for q, k and v, passed packed: the kernels read q, k, v in place and their
+        # backward writes one (B, N, 3, H, D) gradient (no copies, no stack of three gradients).
+        qkv = self.qkv(x).view(B, N, 3, self.num_heads, self.head_dim)
+        out = vitpose_kernels.window_attention_qkvpacked(
+            qkv, grid=grid, window=self.window, shift=self.shift, pool=self.pool,
             num_global=num_global, rel_pos_h=self.rel_pos_h, rel_pos_w=self.rel_pos_w,
             backend=self.backend)
         return self.proj(out.transpose(1, 2).reshape(B, N, C))
