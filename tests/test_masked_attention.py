@@ -17,13 +17,17 @@ import torch.nn.functional as F
 
 import cuda_emulator
 import parity
+import sanitizer
 import vitpose_kernels as vk
 from vitpose_kernels.reference.heatmap_key_mask import heatmap_mask_values
 from vitpose_kernels.reference.masked_attention import unpack_key_mask
 
 DEV = parity.device()
+CPU = torch.device("cpu")
 ON_GPU = torch.cuda.is_available()
+SCALE = "gpu" if ON_GPU else "ci"
 LOW = (torch.float16, torch.bfloat16)
+gpu = pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU (GPU-owed on machines without one)")
 
 
 def _skip_unless(op, backend):
@@ -121,7 +125,7 @@ def test_mask_forms_agree():
 
 
 # ----------------------------------------------------------------------------- kernels vs reference
-@pytest.mark.parametrize("case", parity.masked_sweep("ci"), ids=str)
+@pytest.mark.parametrize("case", parity.masked_sweep(SCALE), ids=str)
 def test_triton_parity(case):
     _skip_unless("masked_attention", "triton")
     parity.check_masked_attention("triton", case)
@@ -184,6 +188,158 @@ def test_torch_compile_fullgraph():
         out.sum().backward()
         parity.assert_close("compiled", out, block(x.detach(), ctx, allowed), 1e-5)
     assert counter.frame_count == 1
+
+
+# ----------------------------------------------------------------------------- CUDA (emulated here)
+def _low(case: parity.MaskedCase, i: int) -> parity.MaskedCase:
+    """The CUDA kernel declines fp32 (Triton serves it): run such cases in fp16 / bf16."""
+    return case if case.dtype in LOW else dataclasses.replace(case, dtype=LOW[i % 2])
+
+
+# The CI sweep in fp16/bf16, plus what it does not reach: the wide-head tiles (192, 256, 320: dq
+# with 32- and 16-key tiles, dk and dv in two passes), 4 warp columns (Lq <= 16), one warp column
+# with several query blocks (Lq 70), TAR-like 17 x 5*7*9 at ViT-S's head dim 96.
+EMULATED = [_low(c, i) for i, c in enumerate(parity.masked_sweep("ci"))] + [
+    parity.MaskedCase(B=1, H=1, Lq=17, Lk=150, D=192, mask="blobs", dtype=torch.float16),
+    parity.MaskedCase(B=1, H=1, Lq=40, Lk=100, D=256, mask="random", form="packed", dtype=torch.bfloat16),
+    parity.MaskedCase(B=1, H=1, Lq=17, Lk=90, D=320, mask="blobs", form="bool3", dtype=torch.float16),
+    parity.MaskedCase(B=1, H=2, Lq=9, Lk=150, D=64, mask="random", form="mha", dtype=torch.float16),
+    parity.MaskedCase(B=1, H=1, Lq=70, Lk=200, D=32, mask="random", dtype=torch.bfloat16),
+    parity.MaskedCase(B=1, H=1, Lq=17, Lk=5 * 7 * 9, D=96, mask="blobs", form="packed", dtype=torch.bfloat16),
+]
+needs_emulator = pytest.mark.skipif(cuda_emulator.skip_reason() is not None,
+                                    reason=f"CUDA emulator unavailable: {cuda_emulator.skip_reason()}")
+
+
+@pytest.fixture
+def emu():
+    with cuda_emulator.emulated() as mod:
+        yield mod
+
+
+@needs_emulator
+@pytest.mark.parametrize("case", EMULATED, ids=str)
+def test_cuda_emulated(emu, case):
+    before = cuda_emulator.launch_count()
+    parity.check_masked_attention("cuda", case, CPU)
+    assert cuda_emulator.launch_count() >= before + 4  # forward, delta, dq, dk/dv all ran emulated
+
+
+def _run(case, dev, backend="cuda"):
+    q, k, v, key_mask, _, grad = parity.masked_inputs(case, dev)
+    leaves = [t.detach().requires_grad_(True) for t in (q, k, v)]
+    out = vk.masked_attention(*leaves, key_mask, backend=backend)
+    return [out.detach(), *torch.autograd.grad(out, leaves, grad)]
+
+
+# Thread orders and cp.async timings under which a race-free kernel gives the same bits (see
+# tests/cuda_emulator/README.md): a barrier missing between warps changes them.
+SCHEDULES = [("reverse", "late"), ("serial", "early"), ("serial-reverse", "late"), ("serial-reverse", "early")]
+
+
+@needs_emulator
+@pytest.mark.parametrize("case", [
+    parity.MaskedCase(B=1, H=1, Lq=17, Lk=150, D=32, mask="blobs", dtype=torch.bfloat16),  # 2 warp columns
+    parity.MaskedCase(B=1, H=1, Lq=20, Lk=70, D=192, mask="random", dtype=torch.float16),  # wide, 2 passes
+], ids=str)
+def test_cuda_emulated_schedule_independent(emu, monkeypatch, case):
+    first = _run(case, CPU)
+    for schedule, copies in SCHEDULES:
+        monkeypatch.setenv("VPEMU_SCHEDULE", schedule)
+        monkeypatch.setenv("VPEMU_CP_ASYNC", copies)
+        for i, (a, b) in enumerate(zip(first, _run(case, CPU))):
+            assert torch.equal(a.nan_to_num(7.0), b.nan_to_num(7.0)), \
+                f"result {i} changes with the thread order ({schedule}, cp.async {copies})"
+
+
+@needs_emulator
+def test_cuda_emulated_strided_misaligned_and_odd_head_dim(emu):
+    """Rows not 16-byte aligned and a strided head dim are copied, a (B, L, H, D) layout is read in
+    place, a head dim of 20 is zero-padded to 24, a strided output gradient is read as it is."""
+    B, H, Lq, Lk = 2, 2, 17, 40
+    for D in (24, 20):
+        base = torch.randn(B * H * Lq * D + 1, dtype=torch.float16)
+        q = base[1:].view(B, H, Lq, D)
+        k = torch.randn(B, H, D, Lk, dtype=torch.float16).transpose(2, 3)
+        v = torch.randn(B, Lk, H, D, dtype=torch.float16).transpose(1, 2)
+        allowed = torch.rand(B, Lq, Lk) < 0.4
+        leaves = [t.detach().requires_grad_(True) for t in (q, k, v)]
+        ref_leaves = [t.detach().double().requires_grad_(True) for t in (q, k, v)]
+        out = vk.masked_attention(*leaves, allowed, backend="cuda")
+        ref = vk.masked_attention(*ref_leaves, allowed, backend="reference")
+        parity.assert_close(f"D{D} out", out, ref, parity.TOL[torch.float16]["fwd"])
+        grad = torch.randn(B, Lq, H, D, dtype=torch.float16).transpose(1, 2)
+        out.backward(grad)
+        ref.backward(grad.double())
+        for name, a, e in zip(("dq", "dk", "dv"), leaves, ref_leaves):
+            parity.assert_close(f"D{D} {name}", a.grad, e.grad, parity.TOL[torch.float16]["bwd"])
+
+
+@needs_emulator
+def test_cuda_opcheck_emulated():
+    from vitpose_kernels.cuda_backend import masked_attention as cma
+
+    case = parity.MaskedCase(B=1, H=2, Lq=5, Lk=37, D=16, mask="random", form="packed", dtype=torch.bfloat16)
+    q, k, v, key_mask, _, _ = parity.masked_inputs(case, CPU)
+    leaves = [t.requires_grad_(True) for t in (q, k, v)]
+    with cuda_emulator.emulated(guard_outputs=False):
+        torch.library.opcheck(cma.masked_attention_op, (*leaves, key_mask[:, None], 0.4),
+                              test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+
+
+def test_cuda_refused_with_reasons_outside_the_emulator():
+    q = torch.randn(1, 1, 4, 16, dtype=torch.float16)
+    with pytest.raises(NotImplementedError, match="cuda"):
+        vk.masked_attention(q, q, q, backend="cuda")
+
+
+# ----------------------------------------------------------------------------- GPU only (owed here)
+_require = _skip_unless
+
+
+@gpu
+@pytest.mark.parametrize("case", [_low(c, i) for i, c in enumerate(parity.masked_sweep("gpu"))], ids=str)
+def test_cuda_parity_gpu(case):
+    _require("masked_attention", "cuda")
+    parity.check_masked_attention("cuda", case)
+
+
+@gpu
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_tar_vitpose_b_shapes_gpu(backend):
+    """The official TAR-ViTPose-B call shapes (4 heads of 192; 288x384 input, 24x18 tokens a frame,
+    5 frames): JTA with heatmap masks, GRA without; bit-identical reruns."""
+    _require("masked_attention", backend)
+    g = torch.Generator().manual_seed(0)
+    B, H, J, T, D = 8, 4, 17, 5, 192
+    hm = parity.realistic_heatmaps(B * T, J, 96, 72, seed=1).view(B, T, J, 96, 72).cuda()
+    words = vk.heatmap_key_mask(hm, (24, 18))
+    for lq, lk, mask in ((J, T * 432, words), (432, J, None)):
+        q, k, v = (torch.randn(B, H, n, D, generator=g).cuda().bfloat16() for n in (lq, lk, lk))
+        leaves = [t.requires_grad_(True) for t in (q, k, v)]
+        with vk._alloc.poisoned():
+            out = vk.masked_attention(*leaves, mask, backend=backend)
+        ref = vk.masked_attention(*[t.detach().double() for t in leaves], mask, backend="reference")
+        parity.assert_close(f"{backend} {lq}x{lk}", out, ref, parity.TOL[torch.bfloat16]["fwd"])
+        grad = torch.randn_like(out)
+        first = [out.detach(), *torch.autograd.grad(out, leaves, grad)]
+        again = vk.masked_attention(*leaves, mask, backend=backend)
+        for a, b in zip(first, [again.detach(), *torch.autograd.grad(again, leaves, grad)]):
+            assert torch.equal(a, b)
+
+
+def small_sweep():
+    """A few forward + backward launches covering every code path (run under compute-sanitizer)."""
+    for case in EMULATED[:3] + EMULATED[-6:]:
+        _run(dataclasses.replace(case, B=1), torch.device("cuda"))
+    torch.cuda.synchronize()
+
+
+@gpu
+@pytest.mark.parametrize("tool", ["memcheck", "racecheck"])
+def test_sanitizer_small_sweep(tool):
+    _require("masked_attention", "cuda")
+    sanitizer.run_sweep(tool, "test_masked_attention", extra=["--racecheck-report", "hazard"] if tool == "racecheck" else [])
 
 
 # ----------------------------------------------------------------------------- bad input
