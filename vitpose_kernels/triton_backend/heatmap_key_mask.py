@@ -25,7 +25,8 @@ from ..reference.heatmap_key_mask import EPS
 from ..reference.masked_attention import mask_words
 from .window_attention import _pow2
 
-MAX_MAP = 1 << 16  # heatmap pixels read per block of the min/max pass
+MAP_BLOCK = 1024  # heatmap pixels per step of the min/max pass
+KEY_BLOCK = 512  # keys per step of the sampling pass (a multiple of 32: whole mask words)
 
 
 @triton.jit
@@ -61,8 +62,8 @@ def _heatmap_key_mask_kernel(HM, OUT, shb, sht, shj, shy, shx, T, J, HH, WH, HF,
     lo_t = tl.zeros([T_PAD], dtype=tl.float32)
     hi_t = tl.zeros([T_PAD], dtype=tl.float32)
     pix = tl.arange(0, MAP_BLOCK)
-    for chunk in range(0, T):
-        frame, joint = _source(row, chunk, T, J, OFFICIAL)
+    for c in range(0, T):
+        frame, joint = _source(row, c, T, J, OFFICIAL)
         base = HM + frame.to(tl.int64) * sht + joint.to(tl.int64) * shj
         lo = tl.full([MAP_BLOCK], float("inf"), dtype=tl.float32)
         hi = tl.full([MAP_BLOCK], float("-inf"), dtype=tl.float32)
@@ -72,8 +73,8 @@ def _heatmap_key_mask_kernel(HM, OUT, shb, sht, shj, shy, shx, T, J, HH, WH, HF,
             x = tl.load(base + (p // WH) * shy + (p % WH) * shx, mask=ok, other=0.0).to(tl.float32)
             lo = tl.minimum(lo, tl.where(ok, x, float("inf")))
             hi = tl.maximum(hi, tl.where(ok, x, float("-inf")))
-        lo_t = tl.where(t_idx == chunk, tl.min(lo, 0), lo_t)
-        hi_t = tl.where(t_idx == chunk, tl.max(hi, 0), hi_t)
+        lo_t = tl.where(t_idx == c, tl.min(lo, 0), lo_t)
+        hi_t = tl.where(t_idx == c, tl.max(hi, 0), hi_t)
     # Pass 2: every key of the row, KEY_BLOCK (a multiple of 32) at a time.
     hw = HF * WF
     for k0 in range(0, LK, KEY_BLOCK):
@@ -117,7 +118,7 @@ def _heatmap_key_mask(heatmaps, grid, threshold, layout, packed):
         # F.interpolate(size=...) with align_corners=False: scale = input / output, in float32
         float(np.float32(HH) / np.float32(HF)), float(np.float32(WH) / np.float32(WF)),
         threshold, EPS, OFFICIAL=layout == "official", PACKED=packed, T_PAD=_pow2(T, 2),
-        MAP_BLOCK=min(_pow2(HH * WH, 32), MAX_MAP), KEY_BLOCK=min(_pow2(lk, 32), 4096))
+        MAP_BLOCK=min(_pow2(HH * WH, 32), MAP_BLOCK), KEY_BLOCK=min(_pow2(lk, 32), KEY_BLOCK))
     return out if packed else out.view(torch.bool)
 
 

@@ -23,6 +23,7 @@ from .._masked_attention_ops import define_ops
 from .window_attention import _delta_kernel, _head, _mm, _pow2, _prec
 
 LOG2E = 1.4426950408889634
+_LOG2E = tl.constexpr(LOG2E)  # what a @triton.jit function may read of a module global
 MAX_HEAD_DIM = 512
 
 
@@ -118,7 +119,7 @@ def _bwd_dq_kernel(Q, K, V, M, DO, LSE, DELTA, DQ,
     q = _load_rows(Q, rows, row_ok, sqm, sqd, d, dmask)
     do = _load_rows(DO, rows, row_ok, sdm, sdd, d, dmask)
     stats = bh.to(tl.int64) * LQ + rows
-    lse2 = tl.load(LSE + stats, mask=row_ok, other=float("inf")) * LOG2E
+    lse2 = tl.load(LSE + stats, mask=row_ok, other=float("inf")) * _LOG2E
     delta = tl.load(DELTA + stats, mask=row_ok, other=0.0)
     dq = tl.zeros([BLOCK_M, D_PAD], dtype=tl.float32)
     for n0 in range(0, LK, BLOCK_N):
@@ -162,7 +163,7 @@ def _bwd_dkv_kernel(Q, K, V, M, DO, LSE, DELTA, DK, DV,
             q = _load_rows(Q, rows, row_ok, sqm, sqd, d, dmask)
             do = _load_rows(DO, rows, row_ok, sdm, sdd, d, dmask)
             stats = bh.to(tl.int64) * LQ + rows
-            lse2 = tl.load(LSE + stats, mask=row_ok, other=float("inf")) * LOG2E
+            lse2 = tl.load(LSE + stats, mask=row_ok, other=float("inf")) * _LOG2E
             delta = tl.load(DELTA + stats, mask=row_ok, other=0.0)
             p = _probs(q, k, lse2, allowed, qk_scale, PREC)
             dv += _mm(tl.trans(p).to(do.dtype), do, PREC)
