@@ -56,6 +56,7 @@ constexpr int kWarps = 4;
 constexpr int kPad = 8;   // smem rows padded by 16 bytes: ldmatrix rows hit distinct banks
 constexpr int kSub = 16;  // keys (forward, dq) or queries (dk/dv) a warp takes per step
 constexpr int kMaxBM = 64;
+constexpr int kMaxLen = 1 << 18;  // queries or keys (vitpose_kernels/cuda_backend/masked_attention.py)
 
 __host__ __device__ constexpr int cdiv(int a, int b) { return (a + b - 1) / b; }
 __host__ __device__ constexpr size_t align16(size_t n) { return (n + 15) / 16 * 16; }
@@ -652,7 +653,8 @@ void check_operand(const char* name, const Operand& o) {
 
 void check_common(const Params& p) {
   if (p.B < 1 || p.H < 1 || p.B > 65535 || p.H > 65535) fail("need 1 <= B, H <= 65535");
-  if (p.Lq < 1 || p.Lk < 1) fail("need Lq, Lk >= 1");
+  // The per-CTA tile flags live in shared memory: one byte per 16..64 keys or queries.
+  if (p.Lq < 1 || p.Lk < 1 || p.Lq > kMaxLen || p.Lk > kMaxLen) fail("need 1 <= Lq, Lk <= 262144");
   if (p.D < 8 || p.D > 320 || p.D % 8) fail("head dim must be a multiple of 8 in [8, 320]");
   if (p.mask && (p.msb < 0 || p.msh < 0 || p.msq < 0)) fail("mask strides must be >= 0");
   check_operand("q", p.q);

@@ -286,6 +286,18 @@ def test_cuda_opcheck_emulated():
                               test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
 
 
+@needs_emulator
+def test_cuda_reasons(emu):
+    """What the kernel declines, each with its reason (and Triton or the reference serves it)."""
+    q = torch.zeros(1, 1, 4, 16, dtype=torch.float16)
+    assert vk.explain("masked_attention", q, q, q)["cuda"] == []
+    assert any("triton" in r for r in vk.explain("masked_attention", q.float(), q.float(), q.float())["cuda"])
+    wide = torch.zeros(1, 1, 4, 328, dtype=torch.float16)
+    assert any("head dim" in r for r in vk.explain("masked_attention", wide, wide, wide)["cuda"])
+    long = torch.zeros(1, 1, 1, 16, dtype=torch.float16).expand(1, 1, (1 << 18) + 1, 16)
+    assert any("Lk=262145" in r for r in vk.explain("masked_attention", q, long, long)["cuda"])
+
+
 def test_cuda_refused_with_reasons_outside_the_emulator():
     q = torch.randn(1, 1, 4, 16, dtype=torch.float16)
     with pytest.raises(NotImplementedError, match="cuda"):

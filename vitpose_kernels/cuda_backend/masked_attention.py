@@ -17,6 +17,7 @@ from .._masked_attention_ops import define_ops
 from . import _launch
 
 MAX_HEAD_DIM = 320  # TAR-ViTPose-H: 1280 channels in 4 heads
+MAX_LEN = 1 << 18  # queries or keys: a CTA keeps one flag byte per tile of them in shared memory
 _FP32_HINT = "float32 inputs are served by the triton backend (this kernel uses fp16/bf16 tensor cores)"
 
 
@@ -97,6 +98,8 @@ def _reasons(q, k, v, key_mask, scale) -> list[str]:
     D = q.shape[-1]
     if D > MAX_HEAD_DIM:
         out.append(f"head dim q.shape[-1]={D} > {MAX_HEAD_DIM} (compiled tiles: 32, 64, 96, 128, 192, 256, 320)")
+    if max(q.shape[2], k.shape[2]) > MAX_LEN:
+        out.append(f"Lq={q.shape[2]}, Lk={k.shape[2]}: each must be <= {MAX_LEN}")
     if q.shape[0] > 65535 or q.shape[1] > 65535:
         out.append(f"q.shape={tuple(q.shape)}: batch and heads must each be <= 65535")
     return out
