@@ -11,9 +11,11 @@
 // from Lq on the host. Warp columns keep separate running softmax states, merged through shared
 // memory at the end in a fixed order (deterministic).
 //
-// Masks. A CTA first marks the key tiles with any allowed pair for its rows (one pass over its
-// rows' mask words), then loads only those; a warp also skips a 16-key sub-tile whose bits are all
-// zero for its 16 rows. Skipping is exact: a masked logit is -inf, adds exp(-inf) = 0 and leaves the
+// Masks. A CTA first ORs its rows' mask words per key tile (one pass over them), then walks only
+// the tiles with a bit set and reads only the k and v rows with a bit set (the others are zero-
+// filled by cp.async without touching global memory: in TAR's JTA most tokens of a frame are seen
+// by no joint); a warp also skips a 16-key sub-tile whose bits are all zero for its 16 rows. The
+// dk/dv kernel reads only the query rows that see one of its keys. Skipping is exact: a masked logit is -inf, adds exp(-inf) = 0 and leaves the
 // running max alone, so results do not depend on which tiles were skipped. A row without any
 // allowed key outputs 0 and gets lse = +inf, which zeroes its probabilities in the backward.
 //
@@ -56,10 +58,12 @@ constexpr int kWarps = 4;
 constexpr int kPad = 8;   // smem rows padded by 16 bytes: ldmatrix rows hit distinct banks
 constexpr int kSub = 16;  // keys (forward, dq) or queries (dk/dv) a warp takes per step
 constexpr int kMaxBM = 64;
-constexpr int kMaxLen = 1 << 18;  // queries or keys (vitpose_kernels/cuda_backend/masked_attention.py)
+constexpr int kMaxLen = 1 << 17;  // queries or keys (vitpose_kernels/cuda_backend/masked_attention.py)
 
 __host__ __device__ constexpr int cdiv(int a, int b) { return (a + b - 1) / b; }
 __host__ __device__ constexpr size_t align16(size_t n) { return (n + 15) / 16 * 16; }
+// Mask words per key tile (a 16-key tile keeps its 16 bits in the low half of one word).
+__host__ __device__ constexpr int words_per_tile(int tile) { return tile >= 32 ? tile / 32 : 1; }
 
 // Tile shapes per padded head dim DP, chosen so that shared memory stays under A100's 163 KB.
 template <int DP>
@@ -75,7 +79,8 @@ struct Cfg {
 
 // Shared memory of the query-block kernels (forward: ops = 1 (Q); dq: 2 (Q, dO)): the double-buffered
 // K/V tiles, then the query rows; after the tile loop the warp columns' fp32 partial results
-// (64 rows x LDO) overlay both. Then per-row statistics and the key-tile flags.
+// (64 rows x LDO) overlay both. Then per-row statistics, the rows' mask words of the two buffered
+// tiles, and per key tile the OR of the rows' words.
 template <typename T, int DP>
 struct QueryLayout {
   int BN, ops, nt;
@@ -85,7 +90,10 @@ struct QueryLayout {
     const size_t in = kv() + size_t(ops) * kMaxBM * Cfg<DP>::LD * sizeof(T);
     return in > part ? in : part;
   }
-  __host__ __device__ size_t bytes() const { return tiles() + 4 * kMaxBM * sizeof(float) + align16(nt); }
+  __host__ __device__ size_t bytes() const {
+    return tiles() + 4 * kMaxBM * sizeof(float) + 2 * kMaxBM * words_per_tile(BN) * sizeof(uint32_t) +
+           align16(size_t(nt) * words_per_tile(BN) * sizeof(uint32_t));
+  }
 };
 
 // Shared memory of the dk/dv kernel.
@@ -93,7 +101,9 @@ template <typename T, int DP>
 struct KeyLayout {
   int nu;
   static constexpr size_t tiles() { return size_t(2 * Cfg<DP>::KB + 4 * Cfg<DP>::BQ) * Cfg<DP>::LD * sizeof(T); }
-  static constexpr size_t stats() { return size_t(2) * Cfg<DP>::BQ * (2 * sizeof(float) + 2 * sizeof(uint32_t)); }
+  static constexpr size_t stats() {
+    return size_t(2) * Cfg<DP>::BQ * (2 * sizeof(float) + 2 * sizeof(uint32_t)) + (2 * kWarps + 2) * sizeof(uint32_t);
+  }
   __host__ __device__ size_t bytes() const { return tiles() + stats() + align16(nu); }
 };
 
@@ -124,38 +134,78 @@ __device__ __forceinline__ uint32_t mask_bits16(const MaskRef& m, int i, int n) 
   return (mask_word(m, i, n >> 5) >> (n & 31)) & 0xffffu;
 }
 
-// Whether query row i may attend to any key of the TILE-key tile t.
+// The bits of tile t (TILE keys) for query row i: words_per_tile(TILE) words.
 template <int TILE>
-__device__ __forceinline__ bool row_sees_tile(const MaskRef& m, int i, int t) {
+__device__ __forceinline__ uint32_t tile_word(const MaskRef& m, int i, int t, int w) {
   if constexpr (TILE >= 32) {
-    uint32_t any = 0;
-#pragma unroll
-    for (int w = 0; w < TILE / 32; ++w) any |= mask_word(m, i, t * (TILE / 32) + w);
-    return any != 0;
+    return mask_word(m, i, t * (TILE / 32) + w);
   } else {
-    return mask_bits16(m, i, t * 16) != 0;
+    return mask_bits16(m, i, t * 16);
   }
 }
 
-// flags[t] = whether any of the `rows` query rows from r0 may attend to a key of tile t, t < nt.
+__device__ __forceinline__ uint32_t warp_or(uint32_t x) {
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) x |= __shfl_xor_sync(0xffffffffu, x, off);
+  return x;
+}
+
+// bits[t * WPT + w] = the keys of tile t (t < nt) that any of the `rows` query rows from r0 may
+// attend to: whether the tile is needed at all, and which of its k and v rows must be read.
 // Warp w takes the tiles w, w + 4, ...; its lanes split the rows.
 template <int TILE>
-__device__ __forceinline__ void mark_key_tiles(unsigned char* flags, int nt, const MaskRef& m, int r0, int rows) {
+__device__ __forceinline__ void key_tile_bits(uint32_t* bits, int nt, const MaskRef& m, int r0, int rows) {
+  constexpr int WPT = words_per_tile(TILE);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   for (int t = warp; t < nt; t += kWarps) {
-    bool any = false;
-    for (int i = lane; i < rows && !any; i += 32) any = row_sees_tile<TILE>(m, r0 + i, t);
-    any = __any_sync(0xffffffffu, any);
-    if (lane == 0) flags[t] = any ? 1 : 0;
+#pragma unroll
+    for (int w = 0; w < WPT; ++w) {
+      uint32_t any = 0;
+      for (int i = lane; i < rows; i += 32) any |= tile_word<TILE>(m, r0 + i, t, w);
+      any = warp_or(any);
+      if (lane == 0) bits[t * WPT + w] = any;
+    }
   }
 }
 
-// The next flagged tile after t (nt if none). Every thread reads the same flags: uniform.
-__device__ __forceinline__ int next_tile(const unsigned char* flags, int t, int nt) {
+template <int WPT>
+__device__ __forceinline__ bool tile_needed(const uint32_t* bits, int t) {
+  uint32_t any = 0;
+#pragma unroll
+  for (int w = 0; w < WPT; ++w) any |= bits[t * WPT + w];
+  return any != 0;
+}
+
+// The next needed key tile after t (nt if none). Every thread reads the same bits: uniform.
+template <int WPT>
+__device__ __forceinline__ int next_key_tile(const uint32_t* bits, int t, int nt) {
   do {
     ++t;
-  } while (t < nt && !flags[t]);
+  } while (t < nt && !tile_needed<WPT>(bits, t));
   return t;
+}
+
+// The `rows` rows' mask words of key tile t into dst[row][WPT], with the tile's K/V copies (plain
+// stores: visible to the CTA after the barrier that makes the copies visible).
+template <int TILE>
+__device__ __forceinline__ void stage_tile_words(uint32_t* dst, const MaskRef& m, int r0, int rows, int t) {
+  constexpr int WPT = words_per_tile(TILE);
+  for (int i = threadIdx.x; i < rows * WPT; i += kThreads) dst[i] = tile_word<TILE>(m, r0 + i / WPT, t, i % WPT);
+}
+
+// The 16 bits of 16-key sub-tile `sub` for row `row` of the staged tile words.
+template <int TILE>
+__device__ __forceinline__ uint32_t sub_tile_bits(const uint32_t* words, int row, int sub) {
+  constexpr int WPT = words_per_tile(TILE);
+  return (words[row * WPT + ((sub * kSub) >> 5)] >> ((sub * kSub) & 31)) & 0xffffu;
+}
+
+// The next flagged query tile after u (nu if none).
+__device__ __forceinline__ int next_tile(const unsigned char* flags, int u, int nu) {
+  do {
+    ++u;
+  } while (u < nu && !flags[u]);
+  return u;
 }
 
 // ============================================================================ tiles and fragments
@@ -164,17 +214,29 @@ __device__ __forceinline__ const T* bh_ptr(const Operand& o, int b, int h) {
   return static_cast<const T*>(o.ptr) + b * o.sb + h * o.sh;
 }
 
+struct AllRows {
+  __device__ __forceinline__ bool operator()(int) const { return true; }
+};
+
 // Rows r0..r0+rows-1 of a (n, D) operand (row stride sn) into a padded smem tile [rows][DP + kPad],
-// 16 bytes per cp.async; rows past n and columns past D are zero-filled.
-template <typename T, int DP>
-__device__ __forceinline__ void load_rows(T* s, const T* base, int64_t sn, int r0, int rows, int n, int D) {
+// 16 bytes per cp.async; rows past n, rows r with !need(r) and columns past D are zero-filled and
+// never read from global memory (a masked key nobody attends to costs no bandwidth).
+template <typename T, int DP, typename Need = AllRows>
+__device__ __forceinline__ void load_rows(T* s, const T* base, int64_t sn, int r0, int rows, int n, int D,
+                                          const Need& need = Need()) {
   constexpr int kChunks = DP / 8;
   for (int c = threadIdx.x; c < rows * kChunks; c += kThreads) {
     const int r = c / kChunks, ch = c - r * kChunks;
-    const bool ok = r0 + r < n && ch * 8 < D;
+    const bool ok = r0 + r < n && ch * 8 < D && need(r);
     cp_async16(s + r * (DP + kPad) + ch * 8, ok ? base + static_cast<int64_t>(r0 + r) * sn + ch * 8 : base, ok);
   }
 }
+
+// need(r) for row r of a key tile: bit r of the tile's words.
+struct BitRows {
+  const uint32_t* words;
+  __device__ __forceinline__ bool operator()(int r) const { return (words[r >> 5] >> (r & 31)) & 1u; }
+};
 
 // Rows of a padded smem tile out to rows r0.. of a contiguous (n, D) destination, 16 bytes a store.
 template <typename T, int DP>
@@ -211,7 +273,7 @@ __device__ __forceinline__ void for_each_elem(int tq, const F& f) {
 template <typename T, int DP>
 __device__ __forceinline__ void mma_abt16(float (&s)[2][4], const T* a, const T* b, int lane) {
   constexpr int LD = DP + kPad;
-  [[maybe_unused]] constexpr int kUnroll = DP > 128 ? 4 : DP / 16;  // wide heads: fewer loads in flight, no spills
+  [[maybe_unused]] constexpr int kUnroll = DP > 128 ? 4 : DP / 16;  // wide heads: fewer loads in flight
   zero(s);
 #pragma unroll kUnroll
   for (int kk = 0; kk < DP / 16; ++kk) {
@@ -349,8 +411,10 @@ __global__ void __launch_bounds__(kThreads) ma_fwd_kernel(const Params p, const 
   T* sV = sK + 2 * BN * LD;                // [2][BN][LD]
   T* sQ = sV + 2 * BN * LD;                // [64][LD]
   float* sPart = reinterpret_cast<float*>(smem_raw);  // after the loop: [WN][BM][LDO] over all of the above
+  constexpr int WPT = words_per_tile(BN);
   float* sStat = reinterpret_cast<float*>(smem_raw + lay.tiles());  // [4][64]
-  unsigned char* sFlag = reinterpret_cast<unsigned char*>(sStat + 4 * kMaxBM);  // [nt]
+  uint32_t* sMask = reinterpret_cast<uint32_t*>(sStat + 4 * kMaxBM);  // [2][64][WPT] the rows' words of a tile
+  uint32_t* sTile = sMask + 2 * kMaxBM * WPT;                         // [nt][WPT] keys needed per tile
 
   const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * BM;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
@@ -361,13 +425,15 @@ __global__ void __launch_bounds__(kThreads) ma_fwd_kernel(const Params p, const 
   const T* v_bh = bh_ptr<T>(p.v, b, h);
   const MaskRef mr = mask_of(p, b, h);
 
-  mark_key_tiles<BN>(sFlag, nt, mr, m0, min(BM, p.Lq - m0));
+  key_tile_bits<BN>(sTile, nt, mr, m0, min(BM, p.Lq - m0));
   __syncthreads();
   auto load_kv = [&](int tile, int buf) {
-    load_rows<T, DP>(sK + buf * BN * LD, k_bh, p.k.sn, tile * BN, BN, p.Lk, p.D);
-    load_rows<T, DP>(sV + buf * BN * LD, v_bh, p.v.sn, tile * BN, BN, p.Lk, p.D);
+    const BitRows need{sTile + tile * WPT};
+    load_rows<T, DP>(sK + buf * BN * LD, k_bh, p.k.sn, tile * BN, BN, p.Lk, p.D, need);
+    load_rows<T, DP>(sV + buf * BN * LD, v_bh, p.v.sn, tile * BN, BN, p.Lk, p.D, need);
+    stage_tile_words<BN>(sMask + buf * kMaxBM * WPT, mr, m0, BM, tile);
   };
-  int t = next_tile(sFlag, -1, nt);
+  int t = next_key_tile<WPT>(sTile, -1, nt);
   if (t < nt) {
     load_rows<T, DP>(sQ, q_bh, p.q.sn, m0, BM, p.Lq, p.D);
     load_kv(t, 0);
@@ -381,12 +447,13 @@ __global__ void __launch_bounds__(kThreads) ma_fwd_kernel(const Params p, const 
   float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};
 
   for (int it = 0; t < nt; ++it) {
-    const int tn = next_tile(sFlag, t, nt), buf = it & 1;
+    const int tn = next_key_tile<WPT>(sTile, t, nt), buf = it & 1;
     prefetch_and_wait(tn, nt, buf ^ 1, load_kv);
     for (int sub = wn; sub < BN / kSub; sub += WN) {
       const int n = t * BN + sub * kSub;
       if (n >= p.Lk) break;
-      const uint32_t bits[2] = {mask_bits16(mr, qrow, n), mask_bits16(mr, qrow + 8, n)};
+      const uint32_t bits[2] = {sub_tile_bits<BN>(sMask + buf * kMaxBM * WPT, qrow - m0, sub),
+                                sub_tile_bits<BN>(sMask + buf * kMaxBM * WPT, qrow + 8 - m0, sub)};
       if (!__any_sync(0xffffffffu, (bits[0] | bits[1]) != 0)) continue;  // all 16 x 16 pairs masked
       float s[2][4];
       mma_abt16<T, DP>(s, sQ + wm * 16 * LD, sK + (buf * BN + sub * kSub) * LD, lane);
@@ -465,8 +532,10 @@ __global__ void __launch_bounds__(kThreads) ma_dq_kernel(const Params p, const i
   T* sQ = sV + 2 * BN * LD;                // [64][LD]
   T* sdO = sQ + kMaxBM * LD;               // [64][LD]
   float* sPart = reinterpret_cast<float*>(smem_raw);  // after the loop: [WN][BM][LDO] over all of the above
+  constexpr int WPT = words_per_tile(BN);
   float* sStat = reinterpret_cast<float*>(smem_raw + lay.tiles());  // [64] row factors
-  unsigned char* sFlag = reinterpret_cast<unsigned char*>(sStat + 4 * kMaxBM);  // [nt]
+  uint32_t* sMask = reinterpret_cast<uint32_t*>(sStat + 4 * kMaxBM);  // [2][64][WPT] the rows' words of a tile
+  uint32_t* sTile = sMask + 2 * kMaxBM * WPT;                         // [nt][WPT] keys needed per tile
 
   const int b = blockIdx.z, h = blockIdx.y, m0 = blockIdx.x * BM;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
@@ -478,13 +547,15 @@ __global__ void __launch_bounds__(kThreads) ma_dq_kernel(const Params p, const i
   const T* do_bh = bh_ptr<T>(p.dout, b, h);
   const MaskRef mr = mask_of(p, b, h);
 
-  mark_key_tiles<BN>(sFlag, nt, mr, m0, min(BM, p.Lq - m0));
+  key_tile_bits<BN>(sTile, nt, mr, m0, min(BM, p.Lq - m0));
   __syncthreads();
   auto load_kv = [&](int tile, int buf) {
-    load_rows<T, DP>(sK + buf * BN * LD, k_bh, p.k.sn, tile * BN, BN, p.Lk, p.D);
-    load_rows<T, DP>(sV + buf * BN * LD, v_bh, p.v.sn, tile * BN, BN, p.Lk, p.D);
+    const BitRows need{sTile + tile * WPT};
+    load_rows<T, DP>(sK + buf * BN * LD, k_bh, p.k.sn, tile * BN, BN, p.Lk, p.D, need);
+    load_rows<T, DP>(sV + buf * BN * LD, v_bh, p.v.sn, tile * BN, BN, p.Lk, p.D, need);
+    stage_tile_words<BN>(sMask + buf * kMaxBM * WPT, mr, m0, BM, tile);
   };
-  int t = next_tile(sFlag, -1, nt);
+  int t = next_key_tile<WPT>(sTile, -1, nt);
   if (t < nt) {
     load_rows<T, DP>(sQ, q_bh, p.q.sn, m0, BM, p.Lq, p.D);
     load_rows<T, DP>(sdO, do_bh, p.dout.sn, m0, BM, p.Lq, p.D);
@@ -505,12 +576,13 @@ __global__ void __launch_bounds__(kThreads) ma_dq_kernel(const Params p, const i
   zero(dq);
 
   for (int it = 0; t < nt; ++it) {
-    const int tn = next_tile(sFlag, t, nt), buf = it & 1;
+    const int tn = next_key_tile<WPT>(sTile, t, nt), buf = it & 1;
     prefetch_and_wait(tn, nt, buf ^ 1, load_kv);
     for (int sub = wn; sub < BN / kSub; sub += WN) {
       const int n = t * BN + sub * kSub;
       if (n >= p.Lk) break;
-      const uint32_t bits[2] = {mask_bits16(mr, qrow, n), mask_bits16(mr, qrow + 8, n)};
+      const uint32_t bits[2] = {sub_tile_bits<BN>(sMask + buf * kMaxBM * WPT, qrow - m0, sub),
+                                sub_tile_bits<BN>(sMask + buf * kMaxBM * WPT, qrow + 8 - m0, sub)};
       if (!__any_sync(0xffffffffu, (bits[0] | bits[1]) != 0)) continue;
       const T* tK = sK + (buf * BN + sub * kSub) * LD;
       float s[2][4], dp[2][4];
@@ -550,7 +622,8 @@ __global__ void __launch_bounds__(kThreads) ma_dkv_kernel(const Params p) {
   float* sLse = reinterpret_cast<float*>(sdO + 2 * BQ * LD);  // [2][BQ], log2 units
   float* sDlt = sLse + 2 * BQ;                                // [2][BQ]
   uint32_t* sMw = reinterpret_cast<uint32_t*>(sDlt + 2 * BQ);  // [2][BQ][2] the rows' words of this key block
-  unsigned char* sFlag = reinterpret_cast<unsigned char*>(sMw + 4 * BQ);  // [nu]
+  uint32_t* sSeen = sMw + 4 * BQ;  // [4 warps + 1][2]: the block's keys some query may attend to
+  unsigned char* sFlag = reinterpret_cast<unsigned char*>(sSeen + 2 * kWarps + 2);  // [nu]
 
   const int b = blockIdx.z, h = blockIdx.y, n0 = blockIdx.x * KB;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, tq = lane & 3;
@@ -560,21 +633,37 @@ __global__ void __launch_bounds__(kThreads) ma_dkv_kernel(const Params p) {
   const MaskRef mr = mask_of(p, b, h);
   const int w0 = n0 >> 5;  // KB = 64 keys: mask words w0 and w0 + 1
 
-  // Query tiles with any query that may attend to a key of this block.
+  // Query tiles with any query that may attend to a key of this block, and the block's keys that
+  // any query may attend to (the only k and v rows read).
+  uint32_t seen[2] = {0u, 0u};
   for (int u = warp; u < nu; u += kWarps) {
-    bool any = false;
-    for (int i = lane; i < BQ && !any; i += 32) {
-      const int row = u * BQ + i;
-      any = (mask_word(mr, row, w0) | mask_word(mr, row, w0 + 1)) != 0;
+    uint32_t any = 0;
+    for (int i = lane; i < BQ; i += 32) {
+      const uint32_t a = mask_word(mr, u * BQ + i, w0), b2 = mask_word(mr, u * BQ + i, w0 + 1);
+      seen[0] |= a;
+      seen[1] |= b2;
+      any |= a | b2;
     }
-    any = __any_sync(0xffffffffu, any);
-    if (lane == 0) sFlag[u] = any ? 1 : 0;
+    any = warp_or(any);
+    if (lane == 0) sFlag[u] = any != 0;
+  }
+  seen[0] = warp_or(seen[0]);
+  seen[1] = warp_or(seen[1]);
+  if (lane == 0) {
+    sSeen[warp * 2] = seen[0];
+    sSeen[warp * 2 + 1] = seen[1];
   }
   __syncthreads();
-
+  if (threadIdx.x < 2) {
+    uint32_t all = 0;
+    for (int w = 0; w < kWarps; ++w) all |= sSeen[w * 2 + threadIdx.x];
+    sSeen[2 * kWarps + threadIdx.x] = all;
+  }
+  __syncthreads();
+  const BitRows key_needed{sSeen + 2 * kWarps};  // bit r: key n0 + r
+  // A query tile: its rows' mask words of this key block first (a barrier makes them visible),
+  // then only the q and dO rows that may attend to one of the block's keys are read.
   auto load_q = [&](int u, int buf) {
-    load_rows<T, DP>(sQ + buf * BQ * LD, q_bh, p.q.sn, u * BQ, BQ, p.Lq, p.D);
-    load_rows<T, DP>(sdO + buf * BQ * LD, do_bh, p.dout.sn, u * BQ, BQ, p.Lq, p.D);
     if (threadIdx.x < BQ) {
       const int i = u * BQ + threadIdx.x;
       const bool ok = i < p.Lq;
@@ -583,11 +672,16 @@ __global__ void __launch_bounds__(kThreads) ma_dkv_kernel(const Params p) {
       sMw[(buf * BQ + threadIdx.x) * 2] = mask_word(mr, i, w0);
       sMw[(buf * BQ + threadIdx.x) * 2 + 1] = mask_word(mr, i, w0 + 1);
     }
+    __syncthreads();
+    const uint32_t* words = sMw + buf * BQ * 2;
+    const auto need = [&](int r) { return (words[2 * r] | words[2 * r + 1]) != 0; };
+    load_rows<T, DP>(sQ + buf * BQ * LD, q_bh, p.q.sn, u * BQ, BQ, p.Lq, p.D, need);
+    load_rows<T, DP>(sdO + buf * BQ * LD, do_bh, p.dout.sn, u * BQ, BQ, p.Lq, p.D, need);
   };
   int u = next_tile(sFlag, -1, nu);
   if (u < nu) {
-    load_rows<T, DP>(sK, bh_ptr<T>(p.k, b, h), p.k.sn, n0, KB, p.Lk, p.D);
-    load_rows<T, DP>(sV, bh_ptr<T>(p.v, b, h), p.v.sn, n0, KB, p.Lk, p.D);
+    load_rows<T, DP>(sK, bh_ptr<T>(p.k, b, h), p.k.sn, n0, KB, p.Lk, p.D, key_needed);
+    load_rows<T, DP>(sV, bh_ptr<T>(p.v, b, h), p.v.sn, n0, KB, p.Lk, p.D, key_needed);
     load_q(u, 0);
     cp_async_commit();
   }
@@ -654,7 +748,7 @@ void check_operand(const char* name, const Operand& o) {
 void check_common(const Params& p) {
   if (p.B < 1 || p.H < 1 || p.B > 65535 || p.H > 65535) fail("need 1 <= B, H <= 65535");
   // The per-CTA tile flags live in shared memory: one byte per 16..64 keys or queries.
-  if (p.Lq < 1 || p.Lk < 1 || p.Lq > kMaxLen || p.Lk > kMaxLen) fail("need 1 <= Lq, Lk <= 262144");
+  if (p.Lq < 1 || p.Lk < 1 || p.Lq > kMaxLen || p.Lk > kMaxLen) fail("need 1 <= Lq, Lk <= 131072");
   if (p.D < 8 || p.D > 320 || p.D % 8) fail("head dim must be a multiple of 8 in [8, 320]");
   if (p.mask && (p.msb < 0 || p.msh < 0 || p.msq < 0)) fail("mask strides must be >= 0");
   check_operand("q", p.q);

@@ -294,8 +294,8 @@ def test_cuda_reasons(emu):
     assert any("triton" in r for r in vk.explain("masked_attention", q.float(), q.float(), q.float())["cuda"])
     wide = torch.zeros(1, 1, 4, 328, dtype=torch.float16)
     assert any("head dim" in r for r in vk.explain("masked_attention", wide, wide, wide)["cuda"])
-    long = torch.zeros(1, 1, 1, 16, dtype=torch.float16).expand(1, 1, (1 << 18) + 1, 16)
-    assert any("Lk=262145" in r for r in vk.explain("masked_attention", q, long, long)["cuda"])
+    long = torch.zeros(1, 1, 1, 16, dtype=torch.float16).expand(1, 1, (1 << 17) + 1, 16)
+    assert any("Lk=131073" in r for r in vk.explain("masked_attention", q, long, long)["cuda"])
 
 
 def test_cuda_refused_with_reasons_outside_the_emulator():

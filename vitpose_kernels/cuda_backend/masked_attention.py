@@ -17,7 +17,7 @@ from .._masked_attention_ops import define_ops
 from . import _launch
 
 MAX_HEAD_DIM = 320  # TAR-ViTPose-H: 1280 channels in 4 heads
-MAX_LEN = 1 << 18  # queries or keys: a CTA keeps one flag byte per tile of them in shared memory
+MAX_LEN = 1 << 17  # queries or keys: a CTA keeps its rows' mask bits per key tile in shared memory
 _FP32_HINT = "float32 inputs are served by the triton backend (this kernel uses fp16/bf16 tensor cores)"
 
 

@@ -2,10 +2,11 @@
 bit-packed per-(query, key) mask (the spec: vitpose_kernels.reference.masked_attention).
 
 The mask is read per tile straight from its int32 words (bit i of word w = key 32*w + i; size-1
-dims broadcast through zero strides), and a tile whose mask is all zero is skipped before its keys
-and values are loaded: in TAR-ViTPose's JTA each joint attends to a few blobs of each frame, so
-most key tiles of a query block are never read. Skipping is exact: a masked logit contributes
-exp(-inf) = 0 and leaves the running max alone.
+dims broadcast through zero strides). A tile whose mask is all zero is skipped, and of the others
+only the key (value, query) rows that some pair of the tile needs are loaded: masked lanes move no
+memory. In TAR-ViTPose's JTA the 17 joints' blobs touch every tile of a frame but only a fifth to
+a third of its tokens, so this is where the bandwidth goes. Skipping is exact: a masked logit
+contributes exp(-inf) = 0 and leaves the running max alone.
 
 Forward: online softmax in base 2, fp32 accumulation, lse saved per row (natural log, +inf for a
 row without keys: its output is 0). Backward (FlashAttention-2, probabilities recomputed from
@@ -29,12 +30,17 @@ MAX_HEAD_DIM = 512
 
 # ----------------------------------------------------------------------------- jit helpers
 @triton.jit
-def _allowed(M, rows, keys, row_ok, key_ok, smq, HAS_MASK: tl.constexpr):
-    """(rows, keys) pairs that exist and that the mask allows, as a bool tile."""
+def _allowed(M, rows, n0, row_ok, key_ok, smq, LK, HAS_MASK: tl.constexpr, BLOCK_M: tl.constexpr,
+             BLOCK_N: tl.constexpr):
+    """Which (rows, keys n0..n0+BLOCK_N-1) pairs exist and the mask allows, as a bool tile. The
+    block's BLOCK_N / 32 words per row are loaded once each and expanded to bits in registers."""
     ok = row_ok[:, None] & key_ok[None, :]
     if HAS_MASK:
-        words = tl.load(M + rows.to(tl.int64)[:, None] * smq + (keys // 32)[None, :], mask=ok, other=0)
-        ok = ok & (((words >> (keys % 32)[None, :]) & 1) != 0)
+        w = n0 // 32 + tl.arange(0, BLOCK_N // 32)
+        words = tl.load(M + rows.to(tl.int64)[:, None] * smq + w[None, :],
+                        mask=row_ok[:, None] & (w * 32 < LK)[None, :], other=0)
+        bits = (words[:, :, None] >> tl.arange(0, 32)[None, None, :]) & 1
+        ok = ok & (tl.reshape(bits, (BLOCK_M, BLOCK_N)) != 0)
     return ok
 
 
@@ -82,10 +88,11 @@ def _fwd_kernel(Q, K, V, M, O, LSE,
     for n0 in range(0, LK, BLOCK_N):
         keys = n0 + tl.arange(0, BLOCK_N)
         key_ok = keys < LK
-        allowed = _allowed(M, rows, keys, row_ok, key_ok, smq, HAS_MASK)
-        if tl.max(allowed.to(tl.int32)) > 0:  # fully masked tile: k and v are never read
-            k = _load_rows(K, keys, key_ok, skn, skd, d, dmask)
-            v = _load_rows(V, keys, key_ok, svn, svd, d, dmask)
+        allowed = _allowed(M, rows, n0, row_ok, key_ok, smq, LK, HAS_MASK, BLOCK_M, BLOCK_N)
+        need = tl.max(allowed.to(tl.int32), 0) > 0  # keys some row of the block may attend to
+        if tl.max(need.to(tl.int32)) > 0:  # a fully masked tile is skipped, unread
+            k = _load_rows(K, keys, need, skn, skd, d, dmask)
+            v = _load_rows(V, keys, need, svn, svd, d, dmask)
             s = tl.where(allowed, _mm(q, tl.trans(k), PREC) * qk_scale, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             alpha = tl.exp2(m_i - m_new)
@@ -125,10 +132,11 @@ def _bwd_dq_kernel(Q, K, V, M, DO, LSE, DELTA, DQ,
     for n0 in range(0, LK, BLOCK_N):
         keys = n0 + tl.arange(0, BLOCK_N)
         key_ok = keys < LK
-        allowed = _allowed(M, rows, keys, row_ok, key_ok, smq, HAS_MASK)
-        if tl.max(allowed.to(tl.int32)) > 0:
-            k = _load_rows(K, keys, key_ok, skn, skd, d, dmask)
-            v = _load_rows(V, keys, key_ok, svn, svd, d, dmask)
+        allowed = _allowed(M, rows, n0, row_ok, key_ok, smq, LK, HAS_MASK, BLOCK_M, BLOCK_N)
+        need = tl.max(allowed.to(tl.int32), 0) > 0
+        if tl.max(need.to(tl.int32)) > 0:
+            k = _load_rows(K, keys, need, skn, skd, d, dmask)
+            v = _load_rows(V, keys, need, svn, svd, d, dmask)
             p = _probs(q, k, lse2, allowed, qk_scale, PREC)
             ds = p * (_mm(do, tl.trans(v), PREC) - delta[:, None])
             dq += _mm(ds.to(k.dtype), k, PREC)
@@ -147,24 +155,34 @@ def _bwd_dkv_kernel(Q, K, V, M, DO, LSE, DELTA, DK, DV,
     V = _head(V, bh, H, svb, svh)
     M = _head(M, bh, H, smb, smh)
     DO = _head(DO, bh, H, sdb, sdh)
-    keys = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    n0 = tl.program_id(0) * BLOCK_N
+    keys = n0 + tl.arange(0, BLOCK_N)
     key_ok = keys < LK
     d = tl.arange(0, D_PAD)
     dmask = d < D
-    k = _load_rows(K, keys, key_ok, skn, skd, d, dmask)
-    v = _load_rows(V, keys, key_ok, svn, svd, d, dmask)
+    seen = key_ok
+    if HAS_MASK:  # only the keys some query may attend to are read
+        seen_any = tl.zeros([BLOCK_N], dtype=tl.int32)
+        for m0 in range(0, LQ, BLOCK_M):
+            rows = m0 + tl.arange(0, BLOCK_M)
+            seen_any = tl.maximum(seen_any, tl.max(_allowed(M, rows, n0, rows < LQ, key_ok, smq, LK, HAS_MASK,
+                                                            BLOCK_M, BLOCK_N).to(tl.int32), 0))
+        seen = seen_any > 0
+    k = _load_rows(K, keys, seen, skn, skd, d, dmask)
+    v = _load_rows(V, keys, seen, svn, svd, d, dmask)
     dk = tl.zeros([BLOCK_N, D_PAD], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, D_PAD], dtype=tl.float32)
     for m0 in range(0, LQ, BLOCK_M):
         rows = m0 + tl.arange(0, BLOCK_M)
         row_ok = rows < LQ
-        allowed = _allowed(M, rows, keys, row_ok, key_ok, smq, HAS_MASK)
-        if tl.max(allowed.to(tl.int32)) > 0:  # no query of this tile sees these keys
-            q = _load_rows(Q, rows, row_ok, sqm, sqd, d, dmask)
-            do = _load_rows(DO, rows, row_ok, sdm, sdd, d, dmask)
+        allowed = _allowed(M, rows, n0, row_ok, key_ok, smq, LK, HAS_MASK, BLOCK_M, BLOCK_N)
+        need = tl.max(allowed.to(tl.int32), 1) > 0  # queries that see a key of this block
+        if tl.max(need.to(tl.int32)) > 0:  # no query of this tile sees these keys: skipped, unread
+            q = _load_rows(Q, rows, need, sqm, sqd, d, dmask)
+            do = _load_rows(DO, rows, need, sdm, sdd, d, dmask)
             stats = bh.to(tl.int64) * LQ + rows
-            lse2 = tl.load(LSE + stats, mask=row_ok, other=float("inf")) * _LOG2E
-            delta = tl.load(DELTA + stats, mask=row_ok, other=0.0)
+            lse2 = tl.load(LSE + stats, mask=need, other=float("inf")) * _LOG2E
+            delta = tl.load(DELTA + stats, mask=need, other=0.0)
             p = _probs(q, k, lse2, allowed, qk_scale, PREC)
             dv += _mm(tl.trans(p).to(do.dtype), do, PREC)
             ds = p * (_mm(do, tl.trans(v), PREC) - delta[:, None])
@@ -175,11 +193,13 @@ def _bwd_dkv_kernel(Q, K, V, M, DO, LSE, DELTA, DK, DV,
 
 # ----------------------------------------------------------------------------- host side
 def _blocks(lq: int, lk: int, d_pad: int) -> dict:
-    """Tile sizes: query blocks no taller than Lq (TAR's JTA has 17 queries), smaller tiles for
-    wide heads (the fp32 accumulators are BLOCK x D_PAD)."""
-    cap_m = 64 if d_pad <= 128 else (32 if d_pad <= 256 else 16)
+    """Tile sizes. Few queries (TAR's JTA has 17) get 16-row blocks: the mask is skipped per block,
+    and 17 rows in one 32-row block would compute 15 padded rows over every tile any joint needs.
+    Wide heads get smaller tiles (the fp32 accumulators are BLOCK x D_PAD). Key tiles hold whole
+    mask words (>= 32 keys)."""
+    cap_m = 16 if lq <= 64 else (64 if d_pad <= 128 else (32 if d_pad <= 256 else 16))
     cap_n = 64 if d_pad <= 128 else 32
-    return dict(BLOCK_M=min(cap_m, _pow2(lq)), BLOCK_N=min(cap_n, _pow2(lk)),
+    return dict(BLOCK_M=min(cap_m, _pow2(lq)), BLOCK_N=min(cap_n, _pow2(lk, 32)),
                 num_warps=4 if d_pad <= 128 else 8)
 
 
