@@ -47,11 +47,11 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
-
-import vitpose_kernels as vk  # noqa: E402
 from cost import cubin, geometry, masked  # noqa: E402
 from cost.launches import Counts, scaled_launches  # noqa: E402
 from cost.torch_counter import TorchCounter  # noqa: E402
+
+import vitpose_kernels as vk  # noqa: E402
 
 TARGET = "t5-window8x8-shift-pool"
 DIRECTIONS = ("fwd", "fwd+bwd")
@@ -78,6 +78,14 @@ class Case:
         return "masked_attention" if isinstance(self.geom, masked.MaskedGeometry) else "window_attention"
 
 
+def layer_case(plan: dict) -> str:
+    """The case name of one layer's attention (a ViTPoseConfig.layer_attention plan)."""
+    win = plan["window"]
+    if win is None:
+        return "t5-full"
+    return f"t5-window{win[0]}x{win[1]}" + ("-shift" if any(plan["shift"]) else "") + ("-pool" if plan["pool"] else "")
+
+
 def _t5_cases() -> list[Case]:
     """The distinct attention layers of the Table 5 presets (ViTPose-B at 1/8 features, 32x24
     tokens, batch 64): each preset alternates unshifted and shifted windows, full+window mixes
@@ -88,13 +96,10 @@ def _t5_cases() -> list[Case]:
     for preset, cfg in vitpose.TABLE5.items():
         for i in range(cfg.depth):
             plan = cfg.layer_attention(i)
-            win = plan["window"]
-            name = "t5-full" if win is None else (
-                f"t5-window{win[0]}x{win[1]}" + ("-shift" if any(plan["shift"]) else "") + ("-pool" if plan["pool"] else ""))
-            g = geometry.Geometry(B=64, H=cfg.num_heads, D=cfg.head_dim, grid=tuple(cfg.grid), window=win,
+            g = geometry.Geometry(B=64, H=cfg.num_heads, D=cfg.head_dim, grid=tuple(cfg.grid), window=plan["window"],
                                   shift=tuple(plan["shift"]), pool=plan["pool"], rel_pos=plan["rel_pos"])
-            about = "full attention, 768 tokens" if win is None else f"layers of Table 5 '{preset}'"
-            out.setdefault(name, Case(name, g, about))
+            about = "full attention, 768 tokens" if plan["window"] is None else f"layers of Table 5 '{preset}'"
+            out.setdefault(layer_case(plan), Case(layer_case(plan), g, about))
     return list(out.values())
 
 
@@ -169,9 +174,7 @@ class TritonBackend:
         return TritonCounter(dry=dry)
 
     def machine_code(self, launches, jobs: int) -> list[dict]:
-        specs = [cubin.launch_spec(lnch) for lnch in launches]
-        stats = cubin.compile_triton(specs, jobs=jobs)
-        return [stats[cubin._spec_key(s)] for s in specs]
+        return cubin.compile_triton([cubin.launch_spec(lnch) for lnch in launches], jobs=jobs)
 
 
 class CudaBackend:
@@ -203,13 +206,14 @@ BACKENDS = {"triton": TritonBackend(), "cuda": CudaBackend()}
 
 # ============================================================================ running the op
 def _inputs(case: Case, B: int, H: int, grad: bool, dry: bool):
-    """q, k, v as views of one packed (B, N, 3, H, D) tensor (the model's layout), rel_pos tables
-    and dout. The dry run's values are never read by a kernel: zeros are cheaper than randn."""
+    """q, k, v made exactly as the model makes them (vitpose/models/vitpose.py, Attention.forward):
+    views of the (B, N, 3*H*D) output of the qkv projection, rel_pos tables and dout. The dry
+    run's values are never read by a kernel: zeros are cheaper than randn."""
     g, dtype = case.geom, DTYPES[case.dtype]
     make = torch.zeros if dry else torch.randn
     torch.manual_seed(0)
-    qkv = make(B, g.N, 3, H, g.D, dtype=dtype).requires_grad_(grad)
-    q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+    qkv = make(B, g.N, 3 * H * g.D, dtype=dtype).requires_grad_(grad)
+    q, k, v = qkv.view(B, g.N, 3, H, g.D).permute(2, 0, 3, 1, 4).unbind(0)
     rel = [None, None]
     if g.rel_pos:
         rel = [(make(2 * w - 1, g.D, dtype=dtype) * 0.1).requires_grad_(grad) for w in g.win]
@@ -269,7 +273,14 @@ def measure(case: Case, backend, direction: str, run_b: int, run_h: int, jobs: i
     g = case.geom
     t0 = time.time()
     small, _, _ = run_op(case, backend, direction, run_b, run_h, dry=False)
-    full, tcount, inputs = run_op(case, backend, direction, g.B, g.H, dry=True)
+    try:
+        full, tcount, inputs = run_op(case, backend, direction, g.B, g.H, dry=True)
+    except Exception as e:
+        raise RuntimeError(
+            f"cost model: the full-size dry run of {case.name} / {backend.name} / {direction} failed "
+            f"({type(e).__name__}: {e}). It records the launches the host code makes on its GPU path without "
+            "running them (Triton: TRITON_INTERPRET=0 at call time, CPU tensors); the launchers must still "
+            "reach kernel[grid](...) there.") from e
     seconds = time.time() - t0
     pairs = scaled_launches(small, full)
     mc = backend.machine_code(full, jobs) if machine_code else [None] * len(full)
@@ -296,7 +307,8 @@ def measure(case: Case, backend, direction: str, run_b: int, run_h: int, jobs: i
         kernel_flops=int(total.flops), kernel_bytes=int(total.bytes), masked_bytes=int(total.masked_bytes),
         sector_bytes=int(total.sector_bytes) if total.sector_bytes else None,
         torch_ops=dict(flops=int(torch_ops.flops), bytes=int(torch_ops.bytes),
-                       by_op={n: dataclasses.asdict(c) | {"bytes": c.bytes} for n, c in tcount.ops.items() if c.bytes or c.flops}),
+                       by_op={n: dataclasses.asdict(c) | {"bytes": c.bytes}
+                              for n, c in tcount.ops.items() if c.bytes or c.flops}),
         kernels=[_kernel_row(k) for k in kernels.values()],
         geometry=geom_record,
         about=case.about, run=dict(B=run_b, H=run_h, seconds=round(seconds, 1)),
@@ -356,9 +368,11 @@ def table(entries: list[dict]) -> str:
         p = e["predictions"]
         lines.append(
             f"{e['name']:28} {e['backend']:7} {e['direction']:8} {e['executed_flops'] / 1e9:9.2f} "
-            f"{e['useful_flops'] / 1e9:9.2f} {e['flops_ratio']:5.2f} {e['bytes'] / 1e6:9.1f} {e['floor_bytes'] / 1e6:8.1f} "
+            f"{e['useful_flops'] / 1e9:9.2f} {e['flops_ratio']:5.2f} {e['bytes'] / 1e6:9.1f} "
+            f"{e['floor_bytes'] / 1e6:8.1f} "
             f"{e['bytes_ratio']:5.2f} {_opt(e['spill_bytes']):>5} {_opt(e['serialized_wgmma']):>5} "
-            f"{'' if mem is None else f'{mem:.3f}':>6} {p['H100']['predicted_us']:8.1f} {p['H200']['predicted_us']:8.1f}")
+            f"{'' if mem is None else f'{mem:.3f}':>6} {p['H100']['predicted_us']:8.1f} "
+            f"{p['H200']['predicted_us']:8.1f}")
     return "\n".join(lines)
 
 
@@ -374,8 +388,19 @@ def kernel_table(e: dict) -> str:
                      f"{k['bytes'] / 1e6:9.1f} MB (masked {k['masked_bytes'] / 1e6:7.1f}) {k['config']}{code}")
     t = e["torch_ops"]
     if t["bytes"] or t["flops"]:
-        ops = ", ".join(f"{n} {c['bytes'] / 1e6:.1f} MB" for n, c in sorted(t["by_op"].items(), key=lambda x: -x[1]["bytes"]))
+        by_bytes = sorted(t["by_op"].items(), key=lambda x: -x[1]["bytes"])
+        ops = ", ".join(f"{n} {c['bytes'] / 1e6:.1f} MB" for n, c in by_bytes)
         lines.append(f"    {'torch ops':24} {t['flops'] / 1e9:30.2f} GF {t['bytes'] / 1e6:9.1f} MB: {ops}")
+    return "\n".join(lines)
+
+
+def table5_table(rows: list[dict]) -> str:
+    lines = ["Table 5 rows (12 layers of ViTPose-B at 1/8 features, batch 64), fwd+bwd:",
+             f"  {'preset':26} {'backend':7} {'FLOPs x':>7} {'bytes x':>7} {'H100 us':>9} {'H200 us':>9}"]
+    for r in rows:
+        if r["direction"] == "fwd+bwd":
+            lines.append(f"  {r['preset']:26} {r['backend']:7} {r['flops_ratio']:7.2f} {r['bytes_ratio']:7.2f} "
+                         f"{r['predicted_us']['H100']:9.0f} {r['predicted_us']['H200']:9.0f}")
     return "\n".join(lines)
 
 
@@ -390,12 +415,7 @@ def table5_rows(entries: list[dict]) -> list[dict]:
     by = {(e["name"], e["backend"], e["direction"]): e for e in entries}
     rows = []
     for preset, cfg in vitpose.TABLE5.items():
-        names = []
-        for i in range(cfg.depth):
-            plan = cfg.layer_attention(i)
-            win = plan["window"]
-            names.append("t5-full" if win is None else f"t5-window{win[0]}x{win[1]}" + (
-                "-shift" if any(plan["shift"]) else "") + ("-pool" if plan["pool"] else ""))
+        names = [layer_case(cfg.layer_attention(i)) for i in range(cfg.depth)]
         for backend in BACKENDS:
             for d in DIRECTIONS:
                 layers = [by.get((n, backend, d)) for n in names]
@@ -467,6 +487,8 @@ def main(argv=None) -> int:
     print("# H100/H200 us: PREDICTIONS (roofline at " + "; ".join(
         f"{g} {p['bf16_dense_tflops']} bf16 dense TFLOP/s, {p['hbm_tb_per_s']} TB/s" for g, p in PEAKS.items())
           + "), executed FLOPs and bytes with no cache reuse; no GPU has run this")
+    if result["table5_rows"]:
+        print(table5_table(result["table5_rows"]))
     if args.kernels:
         for e in entries:
             print(kernel_table(e))

@@ -203,9 +203,9 @@ def _summary_of(raw: dict) -> dict:
     return summarize(raw["sass"], raw["ptxas"], raw["name"], raw["shared"], raw["num_warps"])
 
 
-def compile_triton(specs: list[dict], jobs: int = 2, timeout: int = 1200) -> dict[str, dict]:
-    """{spec key: summary} for each launch spec, compiled for sm_90a (results cached on disk by the
-    kernel module's source, the spec and the triton version)."""
+def compile_triton(specs: list[dict], jobs: int = 2, timeout: int = 1200) -> list[dict]:
+    """The machine-code summary of each launch spec (see launch_spec), compiled for sm_90a in
+    `jobs` processes; cached on disk by the kernel module's source, the spec and triton's version."""
     why = tools_reason()
     if why:
         raise RuntimeError(f"cost model: cannot analyse sm_90a code: {why}")
@@ -239,4 +239,4 @@ def compile_triton(specs: list[dict], jobs: int = 2, timeout: int = 1200) -> dic
                            sass=sass_stats(bytes.fromhex(r["cubin"])), ptxas=parse_ptxas_log(r["ptxas"]))
                 (CACHE / f"triton-{r['key']}.json").write_text(json.dumps(raw))
                 out[r["key"]] = _summary_of(raw)
-    return {_spec_key(s): out[_spec_key(s)] for s in specs}
+    return [out[_spec_key(s)] for s in specs]

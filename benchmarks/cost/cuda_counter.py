@@ -2,8 +2,8 @@
 
 The emulator built with VPEMU_OPT="-O1 -DVPEMU_COUNT" counts, per launch: mma.sync
 m16n8k16 instructions (2*16*8*16 = 4096 FLOPs each, counted once per warp), cp.async bytes
-(zero-filled bytes apart: the masked lanes), and every plain load/store the kernel code executes
-into a registered global buffer (the kernel sources are compiled with
+(zero-filled bytes apart: the masked lanes), every plain load/store the kernel code executes
+into a registered global buffer, and the distinct 32-byte sectors all of these touch (the kernel sources are compiled with
 -fsanitize=kernel-address, whose per-access callbacks the emulator defines). The buffers are
 the op's tensors: its inputs, registered here, and every storage created while it runs, reported
 by the dispatch mode (cost.torch_counter) as it is allocated.
@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from . import cubin
-from .launches import Counts, Launch
+from .launches import SECTOR, Counts, Launch
 
 REPO = Path(__file__).resolve().parents[2]
 COUNT_FLAG = "-DVPEMU_COUNT"
@@ -157,13 +157,14 @@ class CudaCounter:
         self._lib.vpemu_count_set_dry(0)
         self._lib.vpemu_count_clear_ranges()
         syms, base = _symbols(self._path), _load_base(self._path)
-        vals = (ctypes.c_longlong * 17)()
+        vals = (ctypes.c_longlong * 19)()
         for i in range(self._lib.vpemu_count_launches()):
             raw = self._lib.vpemu_count_launch(i, vals).decode()
             v = list(vals)
             name = syms.get(v[0] - base) or raw
             c = Counts(programs=v[8], dots=v[9], flops=v[9] * MMA_FLOPS, loads=v[10] + v[14],
-                       load_bytes=v[11] + v[15], load_masked_bytes=v[16], stores=v[12], store_bytes=v[13])
+                       load_bytes=v[11] + v[15], load_masked_bytes=v[16], stores=v[12], store_bytes=v[13],
+                       load_sector_bytes=v[17] * SECTOR, store_sector_bytes=v[18] * SECTOR)
             self.launches.append(Launch(kernel=name, module="csrc", grid=tuple(v[1:4]), counts=c, args={},
                                         constexprs={}, options=dict(block=tuple(v[4:7]), smem=v[7])))
         self._lib.vpemu_count_reset()

@@ -25,6 +25,7 @@ import contextlib
 import inspect
 import os
 import threading
+
 import numpy as np
 
 from .launches import SECTOR, Counts, Launch
@@ -223,7 +224,8 @@ class TritonCounter:
             grid = self.grid(bound) if callable(self.grid) else self.grid
             grid = tuple(int(g) for g in grid) + (1,) * (3 - len(grid))
             launch = Launch(kernel=self.fn.__name__, module=getattr(self.fn, "__module__", "?"), grid=grid,
-                            counts=Counts(), args={k: _describe(v) for k, v in bound.items() if k not in self.constexprs},
+                            counts=Counts(),
+                            args={k: _describe(v) for k, v in bound.items() if k not in self.constexprs},
                             constexprs={k: bound[k] for k in self.constexprs}, options=options)
             counter.launches.append(launch)
             if counter.dry:
@@ -238,12 +240,10 @@ class TritonCounter:
                 counter._cur = None
                 counter._in_launch.v = False
 
-        patches = [(B, name, fn) for name, fn in (("create_dot", create_dot), ("create_masked_load", create_masked_load),
-                                                  ("create_masked_store", create_masked_store),
-                                                  ("create_atomic_rmw", create_atomic_rmw),
-                                                  ("create_atomic_cas", create_atomic_cas),
-                                                  ("create_dot_scaled", create_dot_scaled),
-                                                  ("set_grid_idx", set_grid_idx))]
+        patches = [(B, "create_dot", create_dot), (B, "create_masked_load", create_masked_load),
+                   (B, "create_masked_store", create_masked_store), (B, "create_atomic_rmw", create_atomic_rmw),
+                   (B, "create_atomic_cas", create_atomic_cas), (B, "create_dot_scaled", create_dot_scaled),
+                   (B, "set_grid_idx", set_grid_idx)]
         patches.append((GE, "__call__", call))
         for cls, name, fn in patches:
             self._saved.append((cls, name, cls.__dict__[name]))

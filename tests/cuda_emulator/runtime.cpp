@@ -8,6 +8,9 @@
 #include <cstdlib>
 #include <map>
 #include <mutex>
+#ifdef VPEMU_COUNT
+#include <unordered_set>
+#endif
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -160,7 +163,11 @@ struct CountRec {
   size_t smem = 0;
   long long blocks = 0, mma = 0, ld = 0, ld_bytes = 0, st = 0, st_bytes = 0, cp = 0, cp_bytes = 0,
             cp_zfill_bytes = 0;
+  std::unordered_set<uintptr_t> ld_sectors, st_sectors;  // distinct 32-byte sectors touched
 };
+inline void add_sectors(std::unordered_set<uintptr_t>& set, uintptr_t a, size_t n) {
+  for (uintptr_t sec = a >> 5; sec <= (a + n - 1) >> 5; ++sec) set.insert(sec);
+}
 struct Counters {
   std::vector<CountRec> recs;
   std::map<uintptr_t, uintptr_t> ranges;  // start -> end of registered global buffers
@@ -665,6 +672,7 @@ void ptx_cp_async(uint32_t dst, const void* src, int cp_size, int src_size, bool
     ++C().cur->cp;
     C().cur->cp_bytes += src_size;
     C().cur->cp_zfill_bytes += cp_size - src_size;
+    if (src_size > 0) add_sectors(C().cur->ld_sectors, reinterpret_cast<uintptr_t>(src), static_cast<size_t>(src_size));
   });
   if (s.early_copies)
     perform(Copy{dst, src, cp_size, src_size});
@@ -901,6 +909,7 @@ void count_access(const void* p, size_t n, bool store) {
     ++c.cur->ld;
     c.cur->ld_bytes += static_cast<long long>(n);
   }
+  vpemu::add_sectors(store ? c.cur->st_sectors : c.cur->ld_sectors, reinterpret_cast<uintptr_t>(p), n);
 }
 }  // namespace
 
@@ -916,7 +925,8 @@ VPEMU_EXPORT void vpemu_count_remove_range(uintptr_t start) { vpemu::C().ranges.
 VPEMU_EXPORT void vpemu_count_clear_ranges() { vpemu::C().ranges.clear(); }
 VPEMU_EXPORT long long vpemu_count_launches() { return static_cast<long long>(vpemu::C().recs.size()); }
 // Launch i: fn pointer, grid xyz, block xyz, smem, blocks run, mma, ld ops, ld bytes, st ops,
-// st bytes, cp.async ops, cp.async bytes, cp.async zero-filled bytes (16 int64), and its name.
+// st bytes, cp.async ops, cp.async bytes, cp.async zero-filled bytes, distinct 32-byte sectors
+// read, written (19 int64); returns its name.
 VPEMU_EXPORT const char* vpemu_count_launch(long long i, long long* out) {
   const vpemu::CountRec& r = vpemu::C().recs.at(static_cast<size_t>(i));
   const long long v[16] = {static_cast<long long>(reinterpret_cast<uintptr_t>(r.fn)), r.grid.x, r.grid.y, r.grid.z,
@@ -924,6 +934,8 @@ VPEMU_EXPORT const char* vpemu_count_launch(long long i, long long* out) {
                            r.ld_bytes, r.st, r.st_bytes, r.cp, r.cp_bytes};
   for (int k = 0; k < 16; ++k) out[k] = v[k];
   out[16] = r.cp_zfill_bytes;
+  out[17] = static_cast<long long>(r.ld_sectors.size());
+  out[18] = static_cast<long long>(r.st_sectors.size());
   return r.name.c_str();
 }
 
