@@ -22,6 +22,7 @@ import cuda_emulator
 import parity
 import sanitizer
 import vitpose_kernels as vk
+from vitpose_kernels import _alloc
 from vitpose_kernels.reference.heatmap_key_mask import heatmap_mask_values
 from vitpose_kernels.reference.masked_attention import unpack_key_mask
 
@@ -331,7 +332,7 @@ def test_tar_vitpose_b_shapes_gpu(backend):
     for lq, lk, mask in ((J, T * 432, words), (432, J, None)):
         q, k, v = (torch.randn(B, H, n, D, generator=g).cuda().bfloat16() for n in (lq, lk, lk))
         leaves = [t.requires_grad_(True) for t in (q, k, v)]
-        with vk._alloc.poisoned():
+        with _alloc.poisoned():
             out = vk.masked_attention(*leaves, mask, backend=backend)
         ref = vk.masked_attention(*[t.detach().double() for t in leaves], mask, backend="reference")
         parity.assert_close(f"{backend} {lq}x{lk}", out, ref, parity.TOL[torch.bfloat16]["fwd"])
