@@ -455,7 +455,7 @@ def _near_threshold(hm, grid, layout, eps):
 ])
 def test_heatmap_key_mask_triton(dtype, size, grid, layout):
     _skip_unless("heatmap_key_mask", "triton")
-    hm = _clip_heatmaps(size=size, dtype=dtype).to(DEV)
+    hm = _clip_heatmaps(B=1, T=3, J=7, size=size, dtype=dtype).to(DEV)  # one program per mask row
     ref = vk.heatmap_key_mask(hm, grid, layout=layout, packed=False, backend="reference")
     got = vk.heatmap_key_mask(hm, grid, layout=layout, packed=False, backend="triton")
     assert got.dtype == torch.bool and got.shape == ref.shape
