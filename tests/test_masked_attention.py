@@ -302,6 +302,37 @@ def test_cuda_reasons(emu):
     assert any("Lk=131073" in r for r in vk.explain("masked_attention", q, long, long)["cuda"])
 
 
+def _junk_past_lk_case(backend, dev, dtype):
+    """A packed mask whose last word has bits set past Lk = 70 (keys 70..95 do not exist): every
+    backend must ignore them, exactly as the reference does."""
+    g = torch.Generator().manual_seed(4)
+    q, k, v = (torch.randn(1, 2, n, 16, generator=g).to(dev, dtype) for n in (9, 70, 70))
+    words = vk.pack_key_mask((torch.rand(1, 9, 70, generator=g) < 0.4).to(dev))
+    junk = words.clone()
+    junk[..., -1] |= -64  # bits 6..31 of word 2: keys 70..95
+    leaves = [t.requires_grad_(True) for t in (q, k, v)]
+    out = vk.masked_attention(*leaves, junk, backend=backend)
+    ref_in = [t.detach().double().requires_grad_(True) for t in (q, k, v)]
+    ref = vk.masked_attention(*ref_in, words, backend="reference")
+    tol = parity.TOL[dtype]
+    parity.assert_close("out", out, ref, tol["fwd"])
+    grad = torch.randn(out.shape, generator=g).to(dev, dtype)
+    out.backward(grad)
+    ref.backward(grad.double())
+    for name, a, e in zip(("dq", "dk", "dv"), leaves, ref_in):
+        parity.assert_close(name, a.grad, e.grad, tol["bwd"])
+
+
+def test_triton_ignores_mask_bits_past_lk():
+    _skip_unless("masked_attention", "triton")
+    _junk_past_lk_case("triton", DEV, torch.float32)
+
+
+@needs_emulator
+def test_cuda_emulated_ignores_mask_bits_past_lk(emu):
+    _junk_past_lk_case("cuda", CPU, torch.bfloat16)
+
+
 def test_cuda_refused_with_reasons_outside_the_emulator():
     q = torch.randn(1, 1, 4, 16, dtype=torch.float16)
     with pytest.raises(NotImplementedError, match="cuda"):
