@@ -34,6 +34,11 @@ TAR-ViTPose's official masks (github zgspose/TARViTPose, models/best/TAR_ViTPose
     then *viewed* (not permuted) as (B, J, T, Hf*Wf): query row j, frame chunk t takes the map of
     (frame, joint) = divmod(j*T + t, J). The keys are the T frames' tokens, frame-major. The paper's
     reading (row j, chunk t <- frame t, joint j) is heatmap_key_mask's layout="paper".
+  - bit p of chunk t masks key t*Hf*Wf + p by index. (The official keys are
+    x.flatten(3).reshape(B, T, Hf*Wf, C) of the (B, T, C, Hf, Wf) features, a reshape rather than a
+    permute, so key p is not the token at grid cell p; this op only sees indices.)
+  - nn.MultiheadAttention there has 4 heads (the constructor's default): head dim 96/192/256/320
+    for ViT-S/B/L/H.
 """
 from __future__ import annotations
 
