@@ -122,10 +122,10 @@ def skip_reason() -> str | None:
     return None
 
 
-def _includes() -> list[str]:
+def _includes(csrc: Path) -> list[str]:
     import pybind11
 
-    return [f"-I{INCLUDE}", f"-I{CSRC}", f"-I{pybind11.get_include()}", f"-I{sysconfig.get_paths()['include']}"]
+    return [f"-I{INCLUDE}", f"-I{csrc}", f"-I{pybind11.get_include()}", f"-I{sysconfig.get_paths()['include']}"]
 
 
 def _compiler_id(cxx: str) -> str:
@@ -141,19 +141,25 @@ def build_dir() -> Path:
     return Path(os.environ.get("VPEMU_BUILD_DIR", REPO / "build" / "cuda_emulator"))
 
 
-def build(verbose: bool = False) -> Path:
-    """Compile (or reuse) the emulated extension; returns the path of the shared library.
+def build(verbose: bool = False, csrc: Path | None = None, opt: str | None = None) -> Path:
+    """Compile (or reuse) the emulated extension of `csrc` (default: the repository's kernels, or
+    VPEMU_CSRC) with optimisation flags `opt` (default VPEMU_OPT, else -O1); returns the path of
+    the shared library.
 
     Objects are cached by the hash of their source, every header they may include, the
     compiler and the flags, so editing one kernel recompiles one file."""
     why = skip_reason()
     if why:
         raise RuntimeError(why)
+    csrc = Path(csrc) if csrc is not None else CSRC
     cxx = compiler()
-    opt = os.environ.get("VPEMU_OPT", "-O1").split()  # extra flags may follow, e.g. "-O1 -DVPEMU_UCONTEXT"
-    flags = _FLAGS + opt + _includes()
-    headers = sorted(list(CSRC.glob("*.h")) + list(CSRC.glob("*.cuh")) + list(INCLUDE.glob("*.h")))
-    common = hashlib.sha256("\0".join([cxx, _compiler_id(cxx), *flags]).encode())
+    opt = (opt or os.environ.get("VPEMU_OPT", "-O1")).split()  # extra flags may follow: "-O1 -DVPEMU_UCONTEXT"
+    flags = _FLAGS + opt + _includes(csrc)
+    headers = sorted(list(csrc.glob("*.h")) + list(csrc.glob("*.cuh")) + list(INCLUDE.glob("*.h")))
+    # Keyed by content, not by where the tree lives: a mutant tree (tests/test_mutations.py)
+    # recompiles only the file that differs.
+    located = [f for f in flags if f != f"-I{csrc}"]
+    common = hashlib.sha256("\0".join([cxx, _compiler_id(cxx), *located]).encode())
     for h in headers:
         common.update(h.name.encode() + h.read_bytes())
     out = build_dir()
@@ -164,15 +170,15 @@ def build(verbose: bool = False) -> Path:
     flags.append(f"-I{gen}")
 
     jobs = []  # (source to compile, object)
-    for src in sorted(CSRC.glob("*.cu")):
-        text = rewrite_cu(src.read_text(), src)
+    for src in sorted(csrc.glob("*.cu")):
+        text = rewrite_cu(src.read_text(), Path("csrc") / src.name)
         key = hashlib.sha256(common.digest() + text.encode()).hexdigest()[:16]
         cpp = gen / f"{src.stem}.{key}.cpp"
         if not cpp.exists():
             _tmp(cpp).write_text(text)
             os.replace(_tmp(cpp), cpp)
         jobs.append((cpp, out / f"{src.stem}.cu.{key}.o"))
-    for src in sorted(CSRC.glob("*.cpp")) + RUNTIME:
+    for src in sorted(csrc.glob("*.cpp")) + RUNTIME:
         key = hashlib.sha256(common.digest() + src.read_bytes()).hexdigest()[:16]
         jobs.append((src, out / f"{src.stem}.{key}.o"))
 
@@ -216,10 +222,12 @@ def build(verbose: bool = False) -> Path:
 
 
 @functools.lru_cache(maxsize=None)
-def load() -> types.ModuleType:
-    """The emulated ``_C`` module (built on first use)."""
-    lib = build()
-    spec = importlib.util.spec_from_file_location("_C", lib)
+def load(csrc: Path | None = None, opt: str | None = None) -> types.ModuleType:
+    """The emulated ``_C`` module of `csrc` (default: the repository's kernels), built on first use."""
+    lib = build(csrc=csrc, opt=opt)
+    # A name of its own per build: pybind11 (>= 3) caches modules by spec name, and a second "_C"
+    # (a mutant kernel tree) would silently come back as the first.
+    spec = importlib.util.spec_from_file_location(f"vpemu_{lib.parent.name}._C", lib)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     mod.__vpemu_library__ = str(lib)
@@ -254,12 +262,14 @@ class _NoDevice(contextlib.nullcontext):
         super().__init__()
 
 
-def _register_cpu_kernels():
-    """The window_attention custom ops are declared for CUDA tensors only; give them a CPU kernel
-    that runs the same Python body, but only inside emulated()."""
-    from vitpose_kernels.cuda_backend import window_attention as wa
+def register_cpu_kernels(module=None):
+    """The window_attention custom ops are declared for CUDA tensors only; give them (those of
+    `module`, default the cuda backend's window_attention module) a CPU kernel that runs the same
+    Python body, but only inside emulated()."""
+    if module is None:
+        from vitpose_kernels.cuda_backend import window_attention as module
 
-    for op in (wa.window_attention_fwd, wa.window_attention_bwd):
+    for op in (module.window_attention_fwd, module.window_attention_bwd):
         if "cpu" in op._backend_fns:
             continue
 
@@ -306,8 +316,9 @@ def _check_guards(guarded):
 
 
 @contextlib.contextmanager
-def emulated(guard_outputs: bool = True):
-    """Inside: the CUDA backends accept CPU tensors and launch their kernels through the emulator.
+def emulated(guard_outputs: bool = True, csrc: Path | None = None, opt: str | None = None):
+    """Inside: the CUDA backends accept CPU tensors and launch their kernels through the emulator
+    (of the kernels in `csrc`, default the repository's, built with `opt`, see build).
     With guard_outputs, output buffers (vitpose_kernels._alloc) get canary zones, checked on the
     way out (their storage offset is then not 0, which opcheck's fake-tensor comparison rejects)."""
     import torch
@@ -315,9 +326,9 @@ def emulated(guard_outputs: bool = True):
     from vitpose_kernels import _alloc, _ext, dispatch
     from vitpose_kernels.cuda_backend import _launch
 
-    mod = load()
+    mod = load(csrc, opt)
     dispatch.probe()
-    _register_cpu_kernels()
+    register_cpu_kernels()
     orig_reasons = _launch.common_reasons
 
     def cpu_ok_reasons(*tensors, **kw):

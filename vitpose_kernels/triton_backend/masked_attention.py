@@ -45,28 +45,15 @@ def _allowed(M, rows, n0, row_ok, key_ok, smq, LK, HAS_MASK: tl.constexpr, BLOCK
 
 
 @triton.jit
-def _rne(x, PREC: tl.constexpr):
-    """x for a cast to the operands' dtype. The interpreter turns float32 into bfloat16 by
-    truncation, twice the GPU's round-to-nearest-even error: under it (PREC "upcast") x is rounded
-    to the nearest-even bfloat16 here, in float32 bits, so that the cast after is exact."""
-    if PREC == "upcast":
-        b = x.to(tl.int32, bitcast=True)
-        b = (b + 0x7FFF + ((b >> 16) & 1)) & -65536
-        return b.to(tl.float32, bitcast=True)
-    else:
-        return x
-
-
-@triton.jit
 def _load_rows(PTR, rows, row_ok, sn, sd, d, dmask):
     return tl.load(PTR + rows.to(tl.int64)[:, None] * sn + d[None, :] * sd,
                    mask=row_ok[:, None] & dmask[None, :], other=0.0)
 
 
 @triton.jit
-def _store_rows(PTR, bh, L, rows, row_ok, x, d, dmask, D: tl.constexpr, PREC: tl.constexpr):
+def _store_rows(PTR, bh, L, rows, row_ok, x, d, dmask, D: tl.constexpr):
     """x into rows of head bh of a contiguous (B, H, L, D) tensor, in its dtype."""
-    tl.store(PTR + (bh.to(tl.int64) * L + rows)[:, None] * D + d[None, :], _rne(x, PREC).to(PTR.dtype.element_ty),
+    tl.store(PTR + (bh.to(tl.int64) * L + rows)[:, None] * D + d[None, :], x.to(PTR.dtype.element_ty),
              mask=row_ok[:, None] & dmask[None, :])
 
 
@@ -111,11 +98,11 @@ def _fwd_kernel(Q, K, V, M, O, LSE,
             alpha = tl.exp2(m_i - m_new)
             p = tl.exp2(s - m_new[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
-            acc = acc * alpha[:, None] + _mm(_rne(p, PREC).to(v.dtype), v, PREC)
+            acc = acc * alpha[:, None] + _mm(p.to(v.dtype), v, PREC)
             m_i = m_new
     has_key = l_i > 0.0
     l_safe = tl.where(has_key, l_i, 1.0)
-    _store_rows(O, bh, LQ, rows, row_ok, acc / l_safe[:, None], d, dmask, D, PREC)
+    _store_rows(O, bh, LQ, rows, row_ok, acc / l_safe[:, None], d, dmask, D)
     lse = tl.where(has_key, (m_i + tl.log2(l_safe)) * 0.6931471805599453, float("inf"))
     tl.store(LSE + bh.to(tl.int64) * LQ + rows, lse, mask=row_ok)
 
@@ -152,8 +139,8 @@ def _bwd_dq_kernel(Q, K, V, M, DO, LSE, DELTA, DQ,
             v = _load_rows(V, keys, need, svn, svd, d, dmask)
             p = _probs(q, k, lse2, allowed, qk_scale, PREC)
             ds = p * (_mm(do, tl.trans(v), PREC) - delta[:, None])
-            dq += _mm(_rne(ds, PREC).to(k.dtype), k, PREC)
-    _store_rows(DQ, bh, LQ, rows, row_ok, dq * scale, d, dmask, D, PREC)
+            dq += _mm(ds.to(k.dtype), k, PREC)
+    _store_rows(DQ, bh, LQ, rows, row_ok, dq * scale, d, dmask, D)
 
 
 @triton.jit
@@ -197,11 +184,11 @@ def _bwd_dkv_kernel(Q, K, V, M, DO, LSE, DELTA, DK, DV,
             lse2 = tl.load(LSE + stats, mask=need, other=float("inf")) * _LOG2E
             delta = tl.load(DELTA + stats, mask=need, other=0.0)
             p = _probs(q, k, lse2, allowed, qk_scale, PREC)
-            dv += _mm(_rne(tl.trans(p), PREC).to(do.dtype), do, PREC)
+            dv += _mm(tl.trans(p).to(do.dtype), do, PREC)
             ds = p * (_mm(do, tl.trans(v), PREC) - delta[:, None])
-            dk += _mm(_rne(tl.trans(ds), PREC).to(q.dtype), q, PREC)
-    _store_rows(DK, bh, LK, keys, key_ok, dk * scale, d, dmask, D, PREC)
-    _store_rows(DV, bh, LK, keys, key_ok, dv, d, dmask, D, PREC)
+            dk += _mm(tl.trans(ds).to(q.dtype), q, PREC)
+    _store_rows(DK, bh, LK, keys, key_ok, dk * scale, d, dmask, D)
+    _store_rows(DV, bh, LK, keys, key_ok, dv, d, dmask, D)
 
 
 # ----------------------------------------------------------------------------- host side
