@@ -141,10 +141,12 @@ def build_dir() -> Path:
     return Path(os.environ.get("VPEMU_BUILD_DIR", REPO / "build" / "cuda_emulator"))
 
 
-def build(verbose: bool = False, csrc: Path | None = None, opt: str | None = None) -> Path:
+def build(verbose: bool = False, csrc: Path | None = None, opt: str | None = None,
+          file_opt: dict[str, str] | None = None) -> Path:
     """Compile (or reuse) the emulated extension of `csrc` (default: the repository's kernels, or
-    VPEMU_CSRC) with optimisation flags `opt` (default VPEMU_OPT, else -O1); returns the path of
-    the shared library.
+    VPEMU_CSRC) with optimisation flags `opt` (default VPEMU_OPT, else -O1; file_opt: other flags
+    for some files by name, e.g. a mutant's one changed file at -O0); returns the path of the
+    shared library.
 
     Objects are cached by the hash of their source, every header they may include, the
     compiler and the flags, so editing one kernel recompiles one file."""
@@ -153,8 +155,9 @@ def build(verbose: bool = False, csrc: Path | None = None, opt: str | None = Non
         raise RuntimeError(why)
     csrc = Path(csrc) if csrc is not None else CSRC
     cxx = compiler()
-    opt = (opt or os.environ.get("VPEMU_OPT", "-O1")).split()  # extra flags may follow: "-O1 -DVPEMU_UCONTEXT"
-    flags = _FLAGS + opt + _includes(csrc)
+    default_opt = opt or os.environ.get("VPEMU_OPT", "-O1")  # extra flags may follow: "-O1 -DVPEMU_UCONTEXT"
+    file_opt = file_opt or {}
+    flags = _FLAGS + _includes(csrc)
     headers = sorted(list(csrc.glob("*.h")) + list(csrc.glob("*.cuh")) + list(INCLUDE.glob("*.h")))
     # Keyed by content, not by where the tree lives: a mutant tree (tests/test_mutations.py)
     # recompiles only the file that differs.
@@ -169,20 +172,24 @@ def build(verbose: bool = False, csrc: Path | None = None, opt: str | None = Non
                                       '#define VITPOSE_NVCC_VERSION "none (tests/cuda_emulator)"\n')
     flags.append(f"-I{gen}")
 
-    jobs = []  # (source to compile, object)
+    def key_of(src: Path, content: bytes) -> tuple[str, list[str]]:
+        o = file_opt.get(src.name, default_opt).split()
+        return hashlib.sha256(common.digest() + "\0".join(o).encode() + content).hexdigest()[:16], o
+
+    jobs = []  # (source to compile, object, optimisation flags)
     for src in sorted(csrc.glob("*.cu")):
         text = rewrite_cu(src.read_text(), Path("csrc") / src.name)
-        key = hashlib.sha256(common.digest() + text.encode()).hexdigest()[:16]
+        key, o = key_of(src, text.encode())
         cpp = gen / f"{src.stem}.{key}.cpp"
         if not cpp.exists():
             _tmp(cpp).write_text(text)
             os.replace(_tmp(cpp), cpp)
-        jobs.append((cpp, out / f"{src.stem}.cu.{key}.o"))
+        jobs.append((cpp, out / f"{src.stem}.cu.{key}.o", o))
     for src in sorted(csrc.glob("*.cpp")) + RUNTIME:
-        key = hashlib.sha256(common.digest() + src.read_bytes()).hexdigest()[:16]
-        jobs.append((src, out / f"{src.stem}.{key}.o"))
+        key, o = key_of(src, src.read_bytes())
+        jobs.append((src, out / f"{src.stem}.{key}.o", o))
 
-    todo = [(s, o) for s, o in jobs if not o.exists()]
+    todo = [(s, o, f) for s, o, f in jobs if not o.exists()]
     procs, limit = [], max(1, min(len(todo), os.cpu_count() or 1))
     errors = []
 
@@ -196,11 +203,11 @@ def build(verbose: bool = False, csrc: Path | None = None, opt: str | None = Non
             if stdout:  # warnings: the emulator build is -Wall clean, keep it so
                 print(stdout, file=sys.stderr)
 
-    for s, o in todo:
+    for s, o, f in todo:
         while len(procs) >= limit:
             reap(procs.pop(0))
-        extra = _COUNT_CU_FLAGS if "-DVPEMU_COUNT" in opt and o.name.split(".")[1:2] == ["cu"] else []
-        cmd = [cxx, *flags, *extra, "-x", "c++", "-c", str(s), "-o", str(_tmp(o))]
+        extra = _COUNT_CU_FLAGS if "-DVPEMU_COUNT" in f and o.name.split(".")[1:2] == ["cu"] else []
+        cmd = [cxx, *flags, *f, *extra, "-x", "c++", "-c", str(s), "-o", str(_tmp(o))]
         if verbose:
             print(" ".join(cmd), file=sys.stderr)
         procs.append((subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True), s, o))
@@ -210,7 +217,7 @@ def build(verbose: bool = False, csrc: Path | None = None, opt: str | None = Non
         raise RuntimeError("building the CUDA emulator failed:\n" + "\n".join(errors))
 
     suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
-    objs = [str(o) for _, o in jobs]
+    objs = [str(o) for _, o, _ in jobs]
     key = hashlib.sha256("\0".join(objs).encode()).hexdigest()[:16]
     lib = out / key / f"_C{suffix}"
     if not lib.exists():
@@ -222,9 +229,10 @@ def build(verbose: bool = False, csrc: Path | None = None, opt: str | None = Non
 
 
 @functools.lru_cache(maxsize=None)
-def load(csrc: Path | None = None, opt: str | None = None) -> types.ModuleType:
-    """The emulated ``_C`` module of `csrc` (default: the repository's kernels), built on first use."""
-    lib = build(csrc=csrc, opt=opt)
+def load(csrc: Path | None = None, opt: str | None = None, file_opt: tuple = ()) -> types.ModuleType:
+    """The emulated ``_C`` module of `csrc` (default: the repository's kernels), built on first use
+    (opt, file_opt: see build; file_opt as ((name, flags), ...))."""
+    lib = build(csrc=csrc, opt=opt, file_opt=dict(file_opt))
     # A name of its own per build: pybind11 (>= 3) caches modules by spec name, and a second "_C"
     # (a mutant kernel tree) would silently come back as the first.
     spec = importlib.util.spec_from_file_location(f"vpemu_{lib.parent.name}._C", lib)
@@ -316,7 +324,7 @@ def _check_guards(guarded):
 
 
 @contextlib.contextmanager
-def emulated(guard_outputs: bool = True, csrc: Path | None = None, opt: str | None = None):
+def emulated(guard_outputs: bool = True, csrc: Path | None = None, opt: str | None = None, file_opt: tuple = ()):
     """Inside: the CUDA backends accept CPU tensors and launch their kernels through the emulator
     (of the kernels in `csrc`, default the repository's, built with `opt`, see build).
     With guard_outputs, output buffers (vitpose_kernels._alloc) get canary zones, checked on the
@@ -326,7 +334,7 @@ def emulated(guard_outputs: bool = True, csrc: Path | None = None, opt: str | No
     from vitpose_kernels import _alloc, _ext, dispatch
     from vitpose_kernels.cuda_backend import _launch
 
-    mod = load(csrc, opt)
+    mod = load(csrc, opt, file_opt)
     dispatch.probe()
     register_cpu_kernels()
     orig_reasons = _launch.common_reasons
