@@ -17,10 +17,11 @@ from typing import Callable, Optional
 import torch
 
 
-def define_ops(backend: str, forward: Callable, backward: Callable):
-    """Register ``vitpose_kernels::masked_attention_<backend>`` and its ``_backward`` op."""
+def define_ops(name: str, forward: Callable, backward: Callable):
+    """Register the op `name` ("vitpose_kernels::masked_attention_<backend>", spelled out in the
+    backend's file) and its ``_backward`` op."""
 
-    @torch.library.custom_op(f"vitpose_kernels::masked_attention_{backend}", mutates_args=())
+    @torch.library.custom_op(name, mutates_args=())
     def op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: Optional[torch.Tensor],
            scale: float) -> tuple[torch.Tensor, torch.Tensor]:
         return forward(q, k, v, key_mask, scale)
@@ -30,7 +31,7 @@ def define_ops(backend: str, forward: Callable, backward: Callable):
         B, H, Lq, D = q.shape
         return q.new_empty(B, H, Lq, D), q.new_empty(B, H, Lq, dtype=torch.float32)
 
-    @torch.library.custom_op(f"vitpose_kernels::masked_attention_{backend}_backward", mutates_args=())
+    @torch.library.custom_op(f"{name}_backward", mutates_args=())
     def backward_op(dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                     key_mask: Optional[torch.Tensor], out: torch.Tensor, lse: torch.Tensor,
                     scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -82,7 +82,8 @@ def _backward(dout, q, k, v, key_mask, out, lse, scale):
     return dq, dk, dv
 
 
-masked_attention_op, masked_attention_backward_op = define_ops("cuda", _forward, _backward)
+masked_attention_op, masked_attention_backward_op = define_ops("vitpose_kernels::masked_attention_cuda", _forward,
+                                                               _backward)
 
 
 def _reasons(q, k, v, key_mask, scale) -> list[str]:

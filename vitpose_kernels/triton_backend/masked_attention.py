@@ -249,7 +249,8 @@ def _backward(do, q, k, v, key_mask, out, lse, scale):
     return dq, dk, dv
 
 
-masked_attention_op, masked_attention_backward_op = define_ops("triton", _forward, _backward)
+masked_attention_op, masked_attention_backward_op = define_ops("vitpose_kernels::masked_attention_triton", _forward,
+                                                               _backward)
 
 
 # ----------------------------------------------------------------------------- dispatch
