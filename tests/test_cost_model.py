@@ -300,7 +300,19 @@ def target(tmp_path_factory):
     """The CLI at the target shape, Triton backend (both directions, sm_90a machine code)."""
     if not INTERPRETED:
         pytest.skip("the cost model counts in the Triton interpreter (TRITON_INTERPRET=1)")
-    data, stdout = _cli(tmp_path_factory.mktemp("cost"), "--case", TARGET, "--backend", "triton")
+    from filelock import FileLock
+
+    # Under pytest-xdist every worker that gets one of these tests would run the CLI: the first
+    # one runs it, the others wait for its files in the session's shared temporary directory.
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    done = shared / "cost_model_target.json"
+    with FileLock(str(done) + ".lock"):
+        if not done.exists():
+            data, stdout = _cli(tmp_path_factory.mktemp("cost"), "--case", TARGET, "--backend", "triton")
+            done.write_text(json.dumps(dict(data=data, stdout=stdout)))
+    saved = json.loads(done.read_text())
+    data, stdout = saved["data"], saved["stdout"]
     return {e["direction"]: e for e in data["cases"]}, data, stdout
 
 
@@ -322,11 +334,11 @@ def test_cost_model_interface(target):
 # Today's Triton kernels, measured by this cost model (2026-12-02): forward 32.21 GFLOP executed
 # for 8.86 useful (3.64x), bytes 1.67x the floor; fwd+bwd 132.1 / 31.0 GFLOP (4.26x), bytes 5.05x
 # (the stack + layout copy of the packed gradients alone is 906 MB); _bwd_cell_kernel spills
-# 52 bytes at 255 registers; C7515 (serialized wgmma) in _fwd_kernel, _bwd_q_kernel and
-# _bwd_extra_kernel (76 HGMMA); peak extra memory 1.375x.
+# 24 bytes (28 reloaded) at 255 registers; C7515 (serialized wgmma) in _fwd_kernel, _bwd_q_kernel
+# and _bwd_extra_kernel (24 HGMMA forward, 76 forward+backward); peak extra memory 1.375x.
 _TODAY = ("issue 13's v2 kernels are not in yet; today, measured: fwd FLOPs 3.64x, bytes 1.67x; fwd+bwd FLOPs "
-          "4.26x, bytes 5.05x; spills 52 B (_bwd_cell_kernel); serialized wgmma 76 (C7515 in _fwd_kernel, "
-          "_bwd_q_kernel, _bwd_extra_kernel); peak extra memory 1.375x")
+          "4.26x, bytes 5.05x; spills 0 fwd, 24 B fwd+bwd (_bwd_cell_kernel); serialized wgmma 24 fwd, 76 fwd+bwd "
+          "(C7515 in _fwd_kernel, _bwd_q_kernel, _bwd_extra_kernel); peak extra memory 1.375x")
 
 THRESHOLDS = [  # (what, direction, value of an entry, at most)
     ("fwd executed/useful FLOPs", "fwd", lambda e: e["executed_flops"] / e["useful_flops"], 1.5),

@@ -8,6 +8,7 @@ num_stages); the CUDA kernels come from `nvcc -cubin -arch=sm_90a`. The cubins a
 cuobjdump / nvdisasm that ship in the triton wheel, ptxas' own log gives the spills and the
 C7515 warning ("wgmma.mma_async instructions are serialized").
 
+  spill_bytes      ptxas' "bytes spill stores" (spill_loads: its "bytes spill loads")
   hgmma / hmma     SASS tensor-core instructions (wgmma on Hopper / mma.sync)
   wgmma_waits      WARPGROUP.DEPBAR: waits for outstanding wgmma groups
   serialized_wgmma the HGMMA count of a kernel ptxas reported C7515 for (every one of them waits
@@ -129,8 +130,8 @@ def summarize(sass: dict, ptxas: dict, name: str, smem: int, warps: int) -> dict
     # (a kernel with 1 KB of static shared memory shows 2048); add it where it shows 0.
     static = s["static_smem"] or SM90["smem_reserved_per_cta"]
     smem_total = (smem or 0) + static
-    return dict(regs=s["regs"], spill_bytes=p.get("spill_stores", 0) + p.get("spill_loads", 0),
-                spill_stores=p.get("spill_stores", 0), local_bytes=s["local"], stack=s["stack"],
+    return dict(regs=s["regs"], spill_bytes=p.get("spill_stores", 0), spill_loads=p.get("spill_loads", 0),
+                local_bytes=s["local"], stack=s["stack"],
                 smem_bytes=smem_total, warps=warps, ctas_per_sm=occupancy(s["regs"], smem_total, warps),
                 hgmma=s["hgmma"], hmma=s["hmma"], wgmma_waits=s["wgmma_waits"], c7515=bool(p.get("c7515")),
                 serialized_wgmma=s["hgmma"] if p.get("c7515") else 0)

@@ -3,8 +3,9 @@
 The emulator built with VPEMU_OPT="-O1 -DVPEMU_COUNT" counts, per launch: mma.sync
 m16n8k16 instructions (2*16*8*16 = 4096 FLOPs each, counted once per warp), cp.async bytes
 (zero-filled bytes apart: the masked lanes), every plain load/store the kernel code executes
-into a registered global buffer, and the distinct 32-byte sectors all of these touch (the kernel sources are compiled with
--fsanitize=kernel-address, whose per-access callbacks the emulator defines). The buffers are
+into a registered global buffer (the kernel sources are compiled with -fsanitize=kernel-address,
+whose per-access callbacks the emulator defines), and the distinct 32-byte sectors all of these
+touch. The buffers are
 the op's tensors: its inputs, registered here, and every storage created while it runs, reported
 by the dispatch mode (cost.torch_counter) as it is allocated.
 

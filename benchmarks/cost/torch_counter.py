@@ -10,8 +10,9 @@ TorchDispatchMode alone would hide), and counts
     preserved by PyTorch as long as the storage lives), giving the peak bytes above what
     existed before, i.e. what torch.cuda.max_memory_allocated shows on a GPU for the same
     step (minus the allocator's rounding).
-Ops that `skip()` says belong to a kernel launch (the Triton interpreter's own copies) are not
-counted, their storages still are.
+Composite ops that arrive whole (below autograd, e.g. matmul inside a custom op) are decomposed
+under the mode, so that what they run is counted. Ops that `skip()` says belong to a kernel
+launch (the Triton interpreter's own copies) are not counted, their storages still are.
 """
 from __future__ import annotations
 

@@ -21,7 +21,6 @@ silently counting nothing.
 """
 from __future__ import annotations
 
-import contextlib
 import inspect
 import os
 import threading
@@ -116,17 +115,6 @@ class TritonCounter:
 
     def on_free(self, ptr: int) -> None:
         pass
-
-    def totals(self, by_kernel: bool = False):
-        if not by_kernel:
-            out = Counts()
-            for lnch in self.launches:
-                out.add(lnch.counts)
-            return out
-        per = {}
-        for lnch in self.launches:
-            per.setdefault(lnch.kernel, Counts()).add(lnch.counts)
-        return per
 
     # ---------------------------------------------------------------- counting
     def _lanes(self, kind: str, ptrs, mask) -> None:
@@ -255,10 +243,4 @@ class TritonCounter:
             setattr(cls, name, fn)
         self._saved.clear()
         return False
-
-
-@contextlib.contextmanager
-def counting(dry: bool = False):
-    with TritonCounter(dry=dry) as c:
-        yield c
 
