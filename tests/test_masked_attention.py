@@ -437,7 +437,7 @@ def test_bad_tensors():
 def test_explain_names_every_backend():
     q, k, v = _qkv()
     why = vk.explain("masked_attention", q, k, v, torch.ones(2, 5, 9, dtype=torch.bool))
-    assert set(why) == {"reference", "triton", "cuda"} and why["reference"] == []
+    assert {"reference", "triton", "cuda"} <= set(why) and why["reference"] == []
     assert "masked_attention" in vk.backends() and "heatmap_key_mask" in vk.backends()
 
 

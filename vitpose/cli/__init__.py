@@ -3,15 +3,16 @@
 
     vitpose predict --checkpoint F [--boxes B.json] IMAGE_OR_DIR_OR_VIDEO... --out DIR
     vitpose evaluate --checkpoint F --ann A.json --dets D.json --images DIR
+    vitpose export --checkpoint F --format onnx OUT.onnx [--decode] [--flip]
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from . import evaluate, predict
+from . import evaluate, export, predict
 
-COMMANDS = (predict, evaluate)
+COMMANDS = (predict, evaluate, export)
 
 
 def build_parser() -> argparse.ArgumentParser:
