@@ -660,8 +660,11 @@ def check_masked_attention(backend: str, case: MaskedCase, dev=None, *, grads: b
     tol = TOL[case.dtype]
     if VERBOSE:
         print(f"{backend} {case}")
+    # One element bound per tensor, not per size-ranked rows (element_bounds' groups): a small dq
+    # row's error comes from rounding dS terms that cancel in its sum, so it does not shrink with
+    # the row (measured: a row 50x smaller than the largest carries a third of its error).
     results = [compare(f"{case} {name}", a, want[i], tol["fwd" if i == 0 else "bwd"], None if ys is None else ys[i],
-                       groups=masked_groups(a), rms_tol=tol["rms"]) for i, (name, a) in enumerate(zip(MASKED_TENSORS, got))]
+                       rms_tol=tol["rms"]) for i, (name, a) in enumerate(zip(MASKED_TENSORS, got))]
     if full is not None:
         empty = ~full.any(-1)  # (B, H, Lq) queries without keys
         unseen = ~full.any(-2)  # (B, H, Lk) keys no query sees
@@ -670,20 +673,13 @@ def check_masked_attention(backend: str, case: MaskedCase, dev=None, *, grads: b
     return results
 
 
-def masked_groups(t: torch.Tensor) -> torch.Tensor:
-    """One group of rows (queries for out and dq, keys for dk and dv), so that the element bound is
-    taken per quarter of the rows ranked by size: with a sparse mask a key seen by one query can
-    get a gradient 10x the typical one (see element_bounds)."""
-    return torch.zeros(t.shape[-2], dtype=torch.long)
-
-
 def masked_bound_ratios(case: MaskedCase, dev=None) -> dict[str, float]:
     """Per output and gradient, the effective bound / RMS(truth) (see bound_table)."""
     dev = dev or device()
     q, k, v, key_mask, full, grad = masked_inputs(case, dev)
     want, ys = masked_truth_and_yardstick(case, (q, k, v), key_mask, full, grad)
     tol = TOL[case.dtype]
-    return {name: _ratio(e, tol["fwd" if i == 0 else "bwd"], None if ys is None else ys[i], masked_groups(e))
+    return {name: _ratio(e, tol["fwd" if i == 0 else "bwd"], None if ys is None else ys[i])
             for i, (name, e) in enumerate(zip(MASKED_TENSORS, want))}
 
 
