@@ -1,5 +1,5 @@
-"""Executed work of the window_attention kernels, measured on the CPU, against what the geometry
-needs; plus a roofline prediction for H100 and H200.
+"""Executed work of the window_attention and masked_attention kernels, measured on the CPU, against
+what the geometry (for masked_attention: the mask) needs; plus a roofline prediction for H100 and H200.
 
     python benchmarks/cost_model.py --json out.json                      # every case, both backends
     python benchmarks/cost_model.py --case t5-window8x8-shift-pool --backend triton --json out.json
@@ -55,7 +55,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 
 import torch  # noqa: E402
-from cost import cubin, geometry  # noqa: E402
+from cost import cubin, geometry, masked  # noqa: E402
 from cost.launches import Counts, scaled_launches  # noqa: E402
 from cost.torch_counter import TorchCounter  # noqa: E402
 
@@ -78,9 +78,13 @@ PEAKS = {
 @dataclasses.dataclass(frozen=True)
 class Case:
     name: str
-    geom: geometry.Geometry
+    geom: geometry.Geometry | masked.MaskedGeometry
     about: str
     dtype: str = "bf16"
+
+    @property
+    def op(self) -> str:
+        return "masked_attention" if isinstance(self.geom, masked.MaskedGeometry) else "window_attention"
 
 
 def layer_case(plan: dict) -> str:
@@ -116,6 +120,20 @@ def all_cases() -> list[Case]:
              "SAM / VitDet-B window layers: 14x14 windows, decomposed rel-pos, 64x64 grid, one image"),
         Case("tokenpose-17global", G(B=64, H=8, D=24, grid=(16, 16), num_global=17),
              "TokenPose-B-like: 17 keypoint tokens + 16x16 visual tokens, full attention, 8 heads of 24"),
+    ] + masked_cases()
+
+
+def masked_cases() -> list[Case]:
+    """TAR-ViTPose-B's masked_attention calls, 64 clips of 5 frames."""
+    M = masked.MaskedGeometry
+    official = dict(B=64, H=4, D=192, grid=(24, 18), heatmap=(96, 72))  # 384x288 input, 4 heads (official code)
+    return [
+        Case("tar-b-jta-16x12-12x64", M(B=64, H=12, D=64, kind="jta"),
+             "TAR-ViTPose-B JTA at 256x192: 17 joint queries over 5 frames of 16x12 tokens, heatmap mask, 12 heads of 64"),
+        Case("tar-b-jta-24x18-4x192", M(kind="jta", **official),
+             "TAR-ViTPose-B JTA as the official code: 384x288 input (5 frames of 24x18 tokens), 4 heads of 192"),
+        Case("tar-b-gra-24x18-4x192", M(kind="gra", **official),
+             "TAR-ViTPose-B GRA as the official code: the centre frame's 432 tokens over 17 joint tokens, no mask"),
     ]
 
 
@@ -226,6 +244,8 @@ def _inputs(case: Case, B: int, H: int, grad: bool, dry: bool):
 
 def run_op(case: Case, backend, direction: str, B: int, H: int, dry: bool):
     """Runs the op once under the backend's counter; -> (launches, TorchCounter, input bytes)."""
+    if case.op == "masked_attention":
+        return _run_masked(case, backend, direction, B, H, dry)
     g = case.geom
     qkv, (q, k, v), (rh, rw), dout = _inputs(case, B, H, direction == "fwd+bwd", dry)
     counter = backend.counter(dry)
@@ -242,6 +262,34 @@ def run_op(case: Case, backend, direction: str, B: int, H: int, dry: bool):
             del out
     inputs = qkv.numel() * qkv.element_size() + (dout.numel() * dout.element_size() if direction == "fwd+bwd" else 0)
     return counter.launches, tcount, inputs
+
+
+def _run_masked(case: Case, backend, direction: str, B: int, H: int, dry: bool):
+    g = case.geom
+    leaves, (q, k, v), words, dout = masked.inputs(g, B, H, DTYPES[case.dtype], direction == "fwd+bwd", dry)
+    counter = backend.counter(dry)
+    with backend.context(dry), counter:
+        counter.watch(*leaves, words, dout)
+        with TorchCounter(skip=counter.in_launch, on_alloc=counter.on_alloc, on_free=counter.on_free) as tcount:
+            with torch.set_grad_enabled(direction == "fwd+bwd"):
+                out = vk.masked_attention(q, k, v, words, backend=backend.name)
+                if direction == "fwd+bwd":
+                    out.backward(dout)
+            del out
+    inputs = sum(t.numel() * t.element_size() for t in leaves)
+    inputs += dout.numel() * dout.element_size() if direction == "fwd+bwd" else 0
+    return counter.launches, tcount, inputs
+
+
+def _work(case: Case, direction: str) -> tuple[int, int, int, dict]:
+    """Useful FLOPs, floor bytes, bytes of the inputs, output and gradients, the geometry record."""
+    g = case.geom
+    if case.op == "masked_attention":
+        return (masked.useful_flops(g, direction), masked.floor_bytes(g, direction), masked.tensor_bytes(g),
+                dataclasses.asdict(g) | {"Lq": g.lq, "Lk": g.lk, "allowed_pairs_per_head": masked.allowed_pairs(g),
+                                         "keys_seen_per_head": masked.keys_seen(g), "dtype": case.dtype})
+    return (geometry.useful_flops(g, direction), geometry.floor_bytes(g, direction), 8 * geometry.tensor_bytes(g),
+            dataclasses.asdict(g) | {"N": g.N, "num_pooled": g.num_pooled, "dtype": case.dtype})
 
 
 def measure(case: Case, backend, direction: str, run_b: int, run_h: int, jobs: int, machine_code: bool) -> dict:
@@ -272,7 +320,7 @@ def measure(case: Case, backend, direction: str, run_b: int, run_h: int, jobs: i
         k["launches"] += 1
         k["counts"].add(launch.counts, factor)
     torch_ops = tcount.totals()
-    useful, floor = geometry.useful_flops(g, direction), geometry.floor_bytes(g, direction)
+    useful, floor, qkvo_grads, geom_record = _work(case, direction)
     executed = total.flops + torch_ops.flops
     nbytes = total.bytes + torch_ops.bytes
     hbm = total.hbm_bytes + torch_ops.bytes
@@ -292,11 +340,10 @@ def measure(case: Case, backend, direction: str, run_b: int, run_h: int, jobs: i
                        by_op={n: dataclasses.asdict(c) | {"bytes": c.bytes}
                               for n, c in tcount.ops.items() if c.bytes or c.flops}),
         kernels=[_kernel_row(k) for k in kernels.values()],
-        geometry=dataclasses.asdict(g) | {"N": g.N, "num_pooled": g.num_pooled, "dtype": case.dtype},
+        geometry=geom_record,
         about=case.about, run=dict(B=run_b, H=run_h, seconds=round(seconds, 1)),
     )
     if direction == "fwd+bwd":
-        qkvo_grads = 8 * geometry.tensor_bytes(g)
         entry["peak_extra_memory_ratio"] = (inputs + tcount.peak_bytes) / qkvo_grads
         entry["peak_memory"] = dict(inputs_bytes=inputs, peak_above_inputs_bytes=tcount.peak_bytes,
                                     qkv_out_and_grads_bytes=qkvo_grads)

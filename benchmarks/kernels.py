@@ -19,6 +19,14 @@ window_attention (the Table 5 shapes at 32x24 tokens, full attention at 192, 768
   triton/cuda our fused backends, forced, through the packed-qkv entry the model uses (one
               packed gradient); skipped with the dispatcher's reasons where unavailable.
 Every GPU timing flushes the L2 before each rep (common.flush_l2), so no peer is timed from cache.
+masked_attention (TAR-ViTPose's joint queries over the clip's tokens with the heatmap masks, JTA,
+and the centre frame's tokens over the joint tokens, GRA; the official 384x288 input, 4 heads of
+192 for ViT-B, and the 256x192 / 12 x 64 variant) against
+  reference   vitpose_kernels' reference (dense logits, masked softmax)
+  sdpa bool   F.scaled_dot_product_attention with the boolean mask (its own backend choice)
+  mha layer   the official layer: nn.MultiheadAttention(batch_first) with the repeated attn_mask,
+              beside the same layer (same weights) built on our op: "layer triton" / "layer cuda"
+and heatmap_key_mask (the official mask generation, PyTorch) against its one-launch kernel.
 simple_decoder (ReLU, bilinear x4, 3x3 conv) against the reference (interpolate + cuDNN conv over
 the upsampled map). decode_heatmaps (1024 instances x 17 keypoints, flip merge) on the GPU against
 transformers' VitPoseImageProcessor.post_process_pose_estimation (NumPy, this machine's CPU).
@@ -420,6 +428,188 @@ def decode_jobs(args, device, dtype, peaks):
     return B, jobs
 
 
+# ----------------------------------------------------------------------------- masked_attention
+
+@dataclass(frozen=True)
+class MaskedCase:
+    """JTA (joints over frames x grid tokens, with the heatmap mask) or GRA (grid over joints)."""
+    name: str
+    kind: str  # "jta" or "gra"
+    B: int
+    H: int
+    D: int
+    joints: int
+    frames: int
+    grid: tuple
+    heatmap: tuple
+
+    @property
+    def lq(self) -> int:
+        return self.joints if self.kind == "jta" else self.grid[0] * self.grid[1]
+
+    @property
+    def lk(self) -> int:
+        return self.frames * self.grid[0] * self.grid[1] if self.kind == "jta" else self.joints
+
+
+def masked_cases(smoke: bool) -> list[MaskedCase]:
+    if smoke:
+        return [MaskedCase("smoke JTA 5x3 frames 4x3", "jta", 2, 2, 16, 5, 3, (4, 3), (16, 12)),
+                MaskedCase("smoke GRA 4x3 over 5", "gra", 2, 2, 16, 5, 3, (4, 3), (16, 12))]
+    b384 = dict(B=64, H=4, D=192, joints=17, frames=5, grid=(24, 18), heatmap=(96, 72))  # the official config
+    return [MaskedCase("TAR-B JTA 17 x 5x24x18, 4x192", "jta", **b384),
+            MaskedCase("TAR-B GRA 24x18 x 17, 4x192", "gra", **b384),
+            MaskedCase("TAR-B JTA 17 x 5x16x12, 12x64", "jta", 64, 12, 64, 17, 5, (16, 12), (64, 48))]
+
+
+def clip_heatmaps(case: MaskedCase, device) -> torch.Tensor:
+    """(B, T, J, H, W) Gaussian peaks (sigma 3, as TAR-ViTPose's targets) wandering over the clip."""
+    g = torch.Generator().manual_seed(0)
+    B, T, J, (Hh, Wh) = case.B, case.frames, case.joints, case.heatmap
+    centre = torch.rand(B, 1, J, 2, generator=g) * torch.tensor([Wh - 1.0, Hh - 1.0])
+    centre = centre + torch.randn(B, T, J, 2, generator=g).cumsum(1) * 1.5
+    ys, xs = torch.arange(Hh).float(), torch.arange(Wh).float()
+    d2 = (xs - centre[..., 0, None, None]) ** 2 + (ys[:, None] - centre[..., 1, None, None]) ** 2
+    return (torch.exp(-d2 / 18.0) + 0.02 * torch.rand(B, T, J, Hh, Wh, generator=g)).to(device)
+
+
+@dataclass
+class MaskedSetup:
+    case: MaskedCase
+    allowed: torch.Tensor | None  # (B, Lq, Lk) bool, True = may attend
+    floor: dict
+    want: torch.Tensor | None = None
+
+
+def masked_setup(case: MaskedCase, dtype, device, peaks) -> MaskedSetup:
+    allowed = None
+    if case.kind == "jta":
+        allowed = vitpose_kernels.heatmap_key_mask(clip_heatmaps(case, device), case.grid, packed=False,
+                                                   backend="reference")[:, 0]
+    item = torch.empty(0, dtype=dtype).element_size()
+    B, H, D, lq, lk = case.B, case.H, case.D, case.lq, case.lk
+    pairs = float(allowed.sum()) * H if allowed is not None else float(B * H * lq * lk)
+    seen = float(allowed.any(1).sum()) if allowed is not None else float(B * lk)  # keys any query needs
+    rows_q, rows_k, need_k = B * H * lq * D * item, B * H * lk * D * item, seen * H * D * item
+    mask = B * lq * -(-lk // 32) * 4 if allowed is not None else 0
+    fwd_bytes = 2 * rows_q + 2 * need_k + mask  # q read, out written, the k and v rows seen, the mask
+    bwd_bytes = 4 * rows_q + 2 * need_k + 2 * rows_k + mask + 2 * B * H * lq * 4  # + dq, dk, dv, lse, delta
+    floor = {"fwd_gflop": 4 * D * pairs / 1e9, "fwd_mbytes": fwd_bytes / 1e6, "allowed_fraction":
+             pairs / (B * H * lq * lk)}
+    floor.update(common.floors(4 * D * pairs, fwd_bytes, peaks, "fwd"))
+    floor.update(common.floors(14 * D * pairs, fwd_bytes + bwd_bytes, peaks, "fwdbwd"))
+    return MaskedSetup(case, allowed, floor)
+
+
+def masked_qkv(case: MaskedCase, dtype, device, requires_grad=False):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(case.B, case.H, n, case.D, device=device, dtype=dtype) for n in (case.lq, case.lk, case.lk))
+    return [t.requires_grad_(requires_grad) for t in (q, k, v)]
+
+
+def masked_fn(setup: MaskedSetup, peer: str):
+    allowed = setup.allowed
+    if peer in ("reference",) + OURS:
+        words = None if allowed is None else vitpose_kernels.pack_key_mask(allowed[:, None])  # once, as TAR does
+        return lambda q, k, v: vitpose_kernels.masked_attention(q, k, v, words, backend=peer)
+    if peer == "sdpa bool":
+        m = None if allowed is None else allowed[:, None]
+        return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=m)
+    raise ValueError(peer)
+
+
+def run_masked(setup: MaskedSetup, peer: str, dtype, device, args) -> dict:
+    fn = masked_fn(setup, peer)
+    q, k, v = masked_qkv(setup.case, dtype, device)
+    out = fn(q, k, v)
+    if setup.want is None:
+        setup.want = vitpose_kernels.masked_attention(q, k, v, None if setup.allowed is None else setup.allowed[:, None],
+                                                      backend="reference")
+    res = {"max_abs_err_vs_reference": (out.float() - setup.want.float()).nan_to_num(0.0).abs().max().item(),
+           "fwd": common.bench(lambda: fn(q, k, v), device=device, rep=args.rep, max_seconds=args.max_seconds)}
+    if not args.no_backward:
+        q, k, v = masked_qkv(setup.case, dtype, device, requires_grad=True)
+        grad = torch.randn_like(out)
+
+        def step():
+            q.grad = k.grad = v.grad = None
+            fn(q, k, v).backward(grad)
+
+        res["fwdbwd"] = common.bench(step, device=device, rep=args.rep, max_seconds=args.max_seconds)
+    return res
+
+
+def run_masked_layer(setup: MaskedSetup, peer: str, dtype, device, args) -> dict:
+    """The official layer (nn.MultiheadAttention, attn_mask repeated per head, True = masked) against
+    the same weights with the projections done by F.linear and the attention by our op."""
+    case = setup.case
+    C = case.H * case.D
+    torch.manual_seed(0)
+    mha = torch.nn.MultiheadAttention(C, case.H, batch_first=True).to(device, dtype)
+    query = torch.randn(case.B, case.lq, C, device=device, dtype=dtype)
+    ctx = torch.randn(case.B, case.lk, C, device=device, dtype=dtype)
+    if peer == "mha layer":
+        attn_mask = None if setup.allowed is None else (~setup.allowed)[:, None].expand(-1, case.H, -1, -1).flatten(0, 1)
+        fn = lambda x, c: mha(x, c, c, attn_mask=attn_mask)[0]  # noqa: E731
+    else:
+        backend = peer.split()[-1]
+        words = None if setup.allowed is None else vitpose_kernels.pack_key_mask(setup.allowed[:, None])
+        wq, wk, wv = mha.in_proj_weight.chunk(3)
+        bq, bk, bv = mha.in_proj_bias.chunk(3)
+        heads = lambda t: t.unflatten(-1, (case.H, case.D)).transpose(1, 2)  # noqa: E731
+
+        def fn(x, c):
+            o = vitpose_kernels.masked_attention(heads(F.linear(x, wq, bq)), heads(F.linear(c, wk, bk)),
+                                                 heads(F.linear(c, wv, bv)), words, backend=backend)
+            return mha.out_proj(o.transpose(1, 2).flatten(2))
+    res = {"fwd": common.bench(lambda: fn(query, ctx), device=device, rep=args.rep, max_seconds=args.max_seconds)}
+    if not args.no_backward:
+        x, c = query.clone().requires_grad_(True), ctx.clone().requires_grad_(True)
+        grad = torch.randn_like(query)
+
+        def step():
+            x.grad = c.grad = None
+            mha.zero_grad(set_to_none=True)
+            fn(x, c).backward(grad)
+
+        res["fwdbwd"] = common.bench(step, device=device, rep=args.rep, max_seconds=args.max_seconds)
+    return res
+
+
+def run_mask_generation(case: MaskedCase, peer: str, device, args, peaks) -> dict:
+    """The bit-packed JTA mask from a clip's heatmaps; floor: read the heatmaps, write the words."""
+    hm = clip_heatmaps(case, device)
+    fn = lambda: vitpose_kernels.heatmap_key_mask(hm, case.grid, backend=peer)  # noqa: E731
+    nbytes = hm.numel() * hm.element_size() + case.B * case.joints * -(-case.lk // 32) * 4
+    return {"floor": common.floors(0, nbytes, peaks, "fwd"),
+            "fwd": common.bench(fn, device=device, rep=args.rep, max_seconds=args.max_seconds)}
+
+
+def masked_jobs(args, device, dtype, peaks) -> list:
+    """(case, peer, run, display order) of the masked_attention section."""
+    jobs = []
+    for ci, case in enumerate(masked_cases(args.smoke)):
+        cache = {}
+
+        def setup(_case=case, _cache=cache):
+            if "s" not in _cache:
+                _cache["s"] = masked_setup(_case, dtype, device, peaks)
+            return _cache["s"]
+
+        shape = f"B{case.B} H{case.H} Lq{case.lq} Lk{case.lk} D{case.D}"
+        for peer in ("reference", "sdpa bool") + OURS:
+            jobs.append((case.name, peer, lambda _s=setup, _p=peer: {
+                "floor": _s().floor, "shape": shape, **run_masked(_s(), _p, dtype, device, args)}, (ci, 0)))
+        for peer in ("mha layer",) + tuple(f"layer {b}" for b in OURS):
+            jobs.append((case.name + " layer", peer, lambda _s=setup, _p=peer: {
+                "shape": shape, **run_masked_layer(_s(), _p, dtype, device, args)}, (ci, 1)))
+        if case.kind == "jta":
+            for peer in ("reference", "triton"):
+                jobs.append((f"heatmap_key_mask B{case.B} T{case.frames} J{case.joints} {case.heatmap} -> {case.grid}",
+                             peer, lambda _c=case, _p=peer: run_mask_generation(_c, _p, device, args, peaks), (ci, 2)))
+    return jobs
+
+
 # ----------------------------------------------------------------------------- the run
 
 @dataclass
@@ -436,7 +626,7 @@ class Job:
 
 def plan(args, ops, device, dtype, peaks) -> list[Job]:
     """Every measurement, with its priority: 0 the window case of issues 4/6, 1 the SDPA
-    comparisons, 2 the decoder, 3 decoding, 5 FlexAttention on the target case, 6 the rest, 7
+    comparisons, 2 the decoder, 3 decoding, 4 masked attention (issue 16), 5 FlexAttention on the target case, 6 the rest, 7
     FlexAttention elsewhere. Within a priority, the display order."""
     jobs = []
     gpu = device.type == "cuda"
@@ -467,6 +657,9 @@ def plan(args, ops, device, dtype, peaks) -> list[Job]:
         for pi, (peer, run) in enumerate(peers):
             jobs.append(Job("simple_decoder", case, peer, lambda _r=run, _f=floor: {"floor": _f, **_r()}, 2,
                             (1, 0, pi)))
+    if "masked" in ops:
+        for pi, (case, peer, run, order) in enumerate(masked_jobs(args, device, dtype, peaks)):
+            jobs.append(Job("masked_attention", case, peer, run, 4, (3,) + order + (pi,)))
     if "decode" in ops:
         B, djobs = decode_jobs(args, device, dtype, peaks)
         for pi, (case, peer, dev, floor, factory) in enumerate(djobs):
@@ -575,6 +768,16 @@ def targets(rows, smoke: bool) -> list[dict]:
     cud_dec = next((r for r in rows if r["op"] == "decode_heatmaps" and r["peer"] == "cuda [cuda]"
                     and r["case"].endswith("+ flip") and "skipped" not in r), None)
     out.append(common.check(7, "decode + flip: cuda vs triton", _ratio(_t(tri_dec), _t(cud_dec)), 1.0))
+    # Issue 16 names the peers, not a number: the fused op should at least match them.
+    for case in masked_cases(smoke)[:2]:
+        ma = "masked_attention"
+        sdpa, mha = find(rows, ma, "sdpa bool", case=case.name), find(rows, ma, "mha layer", case=case.name + " layer")
+        for backend in OURS:
+            r, layer = find(rows, ma, backend, case=case.name), find(rows, ma, f"layer {backend}", case=case.name + " layer")
+            out.append(common.check(16, f"{case.name} fwd+bwd: {backend} vs sdpa bool",
+                                    _ratio(_t(sdpa, "fwdbwd"), _t(r, "fwdbwd")), 1.0))
+            out.append(common.check(16, f"{case.name} layer fwd+bwd: {backend} vs nn.MultiheadAttention",
+                                    _ratio(_t(mha, "fwdbwd"), _t(layer, "fwdbwd")), 1.0))
     return out
 
 
@@ -665,7 +868,7 @@ def plot(results: dict, path: Path) -> bool:
 
 def main(argv=None) -> int:
     p = common.parser(__doc__)
-    p.add_argument("--ops", default="attention,decoder,decode", help="subset of attention,decoder,decode")
+    p.add_argument("--ops", default="attention,decoder,decode,masked", help="subset of attention,decoder,decode,masked")
     p.add_argument("--dtype", choices=tuple(DTYPES), default="bf16")
     p.add_argument("--no-backward", action="store_true", help="forward only")
     p.add_argument("--max-seconds", type=float, default=2.0, help="of timed reps per measurement")
@@ -676,7 +879,7 @@ def main(argv=None) -> int:
     common.stop_on_sigterm()
     budget = common.Budget(args.budget_s)
     ops = {o.strip() for o in args.ops.split(",") if o.strip()}
-    bad = ops - {"attention", "decoder", "decode"}
+    bad = ops - {"attention", "decoder", "decode", "masked"}
     if bad:
         p.error(f"--ops: unknown {sorted(bad)}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -686,8 +889,8 @@ def main(argv=None) -> int:
         if not args.smoke:
             kept = ops & {"decode"}
             if ops - kept:
-                notes.append("no GPU: window_attention and simple_decoder are GPU benchmarks; run them here "
-                             "with --smoke (tiny shapes, harness check only). Decoding ran on CPU.")
+                notes.append("no GPU: window_attention, simple_decoder and masked_attention are GPU benchmarks; "
+                             "run them here with --smoke (tiny shapes, harness check only). Decoding ran on CPU.")
             ops = kept
         if args.dtype != "fp32":
             dtype = torch.float32

@@ -13,6 +13,7 @@ void bind_window_attention(py::module_& m);
 void bind_simple_decoder(py::module_& m);
 void bind_decode_heatmaps(py::module_& m);
 void bind_udp_targets(py::module_& m);
+void bind_masked_attention(py::module_& m);
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "vitpose_kernels CUDA kernels (raw pointers + strides + stream; no PyTorch linkage)";
@@ -37,4 +38,5 @@ PYBIND11_MODULE(_C, m) {
   bind_simple_decoder(m);
   bind_decode_heatmaps(m);
   bind_udp_targets(m);
+  bind_masked_attention(m);
 }

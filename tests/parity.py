@@ -568,6 +568,196 @@ def with_dtype(cases, dtype):
     return [replace(c, dtype=dtype) for c in cases]
 
 
+# ----------------------------------------------------------------------------- masked_attention
+@dataclass(frozen=True)
+class MaskedCase:
+    """One masked_attention call. mask: none, random (30% allowed, some rows empty), blobs
+    (TAR-like: each query sees a few short runs of keys, so most key tiles are empty for a whole
+    query block), empty (no key at all), full (a mask that allows everything). form: how the mask
+    is passed: bool4 (B, 1, Lq, Lk), bool3 (B, Lq, Lk), bool2 (Lq, Lk), mha (B*H, Lq, Lk), per
+    head), keypad (B, 1, 1, Lk), packed (int32 words of bool4)."""
+    B: int = 2
+    H: int = 2
+    Lq: int = 17
+    Lk: int = 45
+    D: int = 24
+    mask: str = "random"
+    form: str = "bool4"
+    dtype: torch.dtype = torch.float32
+    strided: bool = False  # q, k, v as views of larger (B, L, H, 3D) buffers
+    scale: float | None = None
+    seed: int = 0
+
+    def __str__(self):
+        return (f"B{self.B}H{self.H}-q{self.Lq}k{self.Lk}D{self.D}-{self.mask}-{self.form}-{str(self.dtype)[6:]}"
+                f"{'-strided' if self.strided else ''}{'' if self.scale is None else f'-s{self.scale}'}")
+
+
+def masked_mask(case: MaskedCase, g: torch.Generator) -> torch.Tensor | None:
+    """The case's key mask as a 4-D bool tensor with the sizes its form has (1 where it broadcasts)."""
+    batch = 1 if case.form == "bool2" else case.B
+    heads = case.H if case.form == "mha" else 1
+    rows = 1 if case.form == "keypad" else case.Lq
+    shape = (batch, heads, rows, case.Lk)
+    if case.mask == "none":
+        return None
+    if case.mask in ("full", "empty"):
+        return torch.full(shape, case.mask == "full", dtype=torch.bool)
+    if case.mask == "random":
+        m = torch.rand(shape, generator=g) < 0.3
+        if rows > 1:
+            m[..., ::5, :] = False  # every 5th query row sees nothing
+        return m
+    if case.mask == "blobs":
+        m = torch.zeros(shape, dtype=torch.bool)
+        for idx in itertools.product(*(range(s) for s in shape[:3])):
+            for _ in range(2):
+                start = int(torch.randint(0, case.Lk, (1,), generator=g))
+                m[idx + (slice(start, start + int(torch.randint(1, 9, (1,), generator=g))),)] = True
+        if rows > 2:
+            m[..., 1, :] = False
+        return m
+    raise ValueError(f"unknown mask kind {case.mask!r}")
+
+
+def masked_form(case: MaskedCase, m: torch.Tensor | None):
+    """The full-shaped mask as the case passes it to the op."""
+    if m is None:
+        return None
+    if case.form == "bool2":
+        return m[0, 0]
+    if case.form == "bool3":
+        return m[:, 0]
+    if case.form == "mha":
+        return m.flatten(0, 1)
+    if case.form == "packed":
+        return vk.pack_key_mask(m)
+    return m  # bool4, keypad
+
+
+def masked_inputs(case: MaskedCase, dev):
+    """q, k, v, the mask as passed, the mask broadcast to (B, H, Lq, Lk) (or None), grad."""
+    g = torch.Generator().manual_seed(case.seed)
+    B, H, Lq, Lk, D = case.B, case.H, case.Lq, case.Lk, case.D
+    if case.strided:  # views into token-major buffers, as an attention module's projections give
+        q = torch.randn(B, Lq, H, 2 * D, generator=g)[..., :D].transpose(1, 2)
+        kv = torch.randn(B, Lk, H, 3 * D, generator=g)
+        k, v = kv[..., :D].transpose(1, 2), kv[..., D:2 * D].transpose(1, 2)
+    else:
+        q, k, v = (torch.randn(B, H, n, D, generator=g) for n in (Lq, Lk, Lk))
+    q = q * 2.0  # peaked attention: a wrong scale or mask shows
+    m = masked_mask(case, g)
+    full = None if m is None else m.expand(B, H, Lq, Lk)
+    grad = torch.randn(B, H, Lq, D, generator=g)
+    as_dev = lambda t: t.to(dev, case.dtype)  # noqa: E731
+    passed = masked_form(case, m)
+    return (as_dev(q), as_dev(k), as_dev(v), None if passed is None else passed.to(dev),
+            None if full is None else full.to(dev), as_dev(grad))
+
+
+MASKED_TENSORS = ("out", "dq", "dk", "dv")
+
+
+def _run_masked(backend, case, inputs, key_mask, grad, poisoned=False, implementation=None):
+    """[out, dq, dk, dv] of one backend."""
+    leaves = [_leaf(t) for t in inputs]
+    with _alloc.poisoned() if poisoned else contextlib.nullcontext(), \
+            serving("masked_attention", backend, implementation):
+        out = vk.masked_attention(*leaves, key_mask, scale=case.scale, backend=backend)
+        if grad is not None:
+            out.backward(grad)
+    return [out] + ([t.grad for t in leaves] if grad is not None else [])
+
+
+def masked_truth_and_yardstick(case: MaskedCase, inputs, key_mask, full, grad):
+    """The float64 reference's [out, dq, dk, dv], and the yardstick's (None for float32)."""
+    want = [t.detach() for t in _run_masked("reference", case, [t.double() for t in inputs], key_mask,
+                                            grad.double())]
+    ys = None if case.dtype == torch.float32 else yardstick.masked_attention(*inputs, full, grad, scale=case.scale)
+    return want, ys
+
+
+def check_masked_attention(backend: str, case: MaskedCase, dev=None, *, grads: bool = True,
+                           implementation=None) -> list[Comparison]:
+    """Forward and dq, dk, dv against the float64 reference (outputs NaN-poisoned; low precision
+    against the yardstick, tests/yardstick.py), and exact zeros where the spec has them: the rows
+    of queries without keys (out and dq) and the keys no query sees (dk, dv)."""
+    dev = dev or device()
+    q, k, v, key_mask, full, grad = masked_inputs(case, dev)
+    got = _run_masked(backend, case, (q, k, v), key_mask, grad if grads else None, poisoned=True,
+                      implementation=implementation)
+    assert got[0].dtype == case.dtype and got[0].shape == q.shape
+    want, ys = masked_truth_and_yardstick(case, (q, k, v), key_mask, full, grad)
+    tol = TOL[case.dtype]
+    if VERBOSE:
+        print(f"{backend} {case}")
+    # One element bound per tensor, not per size-ranked rows (element_bounds' groups): a small dq
+    # row's error comes from rounding dS terms that cancel in its sum, so it does not shrink with
+    # the row (measured: a row 50x smaller than the largest carries a third of its error).
+    results = [compare(f"{case} {name}", a, want[i], tol["fwd" if i == 0 else "bwd"], None if ys is None else ys[i],
+                       rms_tol=tol["rms"]) for i, (name, a) in enumerate(zip(MASKED_TENSORS, got))]
+    if full is not None:
+        empty = ~full.any(-1)  # (B, H, Lq) queries without keys
+        unseen = ~full.any(-2)  # (B, H, Lk) keys no query sees
+        for name, t, where in zip(MASKED_TENSORS, got, (empty, empty, unseen, unseen)):
+            assert bool((t.detach()[where] == 0).all()), f"{case}: {name} must be exactly 0 where the mask allows nothing"
+    return results
+
+
+def masked_bound_ratios(case: MaskedCase, dev=None) -> dict[str, float]:
+    """Per output and gradient, the effective bound / RMS(truth) (see bound_table)."""
+    dev = dev or device()
+    q, k, v, key_mask, full, grad = masked_inputs(case, dev)
+    want, ys = masked_truth_and_yardstick(case, (q, k, v), key_mask, full, grad)
+    tol = TOL[case.dtype]
+    return {name: _ratio(e, tol["fwd" if i == 0 else "bwd"], None if ys is None else ys[i])
+            for i, (name, e) in enumerate(zip(MASKED_TENSORS, want))}
+
+
+def masked_sweep(scale: str = "ci") -> list[MaskedCase]:
+    """Odd lengths (17 joint queries, Lk 5*7*9 and others), head dims 12, 24, 64, 80, every mask
+    kind and form, strided views, fp32/fp16/bf16."""
+    if scale == "ci":
+        cases = [MaskedCase(mask=m, form=f) for m, f in [
+            ("none", "bool4"), ("random", "bool4"), ("random", "bool3"), ("random", "packed"),
+            ("random", "mha"), ("random", "keypad"), ("blobs", "bool3"), ("empty", "bool4"),
+            ("full", "bool2")]]
+        cases += [
+            MaskedCase(Lq=17, Lk=5 * 7 * 9, D=12, mask="blobs", form="packed", B=1, H=2),
+            MaskedCase(Lq=70, Lk=17, D=80, mask="none", B=1, H=1),  # GRA-like: many queries, few keys
+            MaskedCase(Lq=33, Lk=130, D=64, mask="random", form="mha", B=1, H=2, strided=True),
+            MaskedCase(Lq=5, Lk=3, D=24, mask="random", B=3, H=1, scale=0.3),
+        ]
+        cases += [MaskedCase(Lq=17, Lk=77, D=D, mask=m, dtype=dt, B=1, H=2)
+                  for D, m, dt in [(24, "blobs", torch.float16), (64, "random", torch.bfloat16),
+                                   (80, "none", torch.float16)]]
+        return cases
+    cases = []
+    shapes = [(17, 5 * 16 * 12), (17, 5 * 24 * 18), (16 * 12, 17), (24 * 18, 17), (17, 5 * 7 * 9), (100, 333)]
+    for i, ((lq, lk), D) in enumerate(itertools.product(shapes, (12, 24, 64, 80, 96, 192, 256, 320))):
+        for j, dt in enumerate((torch.float16, torch.bfloat16, torch.float32)):
+            n = i * 3 + j
+            mask, form = [("blobs", "packed"), ("random", "bool3"), ("none", "bool4"), ("random", "mha"),
+                          ("blobs", "bool4"), ("random", "keypad")][n % 6]
+            cases.append(MaskedCase(B=2, H=(1, 4, 12)[n % 3], Lq=lq, Lk=lk, D=D, mask=mask, form=form,
+                                    dtype=dt, strided=bool(n % 2), seed=n))
+    return cases
+
+
+def random_masked_cases(n: int, seed: int = 0, small: bool = True) -> list[MaskedCase]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        out.append(MaskedCase(
+            B=rng.randint(1, 2), H=rng.randint(1, 3), Lq=rng.randint(1, 40 if small else 300),
+            Lk=rng.randint(1, 90 if small else 2500), D=rng.choice([8, 12, 16, 24] if small else [12, 24, 64, 80, 192]),
+            mask=rng.choice(["none", "random", "blobs", "empty", "full"]),
+            form=rng.choice(["bool4", "bool3", "bool2", "mha", "keypad", "packed"]),
+            dtype=rng.choice([torch.float32] if small else [torch.float16, torch.bfloat16, torch.float32]),
+            strided=rng.random() < 0.3, scale=rng.choice([None, None, 0.1, 1.0]), seed=seed * 100003 + i))
+    return out
+
+
 # ----------------------------------------------------------------------------- effective bounds
 BOUND_LIMIT = 0.1  # the effective bound must stay under this fraction of RMS(truth)
 
@@ -616,12 +806,14 @@ def decoder_bound_ratios(case: DecoderCase, dev=None) -> dict[str, float]:
 
 
 def bound_table(scale: str, dev=None, limit: float = BOUND_LIMIT, out=print) -> float:
-    """Print the effective bound / RMS of every tensor of every attention and decoder case of a
+    """Print the effective bound / RMS of every tensor of every attention, decoder and masked-attention case of a
     sweep; returns the worst."""
     worst = 0.0
     out(f"effective bound / RMS(truth) per tensor, {scale} sweeps (limit {limit}); * marks a breach")
     jobs = [("window_attention", c, attention_bound_ratios) for c in attention_sweep(scale)]
     jobs += [("simple_decoder", c, decoder_bound_ratios) for c in decoder_sweep(scale)]
+    # (A mask that allows nothing has an all-zero truth, held to exact zeros by the check itself.)
+    jobs += [("masked_attention", c, masked_bound_ratios) for c in masked_sweep(scale) if c.mask != "empty"]
     for op, case, fn in jobs:
         ratios = fn(case, dev)
         worst = max(worst, *ratios.values())

@@ -60,8 +60,8 @@ def test_json_written_to_out(run):
     assert (out / files[0].name.replace(".json", ".png")).exists() or "no PNG" in run[0]
 
 
-def _script(name, *args, tmp):
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+def _script(name, *args, tmp, **env_vars):
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", **env_vars}
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / name), *args, "--out", str(tmp)],
                           capture_output=True, text=True, timeout=120, env=env, cwd=REPO)
     assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
@@ -90,3 +90,16 @@ def test_summary_reads_the_results(run):
                           capture_output=True, text=True, timeout=60, cwd=REPO)
     assert proc.returncode == 0, proc.stderr
     assert "T5 window 8x8 + shift + pool" in proc.stdout and "Targets" in proc.stdout
+
+
+def test_kernels_smoke_masked_attention(tmp_path):
+    """The masked_attention section the GPU run owes (issue 16): its peers (SDPA with the bool mask,
+    the official nn.MultiheadAttention layer), floors and targets, on tiny shapes."""
+    _script("kernels.py", "--smoke", "--ops", "masked", "--rep", "2", "--max-seconds", "0.1", "--no-backward",
+            tmp=tmp_path, TRITON_INTERPRET="0")  # the kernel peers skip with their reasons
+    data = json.loads(next(tmp_path.glob("kernels_*smoke*.json")).read_text())
+    rows = [r for r in data["rows"] if r["op"] == "masked_attention"]
+    ran = {r["peer"] for r in rows if "skipped" not in r}
+    assert {"reference", "sdpa bool", "mha layer"} <= ran, rows
+    assert all(r["floor"]["fwd_bw_floor_ms"] > 0 for r in rows if r.get("floor") and "skipped" not in r)
+    assert any(t["issue"] == 16 for t in data["targets"])

@@ -43,6 +43,8 @@ REF_DH, TRI_DH, CUDA_DH = ("vitpose_kernels/reference/decode_heatmaps.py",
                            "vitpose_kernels/triton_backend/decode_heatmaps.py", "csrc/decode_heatmaps.cu")
 REF_UT, TRI_UT, CUDA_UT = ("vitpose_kernels/reference/udp_targets.py",
                            "vitpose_kernels/triton_backend/udp_targets.py", "csrc/udp_targets.cu")
+REF_MA, TRI_MA, CUDA_MA = ("vitpose_kernels/reference/masked_attention.py",
+                           "vitpose_kernels/triton_backend/masked_attention.py", "csrc/masked_attention.cu")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,6 +72,16 @@ def _attention(backend, impl, grads):
     parity.check_window_attention(backend, case, torch.device("cpu"), grads=grads, implementation=impl)
 
 
+# 17 queries over 45 keys, a random mask with rows that see nothing (every 5th, row 0 among them);
+# square (37 x 37) where the defect is a transposed mask.
+MASKED = parity.MaskedCase(B=1, H=2, Lq=17, Lk=45, D=16, mask="random", form="bool4")
+
+
+def _masked(backend, impl, **shape):
+    case = dataclasses.replace(MASKED, dtype=torch.float16 if backend == "cuda" else torch.float32, **shape)
+    parity.check_masked_attention(backend, case, torch.device("cpu"), grads=False, implementation=impl)
+
+
 CHECKS = {  # forward-only where the defect shows in the forward: the interpreter is slow
     "attention forward": lambda backend, impl: _attention(backend, impl, grads=False),
     "attention": lambda backend, impl: _attention(backend, impl, grads=True),
@@ -78,6 +90,8 @@ CHECKS = {  # forward-only where the defect shows in the forward: the interprete
         implementation=impl),
     "targets": lambda backend, impl: parity.check_udp_targets(
         backend, parity.TargetCase(B=1, K=5), torch.device("cpu"), implementation=impl),
+    "masked forward": lambda backend, impl: _masked(backend, impl),
+    "masked square forward": lambda backend, impl: _masked(backend, impl, Lq=37, Lk=37),
 }
 
 # One table, one entry per (defect, backend). Keep the snippets short but unique.
@@ -195,10 +209,54 @@ PLANTS = [
     Plant("UDP target centred half a pixel off", "cuda", CUDA_UT, _e(
         ("const float ax = __fmul_rn(kp[0], p.fx)", "const float ax = __fadd_rn(__fmul_rn(kp[0], p.fx), 0.5f)")),
           "targets"),
+    # ---- masked_attention: softmax scale off by 1 %
+    Plant("masked: softmax scale off by 1%", "reference", REF_MA, _e(
+        ("logits = torch.matmul(q, k.transpose(-1, -2)) * scale", "logits = torch.matmul(q, k.transpose(-1, -2)) * scale * 1.01")),
+          "masked forward"),
+    Plant("masked: softmax scale off by 1%", "triton", TRI_MA, _e(
+        ("qk_scale=scale * LOG2E", "qk_scale=scale * 1.01 * LOG2E")), "masked forward"),
+    Plant("masked: softmax scale off by 1%", "cuda", "csrc/masked_attention_binding.cpp", _e(
+        ("p.scale = static_cast<float>(scale);", "p.scale = static_cast<float>(scale) * 1.01f;")), "masked forward"),
+    # ---- masked_attention: the mask ignored for one query row (row 0 sees every key)
+    Plant("masked: mask ignored for one row", "reference", REF_MA, _e(
+        ("        allowed = unpack_key_mask(key_mask, k.shape[2])\n",
+         "        allowed = unpack_key_mask(key_mask, k.shape[2])\n"
+         "        allowed = allowed.expand(*allowed.shape[:2], q.shape[2], -1).clone()\n"
+         "        allowed[..., 0, :] = True\n")), "masked forward"),
+    Plant("masked: mask ignored for one row", "triton", TRI_MA, _e(
+        ("ok = ok & (tl.reshape(bits, (BLOCK_M, BLOCK_N)) != 0)",
+         "ok = ok & ((tl.reshape(bits, (BLOCK_M, BLOCK_N)) != 0) | (rows == 0)[:, None])")), "masked forward"),
+    Plant("masked: mask ignored for one row", "cuda", CUDA_MA, _e(
+        ("return static_cast<uint32_t>(__ldg(m.base + i * m.sq + w)) & valid;",
+         "return (i == 0 ? 0xffffffffu : static_cast<uint32_t>(__ldg(m.base + i * m.sq + w))) & valid;")),
+          "masked forward"),
+    # ---- masked_attention: the mask read transposed (query and key indices swapped)
+    Plant("masked: mask transposed", "reference", REF_MA, _e(
+        ("        allowed = unpack_key_mask(key_mask, k.shape[2])\n",
+         "        allowed = unpack_key_mask(key_mask, k.shape[2]).transpose(-1, -2)\n")), "masked square forward"),
+    Plant("masked: mask transposed", "triton", TRI_MA, _e(
+        ("ok = ok & (tl.reshape(bits, (BLOCK_M, BLOCK_N)) != 0)",
+         "ok = ok & (((tl.load(M + (n0 + tl.arange(0, BLOCK_N)).to(tl.int64)[None, :] * smq + (rows // 32)[:, None], "
+         "mask=ok, other=0) >> (rows % 32)[:, None]) & 1) != 0)")), "masked square forward"),
+    Plant("masked: mask transposed", "cuda", CUDA_MA, _e(
+        ("  return static_cast<uint32_t>(__ldg(m.base + i * m.sq + w)) & valid;",
+         "  uint32_t t = 0;\n"
+         "  for (int j = 0; j < 32 && 32 * w + j < m.Lq; ++j)\n"
+         "    t |= ((static_cast<uint32_t>(__ldg(m.base + (32 * w + j) * m.sq + (i >> 5))) >> (i & 31)) & 1u) << j;\n"
+         "  return t & valid;")), "masked square forward"),
+    # ---- masked_attention: a query without keys gives NaN instead of zeros
+    Plant("masked: a row without keys gives NaN", "reference", REF_MA, _e(
+        ("        logits = logits.masked_fill(~has_key, 0.0)\n", "")), "masked forward"),
+    Plant("masked: a row without keys gives NaN", "triton", TRI_MA, _e(
+        ("l_safe = tl.where(has_key, l_i, 1.0)", "l_safe = l_i")), "masked forward"),
+    Plant("masked: a row without keys gives NaN", "cuda", CUDA_MA, _e(
+        ("sStat[3 * kMaxBM + row] = lt > 0.f ? 1.f / lt : 0.f;", "sStat[3 * kMaxBM + row] = 1.f / lt;")),
+          "masked forward"),
 ]
 
 OP_OF_CHECK = {"attention forward": "window_attention", "attention": "window_attention",
-               "decode": "decode_heatmaps", "targets": "udp_targets"}
+               "decode": "decode_heatmaps", "targets": "udp_targets", "masked forward": "masked_attention",
+               "masked square forward": "masked_attention"}
 
 
 def mutated_source(plant: Plant) -> str:
@@ -368,7 +426,7 @@ def test_every_defect_is_planted_in_every_backend():
     for mutation, backends in by_defect.items():
         want = {"cuda"} if mutation in cuda_only else {"reference", "triton", "cuda"}
         assert backends == want, f"{mutation}: planted in {sorted(backends)}, expected {sorted(want)}"
-    assert len(by_defect) == 11
+    assert len(by_defect) == 15
 
 
 def test_unmutated_copies_pass():

@@ -1,4 +1,5 @@
-"""The low-precision yardstick: window_attention computed with the kernels' precision model.
+"""The low-precision yardstick: window_attention and masked_attention computed with the kernels'
+precision model.
 
 A float16/bfloat16 kernel is compared with the float64 truth, and how far it may be off is
 measured against what the same computation loses when done the way the kernels do it
@@ -136,3 +137,25 @@ def window_attention(q, k, v, rel_pos_h, rel_pos_w, dout, *, grid, window=None, 
     rels = [r for r in (rel_pos_h, rel_pos_w) if r is not None]
     values = results + [rnd(d).to(r.dtype) for d, r in zip(drel, rels)]
     return (values, noise) if row_noise else values
+
+
+def masked_attention(q, k, v, allowed, dout, *, scale=None):
+    """The yardstick of a low-precision masked_attention call and its backward for `dout`, with the
+    same precision model: [out, dq, dk, dv] in q's dtype. allowed: (B, H, Lq, Lk) bool or None. A
+    query without keys gets zeros, as in the spec."""
+    dtype = q.dtype
+    rnd = rounding(dtype)
+    scale = q.shape[-1] ** -0.5 if scale is None else scale
+    q, k, v, dout = (t.float() for t in (q, k, v, dout))
+    s = (q @ k.transpose(-1, -2)) * scale
+    if allowed is not None:
+        s = s.masked_fill(~allowed, float("-inf"))
+    has_key = torch.isfinite(s).any(-1, keepdim=True)
+    p = torch.softmax(s.masked_fill(~has_key, 0.0), dim=-1) * has_key
+    out = rnd(rnd(p) @ v)
+    delta = (dout * out).sum(-1, keepdim=True)
+    ds = p * (dout @ v.transpose(-1, -2) - delta)
+    dv = rnd(rnd(p).transpose(-1, -2) @ dout)
+    dk = rnd((rnd(ds).transpose(-1, -2) @ q) * scale)
+    dq = rnd((rnd(ds) @ k) * scale)
+    return [t.to(dtype) for t in (out, dq, dk, dv)]

@@ -210,10 +210,15 @@ def cubin_stats(source: Path = REPO / "csrc" / "window_attention.cu") -> dict[st
     return stats
 
 
+# The source of each kernel family, by the prefix of its kernels' names.
+SOURCES = {"wa_": REPO / "csrc" / "window_attention.cu", "ma_": REPO / "csrc" / "masked_attention.cu"}
+
+
 def machine_code(launches: list[Launch]) -> list[dict]:
-    stats = cubin_stats()
     out = []
     for lnch in launches:
+        source = next((src for prefix, src in SOURCES.items() if lnch.kernel.startswith(prefix)), SOURCES["wa_"])
+        stats = cubin_stats(source)
         s = stats.get(lnch.kernel)
         if s is None:
             raise RuntimeError(f"cost model: kernel {lnch.kernel} not in the sm_90a cubin (has {sorted(stats)})")

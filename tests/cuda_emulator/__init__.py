@@ -277,8 +277,8 @@ def register_cpu_kernels(module=None):
     if module is None:
         from vitpose_kernels.cuda_backend import window_attention as module
 
-    for op in (module.window_attention_op, module.window_attention_backward_op):
-        if "cpu" in op._backend_fns:
+    for op in (getattr(module, n, None) for n in ("window_attention_op", "window_attention_backward_op")):
+        if op is None or "cpu" in op._backend_fns:  # (other ops are declared for every device)
             continue
 
         def cpu_kernel(*args, _op=op, **kwargs):
