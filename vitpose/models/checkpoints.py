@@ -371,10 +371,13 @@ def load_model(path_or_state_dict, arch: str | None = None, *, device=None, **ov
     if not sd:
         raise CheckpointError(f"{source} holds no tensors")
     from .tokenpose_checkpoints import is_tokenpose, load_tokenpose
-    if is_tokenpose(sd, config, arch):
+    family = "tokenpose" if is_tokenpose(sd, config) else "vitpose"
+    if arch is not None and not arch.lower().startswith(family):
+        names = {"tokenpose": "TokenPose", "vitpose": "ViTPose"}
+        raise CheckpointError(f"arch={arch!r}, but {source} is not a {names[arch.lower().split('-')[0]]} "
+                              f"checkpoint; first keys: {', '.join(list(sd)[:4])}")
+    if family == "tokenpose":
         return load_tokenpose(sd, config, source, arch=arch, device=device, **overrides)
-    if arch is not None and not arch.lower().startswith("vitpose"):
-        raise CheckpointError(f"arch={arch!r}, but {source} is not a checkpoint of that family")
     if hints_from is not None:
         for k, v in _hf_config_hints(hints_from).items():
             overrides.setdefault(k, v)

@@ -248,18 +248,20 @@ def sine_position_embedding(grid, dim: int, temperature: float = 10000.0) -> tor
     h, w = grid
     half = dim // 2
     eps = 1e-6
-    y = torch.arange(1, h + 1, dtype=torch.float32)[:, None].expand(h, w)
-    x = torch.arange(1, w + 1, dtype=torch.float32)[None, :].expand(h, w)
-    y = y / (torch.tensor(float(h)) + eps) * (2 * math.pi)
-    x = x / (torch.tensor(float(w)) + eps) * (2 * math.pi)
-    steps = torch.arange(half, dtype=torch.float32)
+    cpu = dict(dtype=torch.float32, device="cpu")  # computed on the CPU whatever the default device
+    y = torch.arange(1, h + 1, **cpu)[:, None].expand(h, w)
+    x = torch.arange(1, w + 1, **cpu)[None, :].expand(h, w)
+    y = y / (torch.tensor(float(h), **cpu) + eps) * (2 * math.pi)
+    x = x / (torch.tensor(float(w), **cpu) + eps) * (2 * math.pi)
+    steps = torch.arange(half, **cpu)
     dim_t = temperature ** (2 * torch.div(steps, 2, rounding_mode="floor") / half)
 
     def encode(p):
         a = p[..., None] / dim_t
         return torch.stack((a[..., 0::2].sin(), a[..., 1::2].cos()), dim=-1).flatten(-2)
 
-    return torch.cat((encode(y), encode(x)), dim=-1).reshape(1, h * w, dim)
+    pe = torch.cat((encode(y), encode(x)), dim=-1).reshape(1, h * w, dim)
+    return pe.to(torch.get_default_device())  # e.g. meta inside ``with torch.device("meta")``
 
 
 # ------------------------------------------------------------------------------------------------
@@ -425,7 +427,8 @@ class TokenPose(nn.Module):
             if config.backbone == "hrnet":
                 self.pre_feature = HRNetStage3(HRNetSpec(width=config.hrnet_width))
             self.transformer = TokenPoseBase(config)
-        self.reset_parameters()
+        if self.tokens.keypoint_token.device.type != "meta":  # meta: shapes only (and init there imports dynamo)
+            self.reset_parameters()
         vitpose_kernels.backends()  # probe the machine now, not inside a torch.compile trace
 
     @property

@@ -23,9 +23,7 @@ from .tokenpose import ARCHITECTURES, VARIANTS, TokenPose, TokenPoseConfig, toke
 FAMILY = "tokenpose"
 
 
-def is_tokenpose(sd: dict, config: dict | None = None, arch: str | None = None) -> bool:
-    if isinstance(arch, str) and arch.lower().startswith("tokenpose"):
-        return True
+def is_tokenpose(sd: dict, config: dict | None = None) -> bool:
     if config is not None:
         return config.get("family") == FAMILY
     return "transformer.keypoint_token" in sd or "features.keypoint_token" in sd
@@ -133,10 +131,9 @@ def infer_config(sd: dict, arch: str | None = None, **overrides) -> TokenPoseCon
     cfg["img_size"] = tuple(img)
     if two_layer:
         cfg["hidden_heatmap_dim"] = sd[f"{head}.1.weight"].shape[0]
-    elif key is not None and key.startswith("L"):
-        cfg["hidden_heatmap_dim"] = variant["hidden_heatmap_dim"]
-    else:  # any hidden width that makes the official rule pick one layer
-        cfg["hidden_heatmap_dim"] = 1
+    else:  # the variant's hidden width if the official rule then picks one layer (L), else any that does
+        default = variant.get("hidden_heatmap_dim", 0)
+        cfg["hidden_heatmap_dim"] = default if default and dim * stacks > default * 0.5 else 1
     if "patch_size" not in overrides:
         patch = variant.get("patch", {}).get(tuple(img))
         if patch is None or patch[0] * patch[1] != patch_area:
