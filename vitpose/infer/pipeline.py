@@ -5,6 +5,12 @@ mmpose); all crops in one ``grid_sample`` over a mosaic of the batch's images, w
 that maps the box onto [0, W-1] x [0, H-1]; ImageNet mean/std; the model in bf16 on a GPU and fp32
 on the CPU, the mirrored crops in the same batch (flip test); ``vitpose_kernels.decode_heatmaps``
 merges the flips, refines (DARK-UDP) and maps back to image pixels.
+
+Any model that says its crop size and decoding works here (ViTPose, TokenPose): ``model.input_size``
+(W, H), ``model.decode_method`` (a decode_heatmaps method; "dark" also selects the HRNet/DARK code's
+crop geometry that its decoding inverts: box center x + (w - 1) / 2, one isotropic factor
+(s_w - 1) / (W - 1) about the crop's center), ``model.datasets`` (keypoint sets, one per head),
+``model.num_datasets`` and optionally ``model.backend``; ``model(x, dataset_index)`` -> heatmaps.
 """
 from __future__ import annotations
 
@@ -77,29 +83,36 @@ def as_boxes(boxes, where: str = "") -> np.ndarray:
     return arr
 
 
-def box_to_center_scale(boxes: torch.Tensor, input_size=(192, 256), padding: float = BOX_PADDING):
+def box_to_center_scale(boxes: torch.Tensor, input_size=(192, 256), padding: float = BOX_PADDING,
+                        method: str = "udp"):
     """xywh (N, 4) -> center (N, 2), scale (N, 2) in pixels: the box grown to the crop's aspect
-    ratio W:H, then by ``padding`` (mmpose's _xywh2cs / bbox_xyxy2cs + fix_aspect_ratio)."""
+    ratio W:H, then by ``padding`` (mmpose's _xywh2cs / bbox_xyxy2cs + fix_aspect_ratio; with
+    method="dark" the HRNet code's center, x + (w - 1) / 2)."""
     xy, wh = boxes[:, :2], boxes[:, 2:4]
-    center = xy + wh * 0.5
+    center = xy + (wh - 1) * 0.5 if method == "dark" else xy + wh * 0.5
     aspect = input_size[0] / input_size[1]
     w, h = wh[:, 0], wh[:, 1]
     w, h = torch.where(w > aspect * h, w, h * aspect), torch.where(w > aspect * h, w / aspect, h)
     return center, torch.stack([w, h], dim=1) * padding
 
 
-def image_to_crop(points, center, scale, input_size=(192, 256)):
-    """UDP: the box [c - s/2, c + s/2] maps onto [0, W-1] (and [0, H-1]). points (N, ..., 2)."""
+def image_to_crop(points, center, scale, input_size=(192, 256), method: str = "udp"):
+    """UDP: the box [c - s/2, c + s/2] maps onto [0, W-1] (and [0, H-1]). points (N, ..., 2).
+    method="dark": the crop's center ((W-1)/2, (H-1)/2) is c, one factor (W-1)/(s_w-1) for both axes."""
     size1 = torch.as_tensor([input_size[0] - 1, input_size[1] - 1], dtype=points.dtype, device=points.device)
     shape = (-1,) + (1,) * (points.dim() - 2) + (2,)
     c, s = center.view(shape), scale.view(shape)
+    if method == "dark":
+        return (points - c) * (size1[0] / (s[..., :1] - 1)) + size1 * 0.5
     return (points - c + s * 0.5) * size1 / s
 
 
-def crop_to_image(points, center, scale, input_size=(192, 256)):
+def crop_to_image(points, center, scale, input_size=(192, 256), method: str = "udp"):
     size1 = torch.as_tensor([input_size[0] - 1, input_size[1] - 1], dtype=points.dtype, device=points.device)
     shape = (-1,) + (1,) * (points.dim() - 2) + (2,)
     c, s = center.view(shape), scale.view(shape)
+    if method == "dark":
+        return (points - size1 * 0.5) * ((s[..., :1] - 1) / size1[0]) + c
     return points * s / size1 + c - s * 0.5
 
 
@@ -122,7 +135,7 @@ def _mosaic(images: list[torch.Tensor]):
 
 
 def crop_batch(images: list[torch.Tensor], image_index: torch.Tensor, centers, scales,
-               input_size=(192, 256)) -> torch.Tensor:
+               input_size=(192, 256), method: str = "udp") -> torch.Tensor:
     """All boxes' UDP crops (N, 3, H, W) float32 (pixel values as given), with one grid_sample.
 
     Bilinear sampling with pixel centers on integers and zeros outside the image, as OpenCV's
@@ -134,7 +147,7 @@ def crop_batch(images: list[torch.Tensor], image_index: torch.Tensor, centers, s
     v, u = torch.meshgrid(torch.arange(H, device=dev, dtype=torch.float32),
                           torch.arange(W, device=dev, dtype=torch.float32), indexing="ij")
     pts = crop_to_image(torch.stack([u, v], -1).reshape(1, -1, 2).expand(len(centers), -1, -1),
-                        centers.float(), scales.float(), input_size)            # (N, H*W, 2)
+                        centers.float(), scales.float(), input_size, method)    # (N, H*W, 2)
     org = torch.tensor(origins, dtype=torch.float32, device=dev)[image_index]      # (N, 2)
     sizes = torch.tensor([[im.shape[2], im.shape[1]] for im in images], dtype=torch.float32,
                          device=dev)[image_index]
@@ -197,33 +210,40 @@ def load_image(image) -> torch.Tensor:
 class TopDownPredictor:
     """``TopDownPredictor(model)(images, boxes) -> [[Pose, ...] per image]``.
 
-    model: a ViTPose or a checkpoint path. device: default CUDA when available; dtype: bf16 on
-    CUDA, fp32 on the CPU. flip: flip test (on by default; off for keypoint sets without a known
-    mirror order). batch_size: crops per forward pass (the flipped ones not counted).
+    model: a ViTPose, a TokenPose (any model with the protocol in the module docstring) or a
+    checkpoint path. device: default CUDA when available; dtype: bf16 on CUDA, fp32 on the CPU.
+    flip: flip test (on by default; off for keypoint sets without a known mirror order).
+    batch_size: crops per forward pass (the flipped ones not counted).
     """
 
     def __init__(self, model, *, device=None, dtype=None, flip: bool = True, batch_size: int = 32,
                  dataset_index: int = 0, fold_batchnorm: bool = True):
         from ..models.checkpoints import load_model
         from ..models.vitpose import ViTPose
-        if not isinstance(model, ViTPose):
+        if isinstance(model, (str, os.PathLike, dict)):
             model = load_model(model)
+        missing = [a for a in ("input_size", "decode_method", "datasets", "num_datasets") if not hasattr(model, a)]
+        if not isinstance(model, torch.nn.Module) or missing:
+            raise TypeError(f"model must be a pose model (ViTPose, TokenPose) or a checkpoint path, got "
+                            f"{type(model).__name__}" + (f" without {', '.join(missing)}" if missing else ""))
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
         model = model.eval().to(self.device)  # moves the caller's model, as HF pipelines do
         # BatchNorm is folded before the cast to bf16, so that the folded weights are rounded once.
-        self.model = (_with_folded_heads(model) if fold_batchnorm else model).to(self.dtype)
-        cfg = model.config
+        folded = fold_batchnorm and isinstance(model, ViTPose)
+        self.model = (_with_folded_heads(model) if folded else model).to(self.dtype)
         if not 0 <= dataset_index < model.num_datasets:
             raise ValueError(f"dataset_index must be in [0, {model.num_datasets}), got {dataset_index}")
         self.dataset_index = dataset_index
-        self.keypoints = keypoint_set(cfg.datasets[min(dataset_index, len(cfg.datasets) - 1)])
+        datasets = model.datasets
+        self.keypoints = keypoint_set(datasets[min(dataset_index, len(datasets) - 1)])
         self.flip = flip and self.keypoints.flip_indices is not None
         self.batch_size = batch_size
-        self.input_size = (cfg.img_size[1], cfg.img_size[0])  # (W, H)
-        self.backend = cfg.backend
+        self.input_size = tuple(model.input_size)  # (W, H)
+        self.decode_method = model.decode_method
+        self.backend = getattr(model, "backend", None)
 
     @torch.inference_mode()
     def run_boxes(self, images: list[torch.Tensor], image_index, boxes) -> tuple[torch.Tensor, ...]:
@@ -233,8 +253,9 @@ class TopDownPredictor:
         images = [im.to(dev, non_blocking=True) for im in images]
         image_index = torch.as_tensor(image_index, device=dev, dtype=torch.long)
         boxes = torch.as_tensor(np.asarray(boxes)[:, :4], dtype=torch.float32, device=dev)
-        centers, scales = box_to_center_scale(boxes, self.input_size)
-        x = normalize(crop_batch(images, image_index, centers, scales, self.input_size)).to(self.dtype)
+        centers, scales = box_to_center_scale(boxes, self.input_size, method=self.decode_method)
+        x = normalize(crop_batch(images, image_index, centers, scales, self.input_size,
+                                 self.decode_method)).to(self.dtype)
         n = len(boxes)
         if self.flip:
             x = torch.cat([x, x.flip(-1)])
@@ -244,7 +265,8 @@ class TopDownPredictor:
             heatmaps, flipped = heatmaps[:n], heatmaps[n:]
         kp, sc = vitpose_kernels.decode_heatmaps(
             heatmaps, flip_heatmaps=flipped, flip_indices=self.keypoints.flip_indices if self.flip else None,
-            input_size=self.input_size, bbox_centers=centers, bbox_scales=scales, backend=self.backend)
+            input_size=self.input_size, bbox_centers=centers, bbox_scales=scales, method=self.decode_method,
+            backend=self.backend)
         return kp, sc, centers, scales
 
     def __call__(self, images, boxes=None) -> list[list[Pose]]:

@@ -52,6 +52,8 @@ def _(heatmaps, flip_heatmaps, flip_indices, input_w, input_h, bbox_centers, bbo
 def reasons(heatmaps, flip_heatmaps, flip_indices, input_size, bbox_centers, bbox_scales, method,
             blur_kernel_size) -> list[str]:
     out = _launch.common_reasons(heatmaps, flip_heatmaps, flip_indices, bbox_centers, bbox_scales)
+    if method == "dark":
+        out.append("method='dark' has no CUDA kernel yet (the reference serves it)")
     if out or method != "udp":
         return out
     ext = _launch.ext()

@@ -210,6 +210,8 @@ def _(heatmaps, flip_heatmaps, flip_indices, input_size, bbox_centers, bbox_scal
 def reasons(heatmaps, flip_heatmaps, flip_indices, input_size, bbox_centers, bbox_scales, method,
             blur_kernel_size) -> list[str]:
     out = []
+    if method == "dark":
+        out.append("method='dark' has no Triton kernel yet (the reference serves it)")
     for name, t in (("heatmaps", heatmaps), ("flip_heatmaps", flip_heatmaps)):
         if t is not None and t.dtype not in (torch.float32, torch.float16, torch.bfloat16):
             out.append(f"{name}.dtype={t.dtype}: the Triton kernel reads float32/float16/bfloat16")
