@@ -3,6 +3,7 @@
     python benchmarks/attention_memory.py                      # batch 64, fp32, all three tables
     python benchmarks/attention_memory.py --precision bf16     # bf16 autocast instead
     python benchmarks/attention_memory.py --batch 8 --out /tmp/r
+    python benchmarks/attention_memory.py --measure --tables 5 --precision bf16   # GPU: + the trainer's step
 
 One training step = forward, loss, backward, AdamW step. For every row it reports
 
@@ -14,6 +15,10 @@ One training step = forward, loss, backward, AdamW step. For every row it report
   peak is somewhat higher;
 * on a GPU, the MEASURED peak: torch.cuda.max_memory_allocated over the second step after
   reset_peak_memory_stats;
+* with --measure, on a GPU, the training step of ``vitpose train`` itself (vitpose.train.trainer.
+  StepRunner: device-side augmentation and UDP targets from rendered images, forward and loss under
+  autocast, backward, clipping, AdamW with the recipe's layer-decay groups) for the Table 5 rows:
+  images/s and the peak allocated memory over the timed steps;
 * forward GFLOPs per image from torch.utils.flop_counter, converted to multiply-adds (MACs =
   flop_counter FLOPs / 2) because the paper's numbers are MACs (ViT-B at 256x192: 17.1).
 
@@ -416,6 +421,92 @@ def fused_backend() -> tuple[str | None, str]:
     return None, "; ".join(f"{b}: {', '.join(table[b])}" for b in ("cuda", "triton"))
 
 
+# ----------------------------------------------------------------------------- through the trainer
+
+def _trainer_overrides(cfg) -> dict:
+    """The attention and stride fields of a Table 5 preset, as build_model overrides."""
+    keep = ("patch_stride", "patch_padding", "window", "shift", "pool", "full_every", "rel_pos", "backend")
+    return {k: v for k, v in cfg.to_dict().items() if k in keep}
+
+
+def measure_trainer(vp, args, fused_name: str | None, device: str = "cuda", rows=None) -> dict:
+    """images/s and peak memory of vitpose train's step for every Table 5 row (on a GPU; ``device``
+    and ``rows`` exist for a dry run of this code on a CPU)."""
+    if device == "cuda" and (not torch.cuda.is_available() or args.device == "cpu"):
+        return {"skipped": "--measure times the trainer's step on a CUDA GPU; none here"}
+    import tempfile
+
+    from vitpose.data.synth import write_dataset
+    from vitpose.train.distributed import DistContext
+    from vitpose.train.optim import Schedule, build_optimizer
+    from vitpose.train.recipe import family_for
+    from vitpose.train.trainer import StepRunner, TrainConfig
+
+    device = torch.device(device)
+    cuda = device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    data = tempfile.mkdtemp(prefix="vitpose_measure_")
+    write_dataset(data, max(40, args.batch), 0, seed=0)  # rendered people, ~2 per image
+    budget = common.Budget(args.budget_s)
+    out = {"batch": args.batch, "steps": args.measure_steps, "precision": args.precision, "rows": []}
+    backends = [("fused", fused_name)] if fused_name else []
+    backends.append(("reference", "reference"))
+    for row in rows or TABLES["5"][1]:
+        for column, backend in backends:
+            rec = {"label": row.label, "column": column, "backend": backend}
+            out["rows"].append(rec)
+            if not budget.allows(15):
+                rec["error"] = budget.skip_reason(15)
+                continue
+            overrides = _trainer_overrides(vp.TABLE5[row.table5_key].replace(backend=backend))
+            cfg = TrainConfig(data=data, model="vitpose-b", epochs=1, batch_size=args.batch, out=data,
+                              model_overrides=overrides, workers=0, precision=args.precision, device=str(device))
+            model = opt = runner = None
+            try:
+                fam = family_for(cfg.model)
+                task = fam.task(cfg, DistContext(device=device))
+                model = task.build_model(cfg.model).to(device)
+                recipe = fam.recipe(model).for_run(1, 10_000)
+                opt = build_optimizer(model, recipe, task.num_layers(model))
+                runner = StepRunner(task, model, opt, Schedule(recipe, 10_000), recipe, device, args.precision)
+                n = len(task.train_set)
+                batches = [task.collate([task.train_set[(0, (k * args.batch + i) % n)] for i in range(args.batch)])
+                           for k in range(2)]  # decoded once: the step is timed, not the JPEG decoder
+                for it in range(2):
+                    runner(batches[it % 2], 1000 + it, 0)
+                sync()
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats()
+                t0 = time.perf_counter()
+                for it in range(args.measure_steps):
+                    runner(batches[it % 2], 1002 + it, 0)
+                sync()
+                dt = time.perf_counter() - t0
+                rec.update(images_per_s=args.measure_steps * args.batch / dt, step_ms=dt / args.measure_steps * 1e3,
+                           peak_bytes=torch.cuda.max_memory_allocated() if cuda else None)
+            except torch.cuda.OutOfMemoryError:
+                rec["error"] = "OOM"
+            except common.Interrupted:
+                raise
+            except Exception as e:  # a backend that breaks costs its row
+                rec["error"] = common.skip_reason(e)[:200]
+            finally:
+                del model, opt, runner
+                if cuda:
+                    torch.cuda.empty_cache()
+    return out
+
+
+def render_trainer(t: dict) -> list[str]:
+    if "skipped" in t:
+        return ["", f"Through the trainer (--measure): skipped: {t['skipped']}"]
+    headers = ["row", "backend", "images/s", "step ms", "peak MiB"]
+    body = [[r["label"], r["backend"], common.fmt(r.get("images_per_s"), ".1f", missing=r.get("error", "-")),
+             common.fmt(r.get("step_ms"), ".1f"), common.fmt(mib(r.get("peak_bytes")))] for r in t["rows"]]
+    return ["", f"Table 5 through vitpose train's step (measured): ViTPose-B, batch {t['batch']}, {t['precision']}, "
+            f"{t['steps']} timed steps after 2", common.format_table(headers, body)]
+
+
 # ----------------------------------------------------------------------------- report
 
 def mib(n):
@@ -446,6 +537,8 @@ def run(args) -> dict:
 
     try:
         _fill_tables(args, vp, results, trace, budget, gpu, bf16, fused_name, reference_impl, fused_impl)
+        if args.measure:
+            results["trainer"] = measure_trainer(vp, args, fused_name)
     except common.Interrupted as e:
         results["interrupted"] = str(e)
     return results
@@ -541,6 +634,8 @@ def render(results: dict) -> str:
             notes.append("teacher ViTPose-L: frozen, eval mode, its parameters counted; knowledge token frozen "
                          "in the student (learned on the teacher first, paper Eq. 5-6)")
         lines += [f"  {n}" for n in notes]
+    if "trainer" in results:
+        lines += render_trainer(results["trainer"])
     return "\n".join(lines)
 
 
@@ -586,6 +681,9 @@ def main(argv=None) -> int:
     p.add_argument("--budget-s", type=float, default=None,
                    help="GPU: measure no new row after this many seconds (estimates still printed)")
     p.add_argument("--out", default=None, help="directory for JSON + PNG (default benchmarks/results)")
+    p.add_argument("--measure", action="store_true",
+                   help="GPU: also time vitpose train's step (images/s, peak memory) for the Table 5 rows")
+    p.add_argument("--measure-steps", type=int, default=10, help="timed steps per row with --measure")
     args = p.parse_args(argv)
     common.stop_on_sigterm()
     args.tables = [t.strip() for t in args.tables.split(",") if t.strip()]

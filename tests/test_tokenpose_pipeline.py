@@ -39,12 +39,16 @@ def test_dark_geometry_is_the_official_crop():
         assert np.allclose(cc, [x + (w - 1) * 0.5, y + (h - 1) * 0.5]) and np.allclose(ss, [1.25 * w2, 1.25 * h2])
     rng = np.random.default_rng(0)
     image = cv2.GaussianBlur(rng.uniform(0, 255, (150, 200, 3)).astype(np.float32), (0, 0), 3)
-    crops = crop_batch([torch.from_numpy(image).permute(2, 0, 1)], torch.zeros(3, dtype=torch.long), c, s, IN, "dark")
+    crops = crop_batch([torch.from_numpy(image).permute(2, 0, 1)], torch.zeros(3, dtype=torch.long), c, s, IN, method="dark")
     for n in range(3):
         want = cv2.warpAffine(image, official_affine(c[n].numpy(), s[n].numpy(), IN), IN, flags=cv2.INTER_LINEAR)
         assert np.abs(crops[n].permute(1, 2, 0).numpy() - want).max() < 0.02, n
     pts = torch.rand(3, 5, 2) * 100
-    assert torch.allclose(crop_to_image(image_to_crop(pts, c, s, IN, "dark"), c, s, IN, "dark"), pts, atol=1e-4)
+    assert torch.allclose(crop_to_image(image_to_crop(pts, c, s, IN, method="dark"), c, s, IN, method="dark"), pts,
+                          atol=1e-4)
+    rot, flip = torch.tensor([30.0, -10.0, 0.0]), torch.tensor([True, False, True])
+    there = image_to_crop(pts, c, s, IN, rot, flip, method="dark")
+    assert torch.allclose(crop_to_image(there, c, s, IN, rot, flip, method="dark"), pts, atol=1e-3)
 
 
 class DarkProbe(torch.nn.Module):
@@ -99,7 +103,7 @@ def test_predictor_learns_size_and_decoding_from_the_model(official_checkpoint):
     with torch.no_grad():  # the same keypoints as decoding the model's heatmaps by hand
         c, s = box_to_center_scale(torch.tensor([[10., 10, 50, 80]]), IN, method="dark")
         crop = crop_batch([torch.from_numpy(images[0]).permute(2, 0, 1)], torch.zeros(1, dtype=torch.long), c, s, IN,
-                          "dark")
+                          method="dark")
         from vitpose.infer.pipeline import normalize
         import vitpose_kernels
         kp, _ = vitpose_kernels.decode_heatmaps(model.eval()(normalize(crop)), input_size=IN, bbox_centers=c,
