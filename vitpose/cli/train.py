@@ -18,7 +18,7 @@ import json
 def _override(text: str):
     key, sep, value = text.partition("=")
     if not sep or not key:
-        raise argparse.ArgumentTypeError(f"--set takes KEY=VALUE (a model config field), got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     try:
         return key, json.loads(value)
     except ValueError:
@@ -27,10 +27,12 @@ def _override(text: str):
 
 def cmd_train(args) -> int:
     from ..train.trainer import INTERRUPTED_EXIT, train
-    opts = {k: v for k, v in vars(args).items() if k not in ("func", "command", "set", "no_flip_test", "no_augment",
-                                                             "quiet") and v is not None}
+    opts = {k: v for k, v in vars(args).items() if k not in ("func", "command", "set", "aug", "no_flip_test",
+                                                             "no_augment", "quiet") and v is not None}
     if args.set:
         opts["model_overrides"] = dict(args.set)
+    if args.aug:
+        opts["augment_overrides"] = dict(args.aug)
     if args.no_flip_test:
         opts["flip_test"] = False
     if args.no_augment:
@@ -66,6 +68,8 @@ def add_parser(sub) -> None:
     r.add_argument("--lr-steps", type=int, nargs="+", help="epochs at which the lr drops 10x")
     r.add_argument("--grad-clip", type=float, help="max L2 norm, 0 = off")
     r.add_argument("--no-augment", action="store_true", help="plain crops (no flip / half-body / scale / rotation)")
+    r.add_argument("--aug", type=_override, action="append", metavar="KEY=VALUE",
+                   help="augmentation setting (vitpose.data.augment.AugmentConfig), e.g. --aug rot_factor=15")
     v = p.add_argument_group("variants")
     v.add_argument("--freeze", choices=("mhsa", "ffn"), help="partial fine-tuning (Table 6)")
     v.add_argument("--teacher", help="output distillation from this checkpoint (Eq. 4, Table 8)")

@@ -147,6 +147,13 @@ def render_person(draw, mask_draw, kp: np.ndarray, style: Style, height: float) 
     seg(neck, head, 0.05 * height, style.skin)
     for (a, b, part), t in zip(LIMBS, style.thickness):
         seg(kp[a], kp[b], t * height, style.colors[part])
+    for end, base, color in ((9, 7, style.skin), (10, 8, style.skin), (15, 13, outline), (16, 14, outline)):
+        # hands and feet: a blob just beyond the wrist / ankle, along the forearm / shin
+        d = kp[end] - kp[base]
+        c = kp[end] + d / (np.linalg.norm(d) + 1e-6) * 0.025 * height
+        q = 0.032 * height
+        draw.ellipse([c[0] - q, c[1] - q, c[0] + q, c[1] + q], fill=color, outline=outline)
+        mask_draw.ellipse([c[0] - q, c[1] - q, c[0] + q, c[1] + q], fill=1)
     r = style.head_radius * height
     for i in (3, 4):  # ears
         e = kp[i]
@@ -203,14 +210,25 @@ def render_image(rng: np.random.Generator, width: int, height: int, max_people: 
         h = rng.uniform(0.35, 0.9) * min(width, height) * (1.3 if rng.random() < 0.1 else 1.0)
         # mostly inside; sometimes half out (truncation)
         margin = -0.25 * h if rng.random() < 0.2 else 0.3 * h
-        cx = rng.uniform(min(margin, width / 2), max(width - margin, width / 2))
-        cy = rng.uniform(min(margin, height / 2), max(height - margin, height / 2))
         rotation = rng.normal(0, 15) if rng.random() < 0.85 else rng.uniform(-180, 180)
-        kp = place(random_pose(rng), (cx, cy), h, rotation)
+        pose = random_pose(rng)
+        # of a few random places, the one that hides least of the people already there (people
+        # still overlap, as in crowds, but not every time)
+        best = None
+        for _ in range(4):
+            cx = rng.uniform(min(margin, width / 2), max(width - margin, width / 2))
+            cy = rng.uniform(min(margin, height / 2), max(height - margin, height / 2))
+            kp = place(pose, (cx, cy), h, rotation)
+            lo, hi = kp.min(0), kp.max(0)
+            overlap = sum(max(0, min(hi[0], h1[0]) - max(lo[0], l1[0])) * max(0, min(hi[1], h1[1]) - max(lo[1], l1[1]))
+                          for l1, h1 in (p[2] for p in people))
+            if best is None or overlap < best[0]:
+                best = (overlap, kp)
+        kp = best[1]
         style = random_style(rng)
         mask = Image.new("1", (width, height), 0)
         render_person(draw, ImageDraw.Draw(mask), kp, style, h)
-        people.append([kp, np.array(mask, dtype=bool)])
+        people.append([kp, np.array(mask, dtype=bool), (kp.min(0), kp.max(0))])
     covered = [np.zeros((height, width), dtype=bool) for _ in people]
     for i in range(len(people)):
         for j in range(i + 1, len(people)):
@@ -227,7 +245,7 @@ def render_image(rng: np.random.Generator, width: int, height: int, max_people: 
         for c in covered:
             c |= occ
     anns = []
-    for (kp, mask), cov in zip(people, covered):
+    for (kp, mask, _), cov in zip(people, covered):
         seen = mask & ~cov
         ys, xs = np.nonzero(seen)
         inside = (kp[:, 0] >= 0) & (kp[:, 0] <= width - 1) & (kp[:, 1] >= 0) & (kp[:, 1] <= height - 1)

@@ -131,7 +131,9 @@ class TokenPoseTask(TopDownTask):
         model = _model_from_spec(spec, overrides)
         if not isinstance(model, TokenPose):
             raise ValueError(f"--model {spec!r} did not build a TokenPose (got {type(model).__name__})")
-        self.attach_augment(model, dataclasses.replace(self.augment_config, sigma=target_sigma(model)))
+        given = self.config.augment_overrides or {}
+        sigma = given.get("sigma", target_sigma(model))  # --aug sigma=... wins over the configs' rule
+        self.attach_augment(model, dataclasses.replace(self.augment_config, sigma=sigma))
         return model
 
     def num_layers(self, model) -> int:

@@ -63,6 +63,13 @@ class TopDownTask(Task):
                                         "+ train2017/)")
             splits.append(s)
         augment = self.default_augment() if config.augment else aug.AugmentConfig.off()
+        if config.augment_overrides:
+            import dataclasses
+            known = {f.name for f in dataclasses.fields(aug.AugmentConfig)}
+            bad = sorted(set(config.augment_overrides) - known)
+            if bad:
+                raise ValueError(f"unknown augmentation setting(s) {bad}; known: {sorted(known)}")
+            augment = dataclasses.replace(augment, **config.augment_overrides)
         sets = [TopDownDataset(s, augment=augment, seed=config.seed, dataset_index=i) for i, s in enumerate(splits)]
         K = max(ds.keypoints.num_keypoints for ds in sets)
         for ds in sets:

@@ -64,6 +64,7 @@ class TrainConfig:
     knowledge_token: str | None = None  # Eq. 6: a trained token (file or model), frozen in the student
     train_knowledge_token: int = 0    # Eq. 5: train only this many new tokens on a frozen model
     augment: bool = True
+    augment_overrides: dict | None = None  # AugmentConfig fields, e.g. {"rot_factor": 15}
     progress: bool = True
     stop_after_steps: int | None = None  # stop as on SIGTERM after this many steps of this invocation
 
@@ -218,6 +219,10 @@ class Trainer:
             if scaler is not None and state.get("scaler"):
                 scaler.load_state_dict(state["scaler"])
             epoch, start, global_step = state["epoch"], state["step_in_epoch"], state["global_step"]
+            if state["steps_per_epoch"] != spe and start:
+                self.say(f"note: the global batch changed ({state['steps_per_epoch']} -> {spe} steps per epoch): "
+                         f"epoch {epoch + 1} starts again from its first batch")
+                start = 0
             elapsed, best, history = state["elapsed_s"], state["best"], state["history"]
             rngs = state["rng"]
             if len(rngs) == ctx.world_size:
@@ -230,7 +235,7 @@ class Trainer:
             torch.manual_seed(cfg.seed + 1 + ctx.rank)  # drop path differs between ranks
         self.model, self.net, self.task, self.recipe = model, net, task, recipe
         self.optimizer, self.schedule, self.scaler, self.sampler = optimizer, schedule, scaler, sampler
-        self.best, self.history, self.elapsed0 = best, history, elapsed
+        self.best, self.history = best, history
         log = RunLog(cfg.out, ctx.is_main, resume_step=global_step if state is not None else None)
         self.log = log
         if ctx.is_main:
