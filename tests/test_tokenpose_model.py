@@ -320,6 +320,30 @@ def test_window_attention_serves_tokenpose_head_dims():
         assert reasons["reference"] == [] and reasons["triton"] == []
 
 
+@pytest.mark.parametrize("D", [12, 24])
+def test_window_attention_parity_at_tokenpose_head_dims(D):
+    """Full attention with 17 global (keypoint) tokens first, at TokenPose's head dims: Triton (the
+    interpreter here) against the float64 reference, forward and gradients, by the shared harness
+    (its CI sweep has head dim 16 with global tokens already)."""
+    import parity
+    parity.check_window_attention("triton", parity.AttentionCase(grid=(4, 3), window=None, num_global=17, D=D),
+                                  torch.device("cpu"))
+
+
+@pytest.mark.parametrize("D", [16, 24])
+def test_cuda_window_attention_at_tokenpose_head_dims_emulated(D):
+    """The CUDA kernels (multiples of 8) at TokenPose-L/D24's and S/B's head dims, bf16, with the 17
+    keypoint tokens, run on the CPU through tests/cuda_emulator."""
+    import cuda_emulator
+    import parity
+    why = cuda_emulator.skip_reason()
+    if why is not None:
+        pytest.skip(f"CUDA emulator unavailable: {why}")
+    with cuda_emulator.emulated():
+        parity.check_window_attention("cuda", parity.AttentionCase(grid=(4, 3), window=None, num_global=17, D=D,
+                                                                   dtype=torch.bfloat16), torch.device("cpu"))
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_backend_takes_head_dims_16_and_24_and_leaves_12_to_triton():
