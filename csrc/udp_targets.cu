@@ -35,7 +35,7 @@ __device__ __forceinline__ float axis_factor(int pos, float lo, float hi, float 
   const float d = __fsub_rn(static_cast<float>(pos), lo);  // patch coordinate
   const bool keep = d >= 0.f && d < p.size && d < __fsub_rn(hi, lo);
   const float e = __fsub_rn(d, centre);
-  return __fmul_rn(expf(__fdiv_rn(-__fmul_rn(e, e), p.two_var)), keep ? 1.f : 0.f);
+  return keep ? expf(__fdiv_rn(-__fmul_rn(e, e), p.two_var)) : 0.f;  // a select: NaN * 0 would be NaN
 }
 
 __global__ void __launch_bounds__(256) udp_targets_kernel(TargetParams p) {
@@ -53,11 +53,15 @@ __global__ void __launch_bounds__(256) udp_targets_kernel(TargetParams p) {
     const float hix = truncf(__fadd_rn(__fadd_rn(mx, p.radius), 1.f));
     const float hiy = truncf(__fadd_rn(__fadd_rn(my, p.radius), 1.f));
     const float vis = p.vis[b * p.vs[0] + k * p.vs[1]];
+    // NaN/inf coordinates fail every comparison: not inside, as mmpose's int64 cast makes them.
     const bool inside = lox < p.W && loy < p.H && hix >= 0.f && hiy >= 0.f;
-    const float weight = (vis >= 0.5f && inside) ? vis : 0.f;
+    // mmpose: an unlabelled keypoint (visibility < 0.5) keeps its visibility as the weight and has an
+    // empty map; a labelled one whose patch misses the map gets weight 0.
+    const bool labelled = vis >= 0.5f;
+    const float weight = (labelled && !inside) ? 0.f : vis;
     const float cx = __fadd_rn(p.half, __fsub_rn(ax, mx)), cy = __fadd_rn(p.half, __fsub_rn(ay, my));
     const float v = __fmul_rn(axis_factor(y, loy, hiy, cy, p), axis_factor(x, lox, hix, cx, p));
-    p.heatmaps[idx] = __fmul_rn(v, weight > 0.f ? 1.f : 0.f);
+    p.heatmaps[idx] = (labelled && inside) ? v : 0.f;
     if (x == 0 && y == 0) p.weights[m] = weight;
   }
 }

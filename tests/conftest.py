@@ -14,3 +14,19 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     import torch
 
     torch.set_num_threads(1)
+
+if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+    import triton_interpreter  # the interpreter truncates float32 -> bfloat16; GPUs round to nearest
+
+    triton_interpreter.round_bfloat16_to_nearest()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """List the defects tests/test_mutations.py planted and the parity harness caught."""
+    import sys
+
+    caught = getattr(sys.modules.get("test_mutations"), "CAUGHT", None)
+    if caught:
+        terminalreporter.section(f"mutation suite: {len(caught)} planted defects caught by the parity harness")
+        for line in caught:
+            terminalreporter.write_line(line)

@@ -131,8 +131,7 @@ def mmpose_udp_targets(kp, vis, heatmap_size, input_size, sigma):
     y = x[:, None]
     for n in range(B):
         for k in range(K):
-            if vis[n, k] < 0.5:
-                weights[n, k] = 0
+            if vis[n, k] < 0.5:  # unlabelled: empty map, the visibility stays the weight
                 continue
             c = kp[n, k] * factor
             mu = (c + 0.5).astype(np.int64)

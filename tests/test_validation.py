@@ -102,3 +102,111 @@ def test_udp_targets_bad_input():
         vk.udp_targets(kp, vis, sigma=0)
     with pytest.raises(ValueError, match="heatmap_size must be >= 2"):
         vk.udp_targets(kp, vis, heatmap_size=(1, 64))
+
+
+# ----------------------------------------------------------------------------- no host sync
+class _NoHostSync(torch.utils._python_dispatch.TorchDispatchMode):
+    """Fails on any read of a tensor value by the host (.item(), bool(t), t.tolist(), ...)."""
+
+    READS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default,
+             torch.ops.aten.item.default, torch.ops.aten.equal.default}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in self.READS:
+            raise AssertionError(f"host read of a tensor value: {func}")
+        return func(*args, **(kwargs or {}))
+
+
+def _device_calls(dev):
+    """Every op's validation, dispatch and reasons on tensors of `dev` (meta: no backend runs)."""
+    hm = torch.empty(2, 17, 16, 12, device=dev)
+    q = torch.empty(1, 2, 1 + 20, 8, device=dev)
+    return {
+        "decode_heatmaps": lambda: vk.explain(
+            "decode_heatmaps", hm, flip_heatmaps=hm, flip_indices=list(range(17))[::-1], input_size=(48, 64),
+            bbox_centers=torch.empty(2, 2, device=dev), bbox_scales=torch.empty(2, 2, device=dev)),
+        "decode_heatmaps (tensor flip indices)": lambda: vk.explain(
+            "decode_heatmaps", hm, flip_heatmaps=hm, flip_indices=torch.arange(17, device=dev)),
+        "window_attention": lambda: vk.explain("window_attention", q, q, q, grid=(4, 5), window=(2, 2), shift=(1, 1),
+                                               pool=True, num_global=1),
+        "simple_decoder": lambda: vk.explain("simple_decoder", torch.empty(2, 8, 4, 3, device=dev),
+                                             torch.empty(17, 8, 3, 3, device=dev)),
+        "udp_targets": lambda: vk.explain("udp_targets", torch.empty(2, 17, 2, device=dev),
+                                          torch.empty(2, 17, device=dev)),
+    }
+
+
+@pytest.mark.parametrize("op", list(_device_calls("meta")))
+def test_validation_reads_no_tensor_values_on_a_device(op):
+    """Validation, dispatch and every backend's reasons on non-CPU tensors only look at metadata:
+    no device-to-host sync per call (meta tensors have no values to read). Checks that need values
+    (finite heatmaps, flip index tensors) run on CPU tensors, or anywhere with VITPOSE_CHECK_VALUES=1."""
+    with _NoHostSync():
+        _device_calls("meta")[op]()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (GPU-owed)")
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_gpu_op_calls_do_not_sync(backend):
+    """On a GPU, whole decode_heatmaps / udp_targets calls read no tensor value on the host."""
+    dev = torch.device("cuda")
+    hm = torch.rand(4, 17, 64, 48, device=dev)
+    kw = dict(flip_heatmaps=hm.flip(-1), flip_indices=list(range(17)), bbox_centers=torch.rand(4, 2, device=dev),
+              bbox_scales=torch.rand(4, 2, device=dev) + 1)
+    vk.decode_heatmaps(hm, backend=backend, **kw)  # warm-up (kernel compilation, cached index tensor)
+    with _NoHostSync():
+        vk.decode_heatmaps(hm, backend=backend, **kw)
+        vk.udp_targets(torch.rand(4, 17, 2, device=dev) * 100, torch.ones(4, 17, device=dev), backend=backend)
+
+
+def test_value_checks_run_on_cpu_and_when_asked(monkeypatch):
+    from vitpose_kernels import _validate
+
+    assert _validate.values_checked(torch.empty(1))
+    assert not _validate.values_checked(torch.empty(1, device="meta"))
+    monkeypatch.setenv("VITPOSE_CHECK_VALUES", "1")
+    assert _validate.values_checked(torch.empty(1, device="meta"))
+    hm = torch.rand(1, 3, 4, 4)
+    with pytest.raises(ValueError, match="permutation"):
+        vk.decode_heatmaps(hm, flip_heatmaps=hm, flip_indices=torch.tensor([0, 0, 1]))
+    with pytest.raises(ValueError, match="permutation"):
+        vk.decode_heatmaps(hm, flip_heatmaps=hm, flip_indices=[0, 2, 2])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(),
+                    reason="needs a CUDA device (GPU-owed: CUDA-graph capture of the inference path)")
+def test_cuda_graph_capture_of_predict_forward_and_decode():
+    """The predictor's whole GPU path, model forward (flip batch) + decode_heatmaps, captured in one
+    CUDA graph and replayed on new crops equals the eager result: nothing on it syncs with the host."""
+    import vitpose
+    from vitpose.infer.pipeline import TopDownPredictor
+
+    torch.manual_seed(0)
+    pred = TopDownPredictor(vitpose.ViTPose(vitpose.vitpose_config("S", embed_dim=64, depth=2, num_heads=4)),
+                            device="cuda")
+    n, (W, H) = 4, pred.input_size
+    x = torch.randn(2 * n, 3, H, W, device="cuda", dtype=pred.dtype)
+    centers, scales = torch.rand(n, 2, device="cuda") * 300, torch.rand(n, 2, device="cuda") * 200 + 50
+
+    def step():
+        heatmaps = pred.model(x, pred.dataset_index).float()
+        return vk.decode_heatmaps(heatmaps[:n], flip_heatmaps=heatmaps[n:], flip_indices=pred.keypoints.flip_indices,
+                                  input_size=pred.input_size, bbox_centers=centers, bbox_scales=scales,
+                                  backend=pred.backend)
+
+    with torch.inference_mode():
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):  # warm-up: kernel compilation, autotuning, cached index tensors
+                step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            kp, sc = step()
+        x.copy_(torch.randn_like(x))
+        graph.replay()
+        torch.cuda.synchronize()
+        want_kp, want_sc = step()
+    torch.testing.assert_close(sc, want_sc)
+    torch.testing.assert_close(kp, want_kp)

@@ -39,7 +39,8 @@ def compile_for_sm90(script: str, expected: int) -> None:
         run = subprocess.run([sys.executable, "-c", PRELUDE + script], env=env, capture_output=True,
                              text=True, timeout=900)
     except subprocess.TimeoutExpired:
-        pytest.skip("compiling took over 15 minutes on this machine")
+        # A hang or a blow-up in codegen is a failure, not an unavailable feature.
+        pytest.fail("compiling the Triton kernels for sm_90 took over 15 minutes (hang or codegen blow-up?)")
     if run.returncode != 0 and "ptxas" in run.stderr and "not found" in run.stderr:
         pytest.skip(f"no ptxas: {run.stderr[-300:]}")
     assert run.returncode == 0, run.stderr[-3000:]

@@ -5,6 +5,8 @@ so that no kernel ever sees an input it would crash on or silently mis-read.
 """
 from __future__ import annotations
 
+import functools
+import os
 from dataclasses import dataclass
 
 import torch
@@ -42,7 +44,16 @@ def pair(name: str, value, *, minimum: int) -> tuple[int, int]:
     return int(a), int(b)
 
 
+def values_checked(t: torch.Tensor) -> bool:
+    """Whether checks that read a tensor's values run: on CPU tensors always; on a GPU only with
+    VITPOSE_CHECK_VALUES=1, because reading a value is a device-to-host sync per call, which
+    stalls the stream and breaks CUDA-graph capture of the inference path."""
+    return t.device.type == "cpu" or os.environ.get("VITPOSE_CHECK_VALUES", "0") not in ("", "0")
+
+
 def check_finite(name: str, t: torch.Tensor) -> None:
+    if not values_checked(t):
+        return
     if not bool(torch.isfinite(t).all()):
         bad = int((~torch.isfinite(t)).sum())
         raise ValueError(f"{name} contains {bad} NaN/Inf value(s); expected finite values")
@@ -139,6 +150,35 @@ def simple_decoder_args(x, weight, bias, scale_factor) -> int:
     return scale_factor
 
 
+def flip_index_tensor(flip_indices, K: int, device: torch.device) -> torch.Tensor:
+    """flip_indices as an int64 tensor on `device`, checked to be a permutation of range(K): a
+    list is checked on the host and its device copy cached (no copy, no sync per call); a tensor's
+    values only where values_checked."""
+    if isinstance(flip_indices, torch.Tensor):
+        if flip_indices.dtype.is_floating_point or flip_indices.dtype == torch.bool or flip_indices.shape != (K,):
+            raise ValueError(f"flip_indices must be a permutation of range(K={K}) as K integers, got a tensor "
+                             f"of shape {tuple(flip_indices.shape)} and dtype {flip_indices.dtype}")
+        if values_checked(flip_indices):
+            _check_permutation(flip_indices.tolist(), K)
+        return flip_indices.to(device=device, dtype=torch.long)
+    try:
+        idx = tuple(int(i) for i in flip_indices)
+    except (TypeError, ValueError):
+        raise TypeError(f"flip_indices must be a sequence of ints or a tensor, got {flip_indices!r}") from None
+    _check_permutation(idx, K)
+    return _device_indices(idx, torch.device(device))
+
+
+def _check_permutation(idx, K: int) -> None:
+    if sorted(idx) != list(range(K)):
+        raise ValueError(f"flip_indices must be a permutation of range(K={K}), got {list(idx)}")
+
+
+@functools.lru_cache(maxsize=64)
+def _device_indices(idx: tuple, device: torch.device) -> torch.Tensor:
+    return torch.tensor(idx, dtype=torch.long, device=device)
+
+
 def size_pair(name: str, value) -> tuple[int, int]:
     return pair(name, value, minimum=2)
 
@@ -159,9 +199,7 @@ def decode_heatmaps_args(heatmaps, flip_heatmaps, flip_indices, input_size, bbox
         check_finite("flip_heatmaps", flip_heatmaps)
         if flip_indices is None:
             raise ValueError("flip_indices is required with flip_heatmaps (e.g. vitpose.COCO_FLIP_INDICES)")
-        flip_indices = torch.as_tensor(flip_indices, dtype=torch.long, device=heatmaps.device)
-        if flip_indices.shape != (K,) or bool(((flip_indices < 0) | (flip_indices >= K)).any()):
-            raise ValueError(f"flip_indices must be a permutation of range(K={K}), got {flip_indices.tolist()}")
+        flip_indices = flip_index_tensor(flip_indices, K, heatmaps.device)
     elif flip_indices is not None:
         raise ValueError("flip_indices was given without flip_heatmaps")
     input_size = size_pair("input_size", tuple(input_size) if not isinstance(input_size, int) else input_size)

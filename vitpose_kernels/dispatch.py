@@ -7,6 +7,7 @@ as in xformers' ``not_supported_reasons`` and NATTEN's backend checks.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import logging
 import os
@@ -143,3 +144,20 @@ def backends(op: str | None = None) -> dict:
         raise ValueError(f"op must be one of {OPS} or None, got op={op!r}")
     table = {o: {name: _static_reasons(o, name) for name in BACKENDS} for o in OPS}
     return table[op] if op is not None else table
+
+
+@contextlib.contextmanager
+def substituted(op: str, name: str, fn: Callable):
+    """Inside the block, backend `name` of `op` runs `fn` (same arguments as the function it
+    registered) instead, keeping its reasons: how tests/test_mutations.py plants a deliberately
+    broken kernel and checks that the parity harness catches it."""
+    probe()
+    saved = _REGISTRY[op].get(name)
+    _REGISTRY[op][name] = Backend(op, name, fn, saved.reasons if saved else (lambda *a, **k: []))
+    try:
+        yield
+    finally:
+        if saved is None:
+            del _REGISTRY[op][name]
+        else:
+            _REGISTRY[op][name] = saved

@@ -117,10 +117,10 @@ def skip_reason() -> str | None:
     return None
 
 
-def _includes() -> list[str]:
+def _includes(csrc: Path) -> list[str]:
     import pybind11
 
-    return [f"-I{INCLUDE}", f"-I{CSRC}", f"-I{pybind11.get_include()}", f"-I{sysconfig.get_paths()['include']}"]
+    return [f"-I{INCLUDE}", f"-I{csrc}", f"-I{pybind11.get_include()}", f"-I{sysconfig.get_paths()['include']}"]
 
 
 def _compiler_id(cxx: str) -> str:
@@ -136,19 +136,28 @@ def build_dir() -> Path:
     return Path(os.environ.get("VPEMU_BUILD_DIR", REPO / "build" / "cuda_emulator"))
 
 
-def build(verbose: bool = False) -> Path:
-    """Compile (or reuse) the emulated extension; returns the path of the shared library.
+def build(verbose: bool = False, csrc: Path | None = None, opt: str | None = None,
+          file_opt: dict[str, str] | None = None) -> Path:
+    """Compile (or reuse) the emulated extension of `csrc` (default: the repository's kernels, or
+    VPEMU_CSRC) with optimisation flags `opt` (default VPEMU_OPT, else -O1; file_opt: other flags
+    for some files by name, e.g. a mutant's one changed file at -O0); returns the path of the
+    shared library.
 
     Objects are cached by the hash of their source, every header they may include, the
     compiler and the flags, so editing one kernel recompiles one file."""
     why = skip_reason()
     if why:
         raise RuntimeError(why)
+    csrc = Path(csrc) if csrc is not None else CSRC
     cxx = compiler()
-    opt = os.environ.get("VPEMU_OPT", "-O1").split()  # extra flags may follow, e.g. "-O1 -DVPEMU_UCONTEXT"
-    flags = _FLAGS + opt + _includes()
-    headers = sorted(list(CSRC.glob("*.h")) + list(CSRC.glob("*.cuh")) + list(INCLUDE.glob("*.h")))
-    common = hashlib.sha256("\0".join([cxx, _compiler_id(cxx), *flags]).encode())
+    default_opt = opt or os.environ.get("VPEMU_OPT", "-O1")  # extra flags may follow: "-O1 -DVPEMU_UCONTEXT"
+    file_opt = file_opt or {}
+    flags = _FLAGS + _includes(csrc)
+    headers = sorted(list(csrc.glob("*.h")) + list(csrc.glob("*.cuh")) + list(INCLUDE.glob("*.h")))
+    # Keyed by content, not by where the tree lives: a mutant tree (tests/test_mutations.py)
+    # recompiles only the file that differs.
+    located = [f for f in flags if f != f"-I{csrc}"]
+    common = hashlib.sha256("\0".join([cxx, _compiler_id(cxx), *located]).encode())
     for h in headers:
         common.update(h.name.encode() + h.read_bytes())
     out = build_dir()
@@ -158,20 +167,24 @@ def build(verbose: bool = False) -> Path:
                                       '#define VITPOSE_NVCC_VERSION "none (tests/cuda_emulator)"\n')
     flags.append(f"-I{gen}")
 
-    jobs = []  # (source to compile, object)
-    for src in sorted(CSRC.glob("*.cu")):
-        text = rewrite_cu(src.read_text(), src)
-        key = hashlib.sha256(common.digest() + text.encode()).hexdigest()[:16]
+    def key_of(src: Path, content: bytes) -> tuple[str, list[str]]:
+        o = file_opt.get(src.name, default_opt).split()
+        return hashlib.sha256(common.digest() + "\0".join(o).encode() + content).hexdigest()[:16], o
+
+    jobs = []  # (source to compile, object, optimisation flags)
+    for src in sorted(csrc.glob("*.cu")):
+        text = rewrite_cu(src.read_text(), Path("csrc") / src.name)
+        key, o = key_of(src, text.encode())
         cpp = gen / f"{src.stem}.{key}.cpp"
         if not cpp.exists():
             _tmp(cpp).write_text(text)
             os.replace(_tmp(cpp), cpp)
-        jobs.append((cpp, out / f"{src.stem}.cu.{key}.o"))
-    for src in sorted(CSRC.glob("*.cpp")) + RUNTIME:
-        key = hashlib.sha256(common.digest() + src.read_bytes()).hexdigest()[:16]
-        jobs.append((src, out / f"{src.stem}.{key}.o"))
+        jobs.append((cpp, out / f"{src.stem}.cu.{key}.o", o))
+    for src in sorted(csrc.glob("*.cpp")) + RUNTIME:
+        key, o = key_of(src, src.read_bytes())
+        jobs.append((src, out / f"{src.stem}.{key}.o", o))
 
-    todo = [(s, o) for s, o in jobs if not o.exists()]
+    todo = [(s, o, f) for s, o, f in jobs if not o.exists()]
     procs, limit = [], max(1, min(len(todo), os.cpu_count() or 1))
     errors = []
 
@@ -185,10 +198,10 @@ def build(verbose: bool = False) -> Path:
             if stdout:  # warnings: the emulator build is -Wall clean, keep it so
                 print(stdout, file=sys.stderr)
 
-    for s, o in todo:
+    for s, o, f in todo:
         while len(procs) >= limit:
             reap(procs.pop(0))
-        cmd = [cxx, *flags, "-x", "c++", "-c", str(s), "-o", str(_tmp(o))]
+        cmd = [cxx, *flags, *f, "-x", "c++", "-c", str(s), "-o", str(_tmp(o))]
         if verbose:
             print(" ".join(cmd), file=sys.stderr)
         procs.append((subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True), s, o))
@@ -198,7 +211,7 @@ def build(verbose: bool = False) -> Path:
         raise RuntimeError("building the CUDA emulator failed:\n" + "\n".join(errors))
 
     suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
-    objs = [str(o) for _, o in jobs]
+    objs = [str(o) for _, o, _ in jobs]
     key = hashlib.sha256("\0".join(objs).encode()).hexdigest()[:16]
     lib = out / key / f"_C{suffix}"
     if not lib.exists():
@@ -210,10 +223,13 @@ def build(verbose: bool = False) -> Path:
 
 
 @functools.lru_cache(maxsize=None)
-def load() -> types.ModuleType:
-    """The emulated ``_C`` module (built on first use)."""
-    lib = build()
-    spec = importlib.util.spec_from_file_location("_C", lib)
+def load(csrc: Path | None = None, opt: str | None = None, file_opt: tuple = ()) -> types.ModuleType:
+    """The emulated ``_C`` module of `csrc` (default: the repository's kernels), built on first use
+    (opt, file_opt: see build; file_opt as ((name, flags), ...))."""
+    lib = build(csrc=csrc, opt=opt, file_opt=dict(file_opt))
+    # A name of its own per build: pybind11 (>= 3) caches modules by spec name, and a second "_C"
+    # (a mutant kernel tree) would silently come back as the first.
+    spec = importlib.util.spec_from_file_location(f"vpemu_{lib.parent.name}._C", lib)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     mod.__vpemu_library__ = str(lib)
@@ -248,12 +264,14 @@ class _NoDevice(contextlib.nullcontext):
         super().__init__()
 
 
-def _register_cpu_kernels():
-    """The window_attention custom ops are declared for CUDA tensors only; give them a CPU kernel
-    that runs the same Python body, but only inside emulated()."""
-    from vitpose_kernels.cuda_backend import window_attention as wa
+def register_cpu_kernels(module=None):
+    """The window_attention custom ops are declared for CUDA tensors only; give them (those of
+    `module`, default the cuda backend's window_attention module) a CPU kernel that runs the same
+    Python body, but only inside emulated()."""
+    if module is None:
+        from vitpose_kernels.cuda_backend import window_attention as module
 
-    for op in (wa.window_attention_fwd, wa.window_attention_bwd):
+    for op in (module.window_attention_fwd, module.window_attention_bwd):
         if "cpu" in op._backend_fns:
             continue
 
@@ -300,8 +318,9 @@ def _check_guards(guarded):
 
 
 @contextlib.contextmanager
-def emulated(guard_outputs: bool = True):
-    """Inside: the CUDA backends accept CPU tensors and launch their kernels through the emulator.
+def emulated(guard_outputs: bool = True, csrc: Path | None = None, opt: str | None = None, file_opt: tuple = ()):
+    """Inside: the CUDA backends accept CPU tensors and launch their kernels through the emulator
+    (of the kernels in `csrc`, default the repository's, built with `opt`, see build).
     With guard_outputs, output buffers (vitpose_kernels._alloc) get canary zones, checked on the
     way out (their storage offset is then not 0, which opcheck's fake-tensor comparison rejects)."""
     import torch
@@ -309,9 +328,9 @@ def emulated(guard_outputs: bool = True):
     from vitpose_kernels import _alloc, _ext, dispatch
     from vitpose_kernels.cuda_backend import _launch
 
-    mod = load()
+    mod = load(csrc, opt, file_opt)
     dispatch.probe()
-    _register_cpu_kernels()
+    register_cpu_kernels()
     orig_reasons = _launch.common_reasons
 
     def cpu_ok_reasons(*tensors, **kw):

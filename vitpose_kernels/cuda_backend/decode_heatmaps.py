@@ -7,20 +7,16 @@ memory (about 190x150 pixels on an H100); those fall back to Triton or the refer
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 
 from .. import _alloc, dispatch
+from .._head_ops import define_decode_heatmaps
 from ..reference.decode_heatmaps import gaussian_kernel_1d
 from . import _launch
 
 
-@torch.library.custom_op("vitpose_kernels::decode_heatmaps_cuda", mutates_args=())
-def decode_heatmaps_op(heatmaps: torch.Tensor, flip_heatmaps: Optional[torch.Tensor],
-                       flip_indices: Optional[torch.Tensor], input_w: int, input_h: int,
-                       bbox_centers: Optional[torch.Tensor], bbox_scales: Optional[torch.Tensor],
-                       refine: bool, blur_kernel_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _decode(heatmaps, flip_heatmaps, flip_indices, input_size, bbox_centers, bbox_scales, method,
+            blur_kernel_size):
     B, K, H, W = heatmaps.shape
     if flip_heatmaps is not None and flip_heatmaps.dtype != heatmaps.dtype:
         # The kernel reads one dtype; widening both is exact.
@@ -35,18 +31,14 @@ def decode_heatmaps_op(heatmaps: torch.Tensor, flip_heatmaps: Optional[torch.Ten
             _launch.ptr(flip_heatmaps), _launch.strides(flip_heatmaps) if flipped else [0] * 4,
             _launch.ptr(flip_indices), flip_indices.stride(0) if flipped else 0,
             _launch.dtype_code(heatmaps), B, K, H, W,
-            gaussian_kernel_1d(blur_kernel_size) if refine else [], input_w, input_h,
+            gaussian_kernel_1d(blur_kernel_size) if method == "udp" else [], input_size[0], input_size[1],
             _launch.ptr(bbox_centers), _launch.strides(bbox_centers) if boxes else [0, 0],
             _launch.ptr(bbox_scales), _launch.strides(bbox_scales) if boxes else [0, 0],
             _launch.ptr(keypoints), _launch.ptr(scores), _launch.stream(heatmaps))
     return keypoints, scores
 
 
-@decode_heatmaps_op.register_fake
-def _(heatmaps, flip_heatmaps, flip_indices, input_w, input_h, bbox_centers, bbox_scales, refine,
-      blur_kernel_size):
-    B, K = heatmaps.shape[:2]
-    return (heatmaps.new_empty(B, K, 2, dtype=torch.float32), heatmaps.new_empty(B, K, dtype=torch.float32))
+decode_heatmaps_op = define_decode_heatmaps("cuda", _decode)
 
 
 def reasons(heatmaps, flip_heatmaps, flip_indices, input_size, bbox_centers, bbox_scales, method,
@@ -72,5 +64,5 @@ def reasons(heatmaps, flip_heatmaps, flip_indices, input_size, bbox_centers, bbo
 @dispatch.register("decode_heatmaps", "cuda", reasons=reasons)
 def decode_heatmaps(heatmaps, flip_heatmaps, flip_indices, input_size, bbox_centers, bbox_scales, method,
                     blur_kernel_size):
-    return decode_heatmaps_op(heatmaps, flip_heatmaps, flip_indices, input_size[0], input_size[1],
-                              bbox_centers, bbox_scales, method == "udp", blur_kernel_size)
+    return decode_heatmaps_op(heatmaps, flip_heatmaps, flip_indices, list(input_size), bbox_centers, bbox_scales,
+                              method, blur_kernel_size)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from .. import _alloc, dispatch
-from .._decoder_ops import define_ops, tap_weights
+from .._head_ops import define_simple_decoder, tap_weights
 from . import _launch
 
 
@@ -27,8 +27,6 @@ def _relu_cb(x: torch.Tensor) -> torch.Tensor:
     z = torch.empty((C, B, h, w), dtype=x.dtype, device=x.device)
     torch.clamp_min(x.transpose(0, 1), 0, out=z)
     return z.view(C, B * h * w)
-
-
 
 
 def _forward(x, weight, bias, scale_factor):
@@ -64,7 +62,7 @@ def _backward(grad, x, weight, scale_factor):
     return dx, dweight, dbias
 
 
-simple_decoder_op, simple_decoder_backward_op = define_ops("cuda", _forward, _backward)
+simple_decoder_op, simple_decoder_backward_op = define_simple_decoder("cuda", _forward, _backward)
 
 
 def reasons(x, weight, bias, scale_factor) -> list[str]:

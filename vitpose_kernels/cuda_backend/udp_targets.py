@@ -6,15 +6,15 @@ from __future__ import annotations
 import torch
 
 from .. import _alloc, dispatch
+from .._head_ops import define_udp_targets
 from . import _launch
 
 
-@torch.library.custom_op("vitpose_kernels::udp_targets_cuda", mutates_args=())
-def udp_targets_op(keypoints: torch.Tensor, visible: torch.Tensor, heatmap_w: int, heatmap_h: int,
-                   input_w: int, input_h: int, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+def _targets(keypoints, visible, heatmap_size, input_size, sigma):
     B, K, _ = keypoints.shape
     kp = keypoints if keypoints.dtype == torch.float32 else keypoints.float()
     vis = visible if visible.dtype == torch.float32 else visible.float()
+    (heatmap_w, heatmap_h), (input_w, input_h) = heatmap_size, input_size
     heatmaps = _alloc.empty(B, K, heatmap_h, heatmap_w, dtype=torch.float32, device=kp.device)
     weights = _alloc.empty(B, K, dtype=torch.float32, device=kp.device)
     with torch.cuda.device(kp.device):
@@ -24,11 +24,7 @@ def udp_targets_op(keypoints: torch.Tensor, visible: torch.Tensor, heatmap_w: in
     return heatmaps, weights
 
 
-@udp_targets_op.register_fake
-def _(keypoints, visible, heatmap_w, heatmap_h, input_w, input_h, sigma):
-    B, K, _ = keypoints.shape
-    return (keypoints.new_empty(B, K, heatmap_h, heatmap_w, dtype=torch.float32),
-            keypoints.new_empty(B, K, dtype=torch.float32))
+udp_targets_op = define_udp_targets("cuda", _targets)
 
 
 def reasons(keypoints, visible, heatmap_size, input_size, sigma) -> list[str]:
@@ -39,5 +35,4 @@ def reasons(keypoints, visible, heatmap_size, input_size, sigma) -> list[str]:
 
 @dispatch.register("udp_targets", "cuda", reasons=reasons)
 def udp_targets(keypoints, visible, heatmap_size, input_size, sigma):
-    return udp_targets_op(keypoints, visible, heatmap_size[0], heatmap_size[1], input_size[0], input_size[1],
-                          sigma)
+    return udp_targets_op(keypoints, visible, list(heatmap_size), list(input_size), sigma)

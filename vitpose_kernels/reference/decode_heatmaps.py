@@ -7,6 +7,10 @@ One deliberate difference: mmpose's get_heatmap_maximum marks a map whose maximu
 location -1, and its refinement then reads outside that map (numpy wraps the negative index into
 the previous keypoint's map). The spec keeps the argmax and refines there; the score (<= 0) is
 what tells the caller the keypoint was not found.
+
+An all-zero map, as in mmpose: its blur renormalises by 0 / 0, so with method="udp" the keypoint
+is NaN (score 0); with method="argmax" it is the first pixel, (0, 0) before scaling. Every backend
+does the same (the clip to [1e-3, 50] propagates NaN).
 """
 from __future__ import annotations
 

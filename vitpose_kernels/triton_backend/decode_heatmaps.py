@@ -17,13 +17,12 @@ chunk as products with banded Toeplitz blocks in exact fp32 (tl.dot, ieee), to g
 from __future__ import annotations
 
 import functools
-from typing import Optional
-
 import torch
 import triton
 import triton.language as tl
 
 from .. import _alloc, dispatch
+from .._head_ops import define_decode_heatmaps
 from ..reference.decode_heatmaps import gaussian_kernel_1d
 
 _MAX_SIDE = 128  # one map per program, held in registers for the max/argmax
@@ -124,7 +123,11 @@ def _decode_kernel(hm_ptr, fl_ptr, fidx_ptr, g_ptr, ctr_ptr, scl_ptr, kp_ptr, sc
                     bmax = tl.maximum(bmax, tl.max(tl.max(tl.where(valid, chunk, float("-inf")),
                                                           axis=1), axis=0))
             scale = score / bmax
-        logm = tl.log(tl.minimum(tl.maximum(blurred * scale, 1.0e-3), 50.0))
+        # The clip propagates NaN, as the reference's and mmpose's do: an all-zero map renormalises
+        # by 0 / 0 and decodes to NaN (min/max on a GPU would drop the NaN).
+        modulated = blurred * scale
+        logm = tl.log(tl.where(modulated != modulated, modulated,
+                               tl.minimum(tl.maximum(modulated, 1.0e-3), 50.0)))
 
         i_ = _pick(logm, o, c, 1, 1)
         ix1 = _pick(logm, o, c, 1, 2)
@@ -190,21 +193,7 @@ def _decode(heatmaps, flip_heatmaps, flip_indices, input_size, bbox_centers, bbo
     return keypoints, scores
 
 
-@torch.library.custom_op("vitpose_kernels::decode_heatmaps_triton", mutates_args=())
-def decode_heatmaps_op(heatmaps: torch.Tensor, flip_heatmaps: Optional[torch.Tensor],
-                       flip_indices: Optional[torch.Tensor], input_size: list[int],
-                       bbox_centers: Optional[torch.Tensor], bbox_scales: Optional[torch.Tensor],
-                       method: str, blur_kernel_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return _decode(heatmaps, flip_heatmaps, flip_indices, input_size, bbox_centers, bbox_scales,
-                   method, blur_kernel_size)
-
-
-@decode_heatmaps_op.register_fake
-def _(heatmaps, flip_heatmaps, flip_indices, input_size, bbox_centers, bbox_scales, method,
-      blur_kernel_size):
-    B, K = heatmaps.shape[:2]
-    return (heatmaps.new_empty(B, K, 2, dtype=torch.float32),
-            heatmaps.new_empty(B, K, dtype=torch.float32))
+decode_heatmaps_op = define_decode_heatmaps("triton", _decode)
 
 
 def reasons(heatmaps, flip_heatmaps, flip_indices, input_size, bbox_centers, bbox_scales, method,

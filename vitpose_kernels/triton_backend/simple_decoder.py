@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from .. import _alloc, dispatch
-from .._decoder_ops import define_ops, tap_weights
+from .._head_ops import define_simple_decoder, tap_weights
 
 
 @triton.jit
@@ -140,8 +140,6 @@ def _blocks(K: int, H: int, W: int, cap_h: int, cap_w: int):
     return 1, min(cap_h, triton.next_power_of_2(H)), min(cap_w, triton.next_power_of_2(W))
 
 
-
-
 def _forward(x, weight, bias, scale_factor):
     B, C, h, w = x.shape
     K, _, k, _ = weight.shape
@@ -183,7 +181,7 @@ def _backward(grad, x, weight, scale_factor):
     return dx, dweight, dbias
 
 
-simple_decoder_op, simple_decoder_backward_op = define_ops("triton", _forward, _backward)
+simple_decoder_op, simple_decoder_backward_op = define_simple_decoder("triton", _forward, _backward)
 
 
 def reasons(x, weight, bias, scale_factor) -> list[str]:

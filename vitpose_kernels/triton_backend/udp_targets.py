@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 
 from .. import _alloc, dispatch
+from .._head_ops import define_udp_targets
 
 
 @triton.jit
@@ -48,11 +49,13 @@ def _udp_kernel(kp_ptr, vis_ptr, hm_ptr, w_ptr, H, W, s_kn, s_kc, fx, fy, radius
     xs = tl.arange(0, BLOCK_W)
     gx, lo_x, hi_x = _axis(xs, kx, fx, radius, size, c0, two_sigma2)
     gy, lo_y, hi_y = _axis(ys, ky, fy, radius, size, c0, two_sigma2)
-    inside = (lo_x < W) & (lo_y < H) & (hi_x >= 0) & (hi_y >= 0)
-    weight = tl.where((vis >= 0.5) & inside, vis, 0.0)
+    inside = (lo_x < W) & (lo_y < H) & (hi_x >= 0) & (hi_y >= 0)  # False for NaN/inf coordinates
+    # mmpose: unlabelled (visibility < 0.5) keeps its visibility as the weight with an empty map; a
+    # labelled keypoint whose patch misses the map gets weight 0.
+    labelled = vis >= 0.5
+    weight = tl.where(labelled & ~inside, 0.0, vis)
     tl.store(w_ptr + n, weight, mask=rb == 0)
-    on = tl.where(weight > 0, 1.0, 0.0)
-    hm = (gy[:, None] * gx[None, :]) * on
+    hm = tl.where(labelled & inside, gy[:, None] * gx[None, :], 0.0)
     mask = (ys[:, None] < H) & (xs[None, :] < W)
     tl.store(hm_ptr + n.to(tl.int64) * H * W + ys[:, None] * W + xs[None, :], hm, mask=mask)
 
@@ -77,18 +80,7 @@ def _targets(keypoints, visible, heatmap_size, input_size, sigma):
     return heatmaps, weights
 
 
-@torch.library.custom_op("vitpose_kernels::udp_targets_triton", mutates_args=())
-def udp_targets_op(keypoints: torch.Tensor, visible: torch.Tensor, heatmap_size: list[int],
-                   input_size: list[int], sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
-    return _targets(keypoints, visible, heatmap_size, input_size, sigma)
-
-
-@udp_targets_op.register_fake
-def _(keypoints, visible, heatmap_size, input_size, sigma):
-    B, K, _ = keypoints.shape
-    W, H = heatmap_size
-    return (keypoints.new_empty(B, K, H, W, dtype=torch.float32),
-            keypoints.new_empty(B, K, dtype=torch.float32))
+udp_targets_op = define_udp_targets("triton", _targets)
 
 
 def reasons(keypoints, visible, heatmap_size, input_size, sigma) -> list[str]:
