@@ -108,3 +108,20 @@ def test_dark_is_validated_and_dispatched():
         vk.decode_heatmaps(hm, method="taylor")
     kp, s = vk.decode_heatmaps(hm, method="dark")  # CPU tensors: the reference
     assert kp.shape == (1, 3, 2) and torch.isfinite(kp).all()
+
+
+def test_triton_dark_shortcut_equals_full_blur():
+    """The Triton kernel blurs only the 5x5 neighbourhood when the clip at 1e-10 cannot bite;
+    against always blurring the whole map and the reference, on strong maps and on maps whose
+    values straddle the clip (the full blur decides the renormalisation)."""
+    import parity
+    from vitpose_kernels.triton_backend import decode_heatmaps as dh
+    strong = parity.realistic_heatmaps(2, 5, 16, 12, seed=6, border=True)
+    weak = 1e-10 * parity.realistic_heatmaps(2, 5, 16, 12, seed=7, noise=0.05)
+    for hm in (strong, weak):
+        args = (hm, None, None, (48, 64), None, None, "dark", 11)
+        fast, _ = dh._decode(*args)
+        full, _ = dh._decode(*args, always_full_blur=True)
+        ref, _ = vk.decode_heatmaps(hm, input_size=(48, 64), method="dark", backend="reference")
+        assert float((fast - full).abs().max()) <= 1e-4
+        assert float((fast - ref).abs().max()) <= 1e-3
