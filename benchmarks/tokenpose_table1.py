@@ -46,8 +46,8 @@ def run(sizes) -> list[dict]:
 def render(results) -> str:
     body = [[f"TokenPose-{r['variant']}", "x".join(map(str, r["img_size"])), "x".join(map(str, r["patch"])),
              str(r["tokens"]), common.fmt(r["paper_params_m"], ".1f"), common.fmt(r["rule_params_m"], ".2f"),
-             common.fmt(r["params_m"], ".2f"), common.fmt(r["paper_gflops"], ".1f"), common.fmt(r["rule_gflops"], ".2f"),
-             common.fmt(r["gmacs"], ".2f")] for r in results["rows"]]
+             common.fmt(r["params_m"], ".2f"), common.fmt(r["paper_gflops"], ".1f"),
+             common.fmt(r["rule_gflops"], ".2f"), common.fmt(r["gmacs"], ".2f")] for r in results["rows"]]
     return "\n".join([f"# TokenPose complexity | {common.environment_line(results['environment'])}",
                       "# rule: the paper's counter (get_model_summary); true: all parameters, real multiply-adds",
                       common.format_table(["model", "input", "patch", "tokens", "paper M", "rule M", "true M",

@@ -78,8 +78,8 @@ def test_reference_matches_the_official_post_processing(shape):
     assert np.allclose(s.numpy(), want_s)
     err = np.abs(kp.numpy() - want).max(-1) / (scale[:, :1] / W)  # in heatmap pixels
     assert err.max() < 2e-3, err.max()
-    assert np.allclose(kp[0, 0].numpy(), center[0] + (np.zeros(2) - [(W - 1) / 2, (H - 1) / 2]) * (scale[0, 0] - 1) / (W - 1),
-                       atol=1e-3)
+    origin = center[0] + (np.zeros(2) - [(W - 1) / 2, (H - 1) / 2]) * (scale[0, 0] - 1) / (W - 1)
+    assert np.allclose(kp[0, 0].numpy(), origin, atol=1e-3)
 
 
 def test_flip_merge_then_dark_and_crop_pixels():

@@ -50,7 +50,8 @@ def test_official_hrnet_checkpoint_loads():
 
 def test_official_384x288_l_d24_and_wrapped_files(tmp_path):
     c = infer_config(official_state_dict("L/D24", img_size=(384, 288)))
-    assert (c.img_size, c.patch_size, c.heads, c.depth, c.stacks, c.hidden_heatmap_dim) == ((384, 288), (6, 4), 12, 8, 3, 384)
+    assert (c.img_size, c.patch_size, c.heads, c.depth, c.stacks, c.hidden_heatmap_dim) == \
+        ((384, 288), (6, 4), 12, 8, 3, 384)
     model = tiny()
     path = tmp_path / "checkpoint.pth"  # the official training script's file: wrapped, DataParallel names
     torch.save({"epoch": 300, "state_dict": {"module." + k: v for k, v in model.state_dict().items()}}, path)
@@ -72,7 +73,7 @@ def test_arch_names_a_variant_the_tensors_cannot_tell():
         vitpose.load_model(sd)
     c = infer_config(sd, arch="tokenpose-l-d24")
     assert (c.depth, c.heads, c.name) == (4, 12, "TokenPose-L/D24")
-    with pytest.raises(CheckpointError, match=r"arch='tokenpose-b' is TokenPose-B .* but this checkpoint has a none backbone"):
+    with pytest.raises(CheckpointError, match=r"arch='tokenpose-b' is TokenPose-B .* this checkpoint has a none backbone"):
         vitpose.load_model(official_state_dict("T"), arch="tokenpose-b")
     with pytest.raises(CheckpointError, match=r"arch='vitpose-b', but state dict is not a ViTPose checkpoint"):
         vitpose.load_model(official_state_dict("T"), arch="vitpose-b")

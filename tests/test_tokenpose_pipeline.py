@@ -39,7 +39,8 @@ def test_dark_geometry_is_the_official_crop():
         assert np.allclose(cc, [x + (w - 1) * 0.5, y + (h - 1) * 0.5]) and np.allclose(ss, [1.25 * w2, 1.25 * h2])
     rng = np.random.default_rng(0)
     image = cv2.GaussianBlur(rng.uniform(0, 255, (150, 200, 3)).astype(np.float32), (0, 0), 3)
-    crops = crop_batch([torch.from_numpy(image).permute(2, 0, 1)], torch.zeros(3, dtype=torch.long), c, s, IN, method="dark")
+    crops = crop_batch([torch.from_numpy(image).permute(2, 0, 1)], torch.zeros(3, dtype=torch.long), c, s, IN,
+                       method="dark")
     for n in range(3):
         want = cv2.warpAffine(image, official_affine(c[n].numpy(), s[n].numpy(), IN), IN, flags=cv2.INTER_LINEAR)
         assert np.abs(crops[n].permute(1, 2, 0).numpy() - want).max() < 0.02, n

@@ -173,7 +173,8 @@ class TokenPoseConfig:
         if self.pos_embedding not in POS_EMBEDDINGS:
             bad(f"pos_embedding must be one of {POS_EMBEDDINGS}, got {self.pos_embedding!r}")
         if self.pos_embedding != "learnable" and self.dim % 4:
-            bad(f"sine position embeddings need dim divisible by 4 (two directions of sin/cos pairs), got dim={self.dim}")
+            bad(f"sine position embeddings need dim divisible by 4 (two directions of sin/cos pairs), "
+                f"got dim={self.dim}")
         if self.backend not in BACKENDS:
             bad(f"backend must be one of {BACKENDS}, got backend={self.backend!r}")
         h, w = self.img_size
@@ -183,8 +184,8 @@ class TokenPoseConfig:
             bad(f"no default patch size for img_size={self.img_size}; pass patch_size=(ph, pw)")
         (fh, fw), (ph, pw) = self.feature_size, self.patch_size
         if min(ph, pw) < 1 or fh % ph or fw % pw:
-            bad(f"patch_size={self.patch_size} must divide the {'image' if self.backbone == 'none' else '1/4 feature map'}"
-                f" {self.feature_size} (img_size={self.img_size})")
+            what = "image" if self.backbone == "none" else "1/4 feature map"
+            bad(f"patch_size={self.patch_size} must divide the {what} {self.feature_size} (img_size={self.img_size})")
         if not 0.0 <= self.dropout < 1.0:
             bad(f"dropout must be in [0, 1), got {self.dropout}")
 

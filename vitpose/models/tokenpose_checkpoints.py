@@ -18,7 +18,7 @@ import re
 
 import torch
 
-from .tokenpose import ARCHITECTURES, VARIANTS, TokenPose, TokenPoseConfig, tokenpose_config, variant_key
+from .tokenpose import ARCHITECTURES, VARIANTS, TokenPose, TokenPoseConfig, variant_key
 
 FAMILY = "tokenpose"
 
@@ -57,7 +57,8 @@ def _heatmap_size(out: int, hints) -> tuple[int, int]:
 def _family(sd: dict) -> tuple[str, str, int]:
     """(prefix of the token part, backbone, stacks) from the key names."""
     prefix = "features" if "features.keypoint_token" in sd else "transformer"
-    backbone = "stem" if prefix == "features" else ("hrnet" if any(k.startswith("pre_feature.") for k in sd) else "none")
+    hrnet = any(k.startswith("pre_feature.") for k in sd)
+    backbone = "stem" if prefix == "features" else ("hrnet" if hrnet else "none")
     stacks = 3 if any(k.startswith(f"{prefix}.transformer1.") for k in sd) else 1
     return prefix, backbone, stacks
 
