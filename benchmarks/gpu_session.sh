@@ -24,7 +24,7 @@
 set -uo pipefail
 
 OUT=${1:?usage: bash benchmarks/gpu_session.sh OUTDIR}
-STEPS=${STEPS:-"install tests memory kernels throughput patched"}
+STEPS=${STEPS:-"install tests memory kernels throughput patched serving"}
 TOTAL_S=${TOTAL_S:-560}
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd) || exit 2
@@ -38,8 +38,8 @@ STATUS="$WORK/steps.tsv"
 : > "$STATUS"
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
 
-declare -A WEIGHT=([tests]=30 [memory]=12 [kernels]=25 [throughput]=20 [patched]=10)
-declare -A CAP=([tests]=540 [memory]=150 [kernels]=300 [throughput]=240 [patched]=120)
+declare -A WEIGHT=([tests]=30 [memory]=12 [kernels]=25 [throughput]=20 [patched]=10 [serving]=12)
+declare -A CAP=([tests]=540 [memory]=150 [kernels]=300 [throughput]=240 [patched]=120 [serving]=180)
 DONE=" "
 
 has() { [[ " $STEPS " == *" $1 "* ]]; }
@@ -57,7 +57,7 @@ pack() {  # OUTDIR/summary.txt + OUTDIR/gpu_session.tar.gz, replaced atomically
 limit() {
     local name=$1 left total=0 s
     left=$(( DEADLINE - $(now) - RESERVE ))
-    for s in tests memory kernels throughput patched; do
+    for s in tests memory kernels throughput patched serving; do
         has "$s" && [[ "$DONE" != *" $s "* ]] && total=$(( total + WEIGHT[$s] ))
     done
     (( total > 0 )) || total=1
@@ -195,6 +195,12 @@ if has patched; then
     l=$(limit patched); DONE+="patched "
     step patched_models "$l" TERM $PY benchmarks/patched_models.py --out "$WORK" --rep 10 --max-seconds 2 \
         --budget-s "$(budget "$l")"
+fi
+
+if has serving; then  # CUDA-graph serving latency per bucket, then a TensorRT engine (if installed)
+    l=$(limit serving); DONE+="serving "
+    step serving "$(( l * 2 / 3 ))" TERM $PY benchmarks/serving.py --out "$WORK" --budget-s "$(budget "$(( l * 2 / 3 ))")"
+    step tensorrt "$(( l / 3 ))" TERM $PY benchmarks/tensorrt_engine.py --out "$WORK" --budget-s "$(budget "$(( l / 3 ))")"
 fi
 
 # ----------------------------------------------------------------------------- summary

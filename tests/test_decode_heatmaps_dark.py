@@ -145,3 +145,19 @@ def test_cuda_dark_emulated_is_schedule_independent(monkeypatch):
             monkeypatch.setenv("VPEMU_SCHEDULE", schedule)
             again = vk.decode_heatmaps(hm, backend="cuda", **kw)
             assert all(torch.equal(a, b) for a, b in zip(first, again)), schedule
+
+
+def test_cpu_backend_dark_shortcut_equals_full_blur():
+    """The CPU backend blurs only the 5x5 neighbourhood of interior maxima; against its full blur and
+    the reference, on strong maps and on maps straddling the clip at 1e-10."""
+    import parity
+    from vitpose_kernels.cpu_backend import decode_heatmaps as cpu
+    strong = parity.realistic_heatmaps(3, 17, 64, 48, seed=6, border=True)
+    weak = 1e-10 * parity.realistic_heatmaps(2, 5, 16, 12, seed=7, noise=0.05)
+    for hm in (strong, weak):
+        args = vk.ops._prepare_decode_heatmaps(hm, input_size=(192, 256), method="dark")
+        fast, _ = cpu.decode(*args)
+        full, _ = cpu.decode(*args, always_full_blur=True)
+        ref, _ = vk.decode_heatmaps(hm, input_size=(192, 256), method="dark", backend="reference")
+        assert float((fast - full).abs().max()) <= 1e-4
+        assert float((fast - ref).abs().max()) <= 1e-3

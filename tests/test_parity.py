@@ -63,3 +63,18 @@ def test_udp_targets(backend, case):
 def test_harness_accepts_the_reference(case):
     """The harness itself, run on the reference: a failure here is a harness bug."""
     parity.check_window_attention("reference", case)
+
+
+# The CPU backend (vectorised torch/numpy, CPU tensors only): the same harness, on the CPU
+# whatever the machine has, at the CI sweep plus batches of the size it is made for.
+CPU_HEATMAP_CASES = parity.heatmap_sweep("ci") + [
+    parity.HeatmapCase(B=64, K=17, size=(64, 48), flip=True, boxes=True, border=True),
+    parity.HeatmapCase(B=8, K=133, size=(96, 72), boxes=True, seed=3),
+    parity.HeatmapCase(B=16, K=17, size=(64, 48), noise_only=True, flip=True),
+    parity.HeatmapCase(B=5, K=3, size=(7, 5), border=True, seed=5),
+]
+
+
+@pytest.mark.parametrize("case", CPU_HEATMAP_CASES, ids=str)
+def test_decode_heatmaps_cpu_backend(case):
+    parity.check_decode_heatmaps("cpu", case, dev=torch.device("cpu"))

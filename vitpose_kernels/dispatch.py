@@ -21,10 +21,11 @@ from . import _ext
 log = logging.getLogger("vitpose_kernels")
 
 OPS = ("window_attention", "simple_decoder", "decode_heatmaps", "udp_targets")
-BACKENDS = ("cuda", "triton", "reference")
+BACKENDS = ("cuda", "triton", "cpu", "reference")
 # Fastest first, per device type. On the CPU the Triton interpreter is far slower than PyTorch,
-# so it is used only when forced.
-PRIORITY = {"cuda": ("cuda", "triton", "reference"), "cpu": ("reference", "triton", "cuda")}
+# so it is used only when forced; the "cpu" backend (vectorised torch/numpy for CPU tensors) goes
+# before the reference for the ops it has.
+PRIORITY = {"cuda": ("cuda", "triton", "reference"), "cpu": ("cpu", "reference", "triton", "cuda")}
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,11 @@ def probe() -> None:
         return
     _MACHINE["reference"] = []
     importlib.import_module("vitpose_kernels.reference")
+    try:
+        importlib.import_module("vitpose_kernels.cpu_backend")
+        _MACHINE["cpu"] = []
+    except Exception as e:  # pure torch/numpy: should not fail, but must not take the package down
+        _MACHINE["cpu"] = [_import_failure("cpu", e)]
     try:
         importlib.import_module("vitpose_kernels.triton_backend")
         triton_reasons = []
@@ -113,6 +119,10 @@ def reasons(op: str, name: str, *args, **kwargs) -> list[str]:
 def select(op: str, backend: str | None, device: torch.device, *args, **kwargs) -> Backend:
     """The backend to run: the forced one (or an error with its reasons), else the first that fits."""
     probe()
+    if torch.jit.is_tracing() and torch.onnx.is_in_onnx_export():
+        # An ONNX graph holds the reference formulation (standard ONNX ops) whatever backend the
+        # caller asked for: the fused kernels are not ONNX operators.
+        return _REGISTRY[op]["reference"]
     if backend is not None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS} or None, got backend={backend!r}")
@@ -123,6 +133,8 @@ def select(op: str, backend: str | None, device: torch.device, *args, **kwargs) 
         return _REGISTRY[op][backend]
     skipped = {}
     for name in PRIORITY["cuda" if device.type == "cuda" else "cpu"]:
+        if name not in _REGISTRY[op]:
+            continue  # this op has no such backend: nothing to weigh or log (explain() still says so)
         why = reasons(op, name, *args, **kwargs)
         if not why:
             if skipped:

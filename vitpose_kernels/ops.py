@@ -26,10 +26,22 @@ def window_attention(q, k, v, *, grid, window=None, shift=(0, 0), pool=False, nu
     backend: None picks the fastest backend that supports the inputs; "reference", "triton" or
     "cuda" forces one (NotImplementedError listing its reasons if it cannot serve the call).
     """
+    if torch.jit.is_tracing():
+        grid, num_global = traced_ints(grid), traced_ints(num_global)
     args = _prepare_window_attention(q, k, v, grid=grid, window=window, shift=shift, pool=pool,
                                      num_global=num_global, rel_pos_h=rel_pos_h, rel_pos_w=rel_pos_w,
                                      scale=scale)
     return dispatch.select("window_attention", backend, q.device, *args).fn(*args)
+
+
+def traced_ints(value):
+    """Sizes read from shapes while torch.jit traces (ONNX export) are 0-dim tensors; the geometry
+    of a traced graph is fixed (only the batch is dynamic), so take the ints they hold."""
+    if isinstance(value, torch.Tensor) and value.dim() == 0 and not value.is_floating_point():
+        return int(value)
+    if isinstance(value, (tuple, list)):
+        return type(value)(traced_ints(v) for v in value)
+    return value
 
 
 def _prepare_window_attention(q, k, v, *, grid, window=None, shift=(0, 0), pool=False, num_global=0,

@@ -12,7 +12,8 @@ configuration (dynamic shared memory limits) and the Python/C++ glue. What it ca
 register or shared-memory bank pressure, and races that depend on real timing (see README.md).
 
 Environment: CXX picks the compiler (default g++, then clang++); VPEMU_BUILD_DIR the cache
-(default <repo>/build/cuda_emulator); VPEMU_OPT the optimisation flags (default -O1); VPEMU_CSRC
+(default <repo>/build/cuda_emulator); VPEMU_OPT the optimisation flags (default -O1; with
+-DVPEMU_COUNT the executed-work counters of benchmarks/cost_model.py are built in); VPEMU_CSRC
 another kernel tree (to check that a deliberately broken kernel fails);
 VPEMU_SCHEDULE=reverse runs each block's threads in reverse order (race probe).
 """
@@ -41,6 +42,10 @@ RUNTIME = [HERE / "runtime.cpp", HERE / "selftest.cpp"]
 
 _FLAGS = ["-std=c++17", "-fPIC", "-fvisibility=hidden", "-DVITPOSE_CPU_EMULATION", "-ffp-contract=off",
           "-fno-strict-aliasing", "-Wall", "-Wno-unknown-pragmas", "-Wno-unused-function"]
+# With -DVPEMU_COUNT in VPEMU_OPT (benchmarks/cost_model.py): the kernel sources call a counter on
+# every load and store they execute (runtime.cpp defines the callbacks; no sanitizer runtime).
+_COUNT_CU_FLAGS = ["-fsanitize=kernel-address", "--param", "asan-instrumentation-with-call-threshold=0",
+                   "--param", "asan-stack=0", "--param", "asan-globals=0"]
 
 
 # ----------------------------------------------------------------------------- source rewriting
@@ -201,7 +206,8 @@ def build(verbose: bool = False, csrc: Path | None = None, opt: str | None = Non
     for s, o, f in todo:
         while len(procs) >= limit:
             reap(procs.pop(0))
-        cmd = [cxx, *flags, *f, "-x", "c++", "-c", str(s), "-o", str(_tmp(o))]
+        extra = _COUNT_CU_FLAGS if "-DVPEMU_COUNT" in f and o.name.split(".")[1:2] == ["cu"] else []
+        cmd = [cxx, *flags, *f, *extra, "-x", "c++", "-c", str(s), "-o", str(_tmp(o))]
         if verbose:
             print(" ".join(cmd), file=sys.stderr)
         procs.append((subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True), s, o))

@@ -8,6 +8,9 @@
 #include <cstdlib>
 #include <map>
 #include <mutex>
+#ifdef VPEMU_COUNT
+#include <unordered_set>
+#endif
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -147,6 +150,50 @@ State& S() {
   static State* s = new State();
   return *s;
 }
+
+#ifdef VPEMU_COUNT
+// Executed-work counters (benchmarks/cost_model.py; built only with -DVPEMU_COUNT): per launch,
+// mma.sync instructions, cp.async bytes and the plain global loads/stores of the kernel code,
+// which the build instruments with -fsanitize=kernel-address (callbacks at the end of this
+// file). "Global" means inside a range registered from Python: the tensors of the op.
+struct CountRec {
+  std::string name;
+  const void* fn = nullptr;
+  dim3 grid, block;
+  size_t smem = 0;
+  long long blocks = 0, mma = 0, ld = 0, ld_bytes = 0, st = 0, st_bytes = 0, cp = 0, cp_bytes = 0,
+            cp_zfill_bytes = 0;
+  std::unordered_set<uintptr_t> ld_sectors, st_sectors;  // distinct 32-byte sectors touched
+};
+inline void add_sectors(std::unordered_set<uintptr_t>& set, uintptr_t a, size_t n) {
+  for (uintptr_t sec = a >> 5; sec <= (a + n - 1) >> 5; ++sec) set.insert(sec);
+}
+struct Counters {
+  std::vector<CountRec> recs;
+  std::map<uintptr_t, uintptr_t> ranges;  // start -> end of registered global buffers
+  bool dry = false;
+  CountRec* cur = nullptr;
+};
+Counters& C() {
+  static Counters* c = new Counters();
+  return *c;
+}
+bool is_global(uintptr_t a) {
+  const auto& r = C().ranges;
+  auto it = r.upper_bound(a);
+  if (it == r.begin()) return false;
+  --it;
+  return a < it->second;
+}
+#define VPEMU_COUNT_DO(stmt) \
+  do {                       \
+    stmt;                    \
+  } while (0)
+#else
+#define VPEMU_COUNT_DO(stmt) \
+  do {                       \
+  } while (0)
+#endif
 
 std::string where() {
   State& s = S();
@@ -460,6 +507,7 @@ double elem(MmaType t, uint16_t bits) {
 }
 
 void mma_compute(Warp& w) {
+  VPEMU_COUNT_DO(if (C().cur) ++C().cur->mma);
   const MmaType t = static_cast<MmaType>(w.arg);
   double A[16][16], B[16][8];
   for (int r = 0; r < 16; ++r)
@@ -620,6 +668,12 @@ void ptx_cp_async(uint32_t dst, const void* src, int cp_size, int src_size, bool
     device_fail("cp.async: global source %p is not %d-byte aligned", src, cp_size);
   check_smem_range(dst, static_cast<size_t>(cp_size), static_cast<size_t>(cp_size), "cp.async");
   if (src_size > 0 && src == nullptr) device_fail("cp.async: null global source");
+  VPEMU_COUNT_DO(if (C().cur) {
+    ++C().cur->cp;
+    C().cur->cp_bytes += src_size;
+    C().cur->cp_zfill_bytes += cp_size - src_size;
+    if (src_size > 0) add_sectors(C().cur->ld_sectors, reinterpret_cast<uintptr_t>(src), static_cast<size_t>(src_size));
+  });
   if (s.early_copies)
     perform(Copy{dst, src, cp_size, src_size});
   else
@@ -716,6 +770,24 @@ void run(const Launch& l) {
   s.serial = mode == "serial" || mode == "serial-reverse";
   const char* copies = std::getenv("VPEMU_CP_ASYNC");
   s.early_copies = copies && std::string(copies) == "early";
+#ifdef VPEMU_COUNT
+  {
+    Counters& c = C();
+    CountRec r;
+    r.name = l.name;
+    r.fn = l.fn;
+    r.grid = l.grid;
+    r.block = l.block;
+    r.smem = l.smem;
+    c.recs.push_back(r);
+    if (c.dry) {  // the launch as configured, without running it (full-size grids for scaling)
+      c.recs.back().blocks = static_cast<long long>(l.grid.x) * l.grid.y * l.grid.z;
+      ++s.launches;
+      return;
+    }
+    c.cur = &c.recs.back();
+  }
+#endif
   s.launch = &l;
   s.nthreads = static_cast<int>(nthreads);
   if (s.fibers.size() < nthreads) s.fibers.resize(nthreads);
@@ -730,16 +802,19 @@ void run(const Launch& l) {
       for (unsigned x = 0; x < l.grid.x; ++x) {
         blockIdx = dim3(x, y, z);
         ++s.blocks;
+        VPEMU_COUNT_DO(++C().cur->blocks);
         run_block();
         if (s.error.empty()) check_canaries();
         if (!s.error.empty()) {
           const std::string e = "vpemu: " + s.error;
           s.error.clear();
+          VPEMU_COUNT_DO(C().cur = nullptr);
           s.launch = nullptr;
           throw std::runtime_error(e);
         }
       }
   s.launch = nullptr;
+  VPEMU_COUNT_DO(C().cur = nullptr);
 }
 
 // ----------------------------------------------------------------------------- half conversions
@@ -820,3 +895,64 @@ uint32_t __cvta_generic_to_shared(const void* p) {
 // emulation against plain matrix products.
 extern "C" __attribute__((visibility("default"))) long long vpemu_launch_count() { return vpemu::S().launches; }
 extern "C" __attribute__((visibility("default"))) long long vpemu_block_count() { return vpemu::S().blocks; }
+
+#ifdef VPEMU_COUNT
+// ============================================================================ counters: C API
+namespace {
+void count_access(const void* p, size_t n, bool store) {
+  vpemu::Counters& c = vpemu::C();
+  if (!c.cur || !vpemu::S().cur || !vpemu::is_global(reinterpret_cast<uintptr_t>(p))) return;
+  if (store) {
+    ++c.cur->st;
+    c.cur->st_bytes += static_cast<long long>(n);
+  } else {
+    ++c.cur->ld;
+    c.cur->ld_bytes += static_cast<long long>(n);
+  }
+  vpemu::add_sectors(store ? c.cur->st_sectors : c.cur->ld_sectors, reinterpret_cast<uintptr_t>(p), n);
+}
+}  // namespace
+
+#define VPEMU_EXPORT extern "C" __attribute__((visibility("default")))
+VPEMU_EXPORT int vpemu_count_enabled() { return 1; }
+VPEMU_EXPORT void vpemu_count_reset() {
+  vpemu::C().recs.clear();
+  vpemu::C().cur = nullptr;
+}
+VPEMU_EXPORT void vpemu_count_set_dry(int dry) { vpemu::C().dry = dry != 0; }
+VPEMU_EXPORT void vpemu_count_add_range(uintptr_t start, size_t bytes) { vpemu::C().ranges[start] = start + bytes; }
+VPEMU_EXPORT void vpemu_count_remove_range(uintptr_t start) { vpemu::C().ranges.erase(start); }
+VPEMU_EXPORT void vpemu_count_clear_ranges() { vpemu::C().ranges.clear(); }
+VPEMU_EXPORT long long vpemu_count_launches() { return static_cast<long long>(vpemu::C().recs.size()); }
+// Launch i: fn pointer, grid xyz, block xyz, smem, blocks run, mma, ld ops, ld bytes, st ops,
+// st bytes, cp.async ops, cp.async bytes, cp.async zero-filled bytes, distinct 32-byte sectors
+// read, written (19 int64); returns its name.
+VPEMU_EXPORT const char* vpemu_count_launch(long long i, long long* out) {
+  const vpemu::CountRec& r = vpemu::C().recs.at(static_cast<size_t>(i));
+  const long long v[16] = {static_cast<long long>(reinterpret_cast<uintptr_t>(r.fn)), r.grid.x, r.grid.y, r.grid.z,
+                           r.block.x, r.block.y, r.block.z, static_cast<long long>(r.smem), r.blocks, r.mma, r.ld,
+                           r.ld_bytes, r.st, r.st_bytes, r.cp, r.cp_bytes};
+  for (int k = 0; k < 16; ++k) out[k] = v[k];
+  out[16] = r.cp_zfill_bytes;
+  out[17] = static_cast<long long>(r.ld_sectors.size());
+  out[18] = static_cast<long long>(r.st_sectors.size());
+  return r.name.c_str();
+}
+
+// ============================================================================ access callbacks
+// -fsanitize=kernel-address with asan-instrumentation-with-call-threshold=0 (the kernel sources
+// only, see __init__.py) calls these for every load and store the compiled code could not keep
+// in registers; nothing here is instrumented.
+#define VPEMU_ASAN(n)                                                                                   \
+  VPEMU_EXPORT void __asan_load##n##_noabort(const void* p) { count_access(p, n, false); }            \
+  VPEMU_EXPORT void __asan_store##n##_noabort(const void* p) { count_access(p, n, true); }
+VPEMU_ASAN(1)
+VPEMU_ASAN(2)
+VPEMU_ASAN(4)
+VPEMU_ASAN(8)
+VPEMU_ASAN(16)
+#undef VPEMU_ASAN
+VPEMU_EXPORT void __asan_loadN_noabort(const void* p, size_t n) { count_access(p, n, false); }
+VPEMU_EXPORT void __asan_storeN_noabort(const void* p, size_t n) { count_access(p, n, true); }
+VPEMU_EXPORT void __asan_handle_no_return() {}
+#endif

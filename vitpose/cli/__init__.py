@@ -3,6 +3,7 @@
 
     vitpose predict --checkpoint F [--boxes B.json] IMAGE_OR_DIR_OR_VIDEO... --out DIR
     vitpose evaluate --checkpoint F --ann A.json --dets D.json --images DIR
+    vitpose export --checkpoint F --format onnx OUT.onnx [--decode] [--flip]
     vitpose synth OUT --images N --seed S [--val-images M]
     vitpose train --data DIR --model NAME_OR_CONFIG --epochs E --batch-size B --out RUN [--resume RUN]
 """
@@ -11,9 +12,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import evaluate, predict, synth, train
+from . import evaluate, export, predict, synth, train
 
-COMMANDS = (predict, evaluate, synth, train)
+COMMANDS = (predict, evaluate, export, synth, train)
 
 
 def build_parser() -> argparse.ArgumentParser:

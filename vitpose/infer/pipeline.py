@@ -43,6 +43,7 @@ class Pose:
     dataset: str = "coco"
     center: np.ndarray = field(default=None, repr=False)
     scale: np.ndarray = field(default=None, repr=False)
+    track_id: int | None = None  # identity across video frames, set by a tracker when there is one
 
     @property
     def area(self) -> float:
@@ -56,9 +57,12 @@ class Pose:
 
     def to_coco(self, image_id, category_id: int = 1) -> dict:
         kps = np.concatenate([self.keypoints, self.scores[:, None]], axis=1).reshape(-1)
-        return {"image_id": image_id, "category_id": category_id, "keypoints": [float(v) for v in kps],
-                "score": self.score(), "box_score": float(self.box_score),
-                "bbox": [float(v) for v in self.box]}
+        out = {"image_id": image_id, "category_id": category_id, "keypoints": [float(v) for v in kps],
+               "score": self.score(), "box_score": float(self.box_score),
+               "bbox": [float(v) for v in self.box]}
+        if self.track_id is not None:
+            out["track_id"] = int(self.track_id)
+        return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -133,9 +137,12 @@ def image_to_crop(points, center, scale, input_size=(192, 256), rotation=None, f
     return (d + s * 0.5) * size1 / s
 
 
-def crop_to_image(points, center, scale, input_size=(192, 256), rotation=None, flip=None, method: str = "udp"):
-    """The inverse of image_to_crop: p = c + F R(-rot) (q / S - s/2) (method="dark": (q - (W-1, H-1)/2) / k)."""
-    size1 = torch.as_tensor([input_size[0] - 1, input_size[1] - 1], dtype=points.dtype, device=points.device)
+def crop_to_image(points, center, scale, input_size=(192, 256), rotation=None, flip=None, method: str = "udp",
+                  size1=None):
+    """The inverse of image_to_crop: p = c + F R(-rot) (q / S - s/2) (method="dark": (q - (W-1, H-1)/2) / k).
+    size1: [W-1, H-1] as a tensor made beforehand (no host copy)."""
+    if size1 is None:
+        size1 = torch.as_tensor([input_size[0] - 1, input_size[1] - 1], dtype=points.dtype, device=points.device)
     shape = (-1,) + (1,) * (points.dim() - 2) + (2,)
     c, s = center.view(shape), scale.view(shape)
     if method == "dark":
@@ -151,22 +158,32 @@ def crop_to_image(points, center, scale, input_size=(192, 256), rotation=None, f
     return d + c
 
 
-def _mosaic(images: list[torch.Tensor]):
-    """Images (3, H, W) into one zero canvas, a zero row/column around each; (canvas, origins)."""
-    n = len(images)
+def mosaic_layout(shapes) -> tuple[list[tuple[int, int]], tuple[int, int]]:
+    """Where images of these (H, W) go in one canvas, a zero row/column around each: the (x, y)
+    origins and the canvas (H, W)."""
+    n = len(shapes)
     cols = max(1, math.ceil(math.sqrt(n)))
     origins, x, y, row_h, width = [], 1, 1, 0, 0
-    for i, im in enumerate(images):
+    for i, (h, w) in enumerate(shapes):
         if i and i % cols == 0:
             x, y, row_h = 1, y + row_h + 1, 0
         origins.append((x, y))
-        x += im.shape[2] + 1
-        row_h = max(row_h, im.shape[1])
+        x += w + 1
+        row_h = max(row_h, h)
         width = max(width, x)
-    canvas = images[0].new_zeros(3, y + row_h + 1, width, dtype=torch.float32)
+    return origins, (y + row_h + 1, width)
+
+
+def paste(canvas: torch.Tensor, images, origins) -> torch.Tensor:
     for (ox, oy), im in zip(origins, images):
         canvas[:, oy:oy + im.shape[1], ox:ox + im.shape[2]] = im
-    return canvas, origins
+    return canvas
+
+
+def _mosaic(images: list[torch.Tensor]):
+    """Images (3, H, W) into one zero canvas, a zero row/column around each; (canvas, origins)."""
+    origins, hw = mosaic_layout([im.shape[1:] for im in images])
+    return paste(images[0].new_zeros(3, *hw, dtype=torch.float32), images, origins), origins
 
 
 def crop_batch(images: list[torch.Tensor], image_index: torch.Tensor, centers, scales,
@@ -180,31 +197,49 @@ def crop_batch(images: list[torch.Tensor], image_index: torch.Tensor, centers, s
     Training passes per-sample ``rotation`` (degrees) and ``flip`` (bool), see image_to_crop, and
     ``canvas_size=(Hc, Wc)``: each crop then samples its own image, zero-padded to that fixed
     size, so that a crop's pixels do not depend on which other images share the batch (in the
-    mosaic, the image's place changes the float rounding of the sampling positions)."""
-    W, H = input_size
+    mosaic, the image's place changes the float rounding of the sampling positions). ``method``:
+    the crop geometry (see image_to_crop)."""
     dev = centers.device
-    v, u = torch.meshgrid(torch.arange(H, device=dev, dtype=torch.float32),
-                          torch.arange(W, device=dev, dtype=torch.float32), indexing="ij")
-    pts = crop_to_image(torch.stack([u, v], -1).reshape(1, -1, 2).expand(len(centers), -1, -1),
-                        centers.float(), scales.float(), input_size, rotation, flip, method)  # (N, H*W, 2)
     sizes = torch.tensor([[im.shape[2], im.shape[1]] for im in images], dtype=torch.float32,
                          device=dev)[image_index]
-    inside = ((pts > -1) & (pts < sizes[:, None])).all(-1)                          # (N, H*W)
     if canvas_size is None:
         canvas, origins = _mosaic(images)
-        org = torch.tensor(origins, dtype=torch.float32, device=dev)[image_index]  # (N, 2)
-        pix = pts + org[:, None]
-        Hc, Wc = canvas.shape[1:]
-        grid = torch.stack([pix[..., 0] * (2 / (Wc - 1)) - 1, pix[..., 1] * (2 / (Hc - 1)) - 1], -1)
+        org = torch.tensor(origins, dtype=torch.float32, device=dev)[image_index]      # (N, 2)
+    else:  # one canvas per box
+        canvas, org = _stack(images, canvas_size)[image_index], torch.zeros(len(centers), 2, device=dev)
+    return crop_from_canvas(canvas, org, sizes, centers, scales, input_size, rotation=rotation, flip=flip,
+                            method=method)
+
+
+def crop_lattice(input_size, device) -> torch.Tensor:
+    """The crop's pixel centres (1, H*W, 2) as (u, v)."""
+    W, H = input_size
+    v, u = torch.meshgrid(torch.arange(H, device=device, dtype=torch.float32),
+                          torch.arange(W, device=device, dtype=torch.float32), indexing="ij")
+    return torch.stack([u, v], -1).reshape(1, -1, 2)
+
+
+def crop_from_canvas(canvas, origins, sizes, centers, scales, input_size=(192, 256), lattice=None, size1=None, *,
+                     rotation=None, flip=None, method: str = "udp"):
+    """crop_batch's sampling, given the canvas (3, Hc, Wc), or one per box (N, 3, Hc, Wc), and per
+    box its image's origin in the canvas and (width, height), (N, 2) float32. With lattice and size1
+    made beforehand it creates no tensor from host data, so it can be captured in a CUDA graph."""
+    W, H = input_size
+    if lattice is None:
+        lattice = crop_lattice(input_size, centers.device)
+    pts = crop_to_image(lattice.expand(len(centers), -1, -1), centers.float(), scales.float(), input_size,
+                        rotation, flip, method, size1)                              # (N, H*W, 2)
+    inside = ((pts > -1) & (pts < sizes[:, None])).all(-1)                          # (N, H*W)
+    pix = pts + origins[:, None]
+    Hc, Wc = canvas.shape[-2:]
+    grid = torch.stack([pix[..., 0] * (2 / (Wc - 1)) - 1, pix[..., 1] * (2 / (Hc - 1)) - 1], -1)
+    if canvas.dim() == 4:
+        out = F.grid_sample(canvas, grid.view(-1, H, W, 2), mode="bilinear", padding_mode="zeros",
+                            align_corners=True)                                     # (N, 3, H, W)
+    else:
         out = F.grid_sample(canvas[None], grid.reshape(1, -1, W, 2), mode="bilinear", padding_mode="zeros",
                             align_corners=True)                                     # (1, 3, N*H, W)
         out = out.view(3, len(centers), H, W).permute(1, 0, 2, 3)
-    else:
-        stack = _stack(images, canvas_size)[image_index]                            # (N, 3, Hc, Wc)
-        Hc, Wc = stack.shape[2:]
-        grid = torch.stack([pts[..., 0] * (2 / (Wc - 1)) - 1, pts[..., 1] * (2 / (Hc - 1)) - 1], -1)
-        out = F.grid_sample(stack, grid.view(-1, H, W, 2), mode="bilinear", padding_mode="zeros",
-                            align_corners=True)                                     # (N, 3, H, W)
     return out * inside.view(-1, 1, H, W)
 
 
@@ -220,10 +255,11 @@ def _stack(images: list[torch.Tensor], canvas_size) -> torch.Tensor:
     return out
 
 
-def normalize(crops: torch.Tensor) -> torch.Tensor:
-    """0-255 RGB crops -> ImageNet-normalized."""
-    mean = torch.tensor(IMAGENET_MEAN, device=crops.device).view(1, 3, 1, 1) * 255
-    std = torch.tensor(IMAGENET_STD, device=crops.device).view(1, 3, 1, 1) * 255
+def normalize(crops: torch.Tensor, mean=None, std=None) -> torch.Tensor:
+    """0-255 RGB crops -> ImageNet-normalized (mean, std: (1, 3, 1, 1) in 0-255 units, if made beforehand)."""
+    if mean is None:
+        mean = torch.tensor(IMAGENET_MEAN, device=crops.device).view(1, 3, 1, 1) * 255
+        std = torch.tensor(IMAGENET_STD, device=crops.device).view(1, 3, 1, 1) * 255
     return (crops - mean) / std
 
 
@@ -251,7 +287,10 @@ def load_image(image) -> torch.Tensor:
             arr = np.repeat(arr[..., None], 3, axis=2)
         if arr.ndim != 3 or arr.shape[2] != 3:
             raise ValueError(f"numpy images must be (H, W, 3) RGB, got shape {arr.shape}")
-        image = torch.from_numpy(np.ascontiguousarray(arr)).permute(2, 0, 1)
+        arr = np.ascontiguousarray(arr)
+        if not arr.flags.writeable:  # e.g. np.asarray(PIL image): torch wants memory it may write
+            arr = arr.copy()
+        image = torch.from_numpy(arr).permute(2, 0, 1)
     if isinstance(image, torch.Tensor):
         if image.dim() != 3 or image.shape[0] != 3:
             raise ValueError(f"tensor images must be (3, H, W) RGB in 0-255, got shape {tuple(image.shape)}")
@@ -272,11 +311,15 @@ class TopDownPredictor:
     model: a ViTPose, a TokenPose (any model with the protocol in the module docstring) or a
     checkpoint path. device: default CUDA when available; dtype: bf16 on CUDA, fp32 on the CPU.
     flip: flip test (on by default; off for keypoint sets without a known mirror order).
-    batch_size: crops per forward pass (the flipped ones not counted).
+    batch_size: crops per forward pass (the flipped ones not counted). detector: a
+    ``PersonDetector`` or the folder of a transformers object detector, used for images given
+    without boxes (else each whole image is one box). mode: "eager" (default), or the serving
+    path of ``serving.py``: "graph" (each batch-size bucket replayed as a CUDA graph), "compile"
+    (torch.compile, then CUDA graphs on a GPU), "static" (the buckets without capture).
     """
 
     def __init__(self, model, *, device=None, dtype=None, flip: bool = True, batch_size: int = 32,
-                 dataset_index: int = 0, fold_batchnorm: bool = True):
+                 dataset_index: int = 0, fold_batchnorm: bool = True, detector=None, mode: str = "eager"):
         from ..models.checkpoints import load_model
         from ..models.vitpose import ViTPose
         if isinstance(model, (str, os.PathLike, dict)):
@@ -303,6 +346,18 @@ class TopDownPredictor:
         self.input_size = tuple(model.input_size)  # (W, H)
         self.decode_method = model.decode_method
         self.backend = getattr(model, "backend", None)
+        self._constants = None
+        self.runner = None  # serving.StaticRunner when mode is not "eager"
+        if detector is not None and not callable(detector):
+            from .detect import PersonDetector
+            detector = PersonDetector(detector, device=self.device)
+        self.detector = detector
+        from .serving import MODES, StaticRunner
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got mode={mode!r}")
+        self.mode = mode
+        if mode != "eager":
+            self.runner = StaticRunner(self, mode)
 
     @torch.inference_mode()
     def run_boxes(self, images: list[torch.Tensor], image_index, boxes) -> tuple[torch.Tensor, ...]:
@@ -310,11 +365,27 @@ class TopDownPredictor:
         scores (N, K), centers (N, 2), scales (N, 2), all float32 on the device."""
         dev = self.device
         images = [im.to(dev, non_blocking=True) for im in images]
-        image_index = torch.as_tensor(image_index, device=dev, dtype=torch.long)
         boxes = torch.as_tensor(np.asarray(boxes)[:, :4], dtype=torch.float32, device=dev)
+        origins, hw = mosaic_layout([im.shape[1:] for im in images])
+        image_index = np.asarray(image_index, dtype=np.int64)
+        per_box = np.concatenate([np.asarray(origins, np.float32)[image_index],
+                                  np.asarray([[im.shape[2], im.shape[1]] for im in images], np.float32)[image_index]], 1)
+        per_box = torch.as_tensor(per_box, device=dev)
+        if self.runner is not None:  # pastes the images into its own static canvas
+            return self.runner(images, origins, hw, per_box[:, :2], per_box[:, 2:], boxes)
+        canvas = paste(images[0].new_zeros(3, *hw, dtype=torch.float32), images, origins)
+        return self.device_path(canvas, per_box[:, :2], per_box[:, 2:], boxes)
+
+    def device_path(self, canvas, origins, sizes, boxes) -> tuple[torch.Tensor, ...]:
+        """Crop, model, decode for boxes (N, 4) xywh of images laid out in canvas (3, Hc, Wc),
+        origins/sizes (N, 2) of each box's image in the canvas. No host synchronisation and no
+        tensor made from host data (the constants are made once), so that ``serving.py`` can
+        capture it as a CUDA graph."""
+        c = self.constants()
         centers, scales = box_to_center_scale(boxes, self.input_size, method=self.decode_method)
-        x = normalize(crop_batch(images, image_index, centers, scales, self.input_size,
-                                 method=self.decode_method)).to(self.dtype)
+        crops = crop_from_canvas(canvas, origins, sizes, centers, scales, self.input_size, c["lattice"], c["size1"],
+                                 method=self.decode_method)
+        x = normalize(crops, c["mean"], c["std"]).to(self.dtype)
         n = len(boxes)
         if self.flip:
             x = torch.cat([x, x.flip(-1)])
@@ -323,10 +394,57 @@ class TopDownPredictor:
         if self.flip:
             heatmaps, flipped = heatmaps[:n], heatmaps[n:]
         kp, sc = vitpose_kernels.decode_heatmaps(
-            heatmaps, flip_heatmaps=flipped, flip_indices=self.keypoints.flip_indices if self.flip else None,
+            heatmaps, flip_heatmaps=flipped, flip_indices=c["flip_indices"] if self.flip else None,
             input_size=self.input_size, bbox_centers=centers, bbox_scales=scales, method=self.decode_method,
             backend=self.backend)
         return kp, sc, centers, scales
+
+    @torch.inference_mode()
+    def person_heatmaps(self, image, box):
+        """One person's crop and heatmaps, for pictures: image (path, array or tensor), box xywh(+score)
+        -> (crop (H, W, 3) uint8 as the model saw it, heatmaps (K, H/4, W/4) float32 with the flip
+        test merged, the Pose decoded from them in crop pixels)."""
+        from vitpose_kernels.reference.decode_heatmaps import flip_back
+        img = load_image(image).to(self.device)
+        box = as_boxes(box)[:1]
+        if not len(box):
+            raise ValueError("person_heatmaps needs one box, got none")
+        c = self.constants()
+        method = self.decode_method
+        centers, scales = box_to_center_scale(torch.as_tensor(box[:, :4], dtype=torch.float32, device=self.device),
+                                              self.input_size, method=method)
+        size = torch.tensor([[img.shape[2], img.shape[1]]], dtype=torch.float32, device=self.device)
+        crops = crop_from_canvas(img.float(), torch.zeros(1, 2, device=self.device), size, centers, scales,
+                                 self.input_size, c["lattice"], c["size1"], method=method)
+        x = normalize(crops, c["mean"], c["std"]).to(self.dtype)
+        heatmaps = self.model(torch.cat([x, x.flip(-1)]) if self.flip else x, self.dataset_index).float()
+        if self.flip:
+            heatmaps = (heatmaps[:1] + flip_back(heatmaps[1:], c["flip_indices"])) * 0.5
+        W, H = self.input_size
+        # In the crop's own pixels: the UDP warp puts the box on [0, W-1] x [0, H-1] (decoding to
+        # input_size (W, H) is mmpose's convention on the way back to the image, not the crop's);
+        # "dark" decodes to the crop's pixels as they are.
+        size = (W, H) if method == "dark" else (W - 1, H - 1)
+        kp, sc = vitpose_kernels.decode_heatmaps(heatmaps, input_size=size, method=method, backend=self.backend)
+        pose = Pose(kp[0].cpu().numpy(), sc[0].cpu().numpy(), np.array([0.0, 0.0, W, H]), float(box[0, 4]),
+                    self.keypoints.name)
+        crop = crops[0].permute(1, 2, 0).clamp(0, 255).round().byte().cpu().numpy()
+        return crop, heatmaps[0].cpu().numpy(), pose
+
+    def constants(self) -> dict:
+        """Tensors the device path needs, made once on the device."""
+        if self._constants is None:
+            dev = self.device
+            W, H = self.input_size
+            self._constants = {
+                "lattice": crop_lattice(self.input_size, dev),
+                "size1": torch.tensor([W - 1, H - 1], dtype=torch.float32, device=dev),
+                "mean": torch.tensor(IMAGENET_MEAN, device=dev).view(1, 3, 1, 1) * 255,
+                "std": torch.tensor(IMAGENET_STD, device=dev).view(1, 3, 1, 1) * 255,
+                "flip_indices": (torch.tensor(self.keypoints.flip_indices, dtype=torch.long, device=dev)
+                                 if self.flip else None),
+            }
+        return self._constants
 
     def __call__(self, images, boxes=None) -> list[list[Pose]]:
         """images: a list (paths, arrays, tensors) or one image; boxes: per image (n, 4|5), or None
@@ -336,6 +454,9 @@ class TopDownPredictor:
             images, boxes = [images], ([boxes] if boxes is not None else None)
         if boxes is not None and len(boxes) != len(images):
             raise ValueError(f"boxes must be given per image: {len(images)} images, {len(boxes)} box lists")
+        if boxes is None and self.detector is not None:
+            images = [load_image(im) for im in images]
+            boxes = self.detector(images)
         items = ((i, im, None if boxes is None else boxes[i]) for i, im in enumerate(images))
         out = [poses for _, poses in self.iter_predict(items, errors="raise")]
         return out[0] if single else out
@@ -349,6 +470,8 @@ class TopDownPredictor:
         for key, image, boxes in items:
             try:
                 img = load_image(image)
+                if boxes is None and self.detector is not None:  # one image at a time here; the
+                    boxes = self.detector([img])[0]             # batch job detects per group
                 arr = (as_boxes(boxes, f" of {key!r}") if boxes is not None else
                        np.array([[0, 0, img.shape[2], img.shape[1], 1.0]], dtype=np.float64))
                 pending.append((key, img, arr))
@@ -365,7 +488,20 @@ class TopDownPredictor:
         yield from self._flush(pending, errors)
 
     def _flush(self, pending, errors):
-        ok = [(j, img, arr) for j, (_, img, arr) in enumerate(pending) if arr is not None]
+        out = self.predict_batch([img for _, img, _ in pending], [arr for _, _, arr in pending],
+                                 errors=errors)
+        for (key, _, _), poses in zip(pending, out):
+            yield key, poses
+
+    def predict_batch(self, images: list[torch.Tensor], boxes: list, errors: str = "raise") -> list:
+        """Poses of every box of a group of loaded images ((3, H, W) tensors), in forward passes
+        of ``batch_size`` crops -> [[Pose] per image]. boxes: (n, 5) arrays from ``as_boxes``;
+        an entry None marks a failed item, whose image slot holds its exception (passed through).
+        With errors="yield" a failing forward pass fails the group's items with its exception.
+
+        A group's results depend only on the group (the batches it forms), so a resumed or
+        sharded batch job that forms the same groups computes bit-identical poses."""
+        ok = [(j, img, arr) for j, (img, arr) in enumerate(zip(images, boxes)) if arr is not None]
         flat = [(slot, b) for slot, (_, _, arr) in enumerate(ok) for b in range(len(arr))]
         results = {j: [] for j, _, _ in ok}
         failure = None
@@ -374,22 +510,19 @@ class TopDownPredictor:
                 chunk = flat[start:start + self.batch_size]
                 used = sorted({slot for slot, _ in chunk})
                 local = {slot: i for i, slot in enumerate(used)}
-                boxes = np.stack([ok[slot][2][b] for slot, b in chunk])
+                boxes_ = np.stack([ok[slot][2][b] for slot, b in chunk])
                 kp, sc, c, s = self.run_boxes([ok[slot][1] for slot in used],
-                                              [local[slot] for slot, _ in chunk], boxes)
+                                              [local[slot] for slot, _ in chunk], boxes_)
                 kp, sc, c, s = (t.cpu().numpy() for t in (kp, sc, c, s))
-                for n, ((slot, _), box) in enumerate(zip(chunk, boxes)):
+                for n, ((slot, _), box) in enumerate(zip(chunk, boxes_)):
                     results[ok[slot][0]].append(Pose(kp[n], sc[n], box[:4].copy(), float(box[4]),
                                                      self.keypoints.name, c[n], s[n]))
         except Exception as e:
             if errors == "raise":
                 raise
             failure = e
-        for j, (key, img, arr) in enumerate(pending):
-            if arr is None:
-                yield key, img
-            else:
-                yield key, (failure if failure is not None else results[j])
+        return [img if arr is None else (failure if failure is not None else results[j])
+                for j, (img, arr) in enumerate(zip(images, boxes))]
 
 
 def _with_folded_heads(model):
