@@ -134,3 +134,22 @@ def test_cli_predict_and_evaluate_with_an_official_tokenpose_checkpoint(official
     results = json.loads((tmp_path / "out" / "keypoints.json").read_text())
     assert rc == 0 and sorted(r["image_id"] for r in results) == [1, 2]
     assert all(len(r["keypoints"]) == 51 for r in results)
+
+
+def test_onnx_export_decodes_with_the_models_method(tmp_path):
+    """vitpose export --decode puts TokenPose's own decoding ("dark") in the graph."""
+    pytest.importorskip("onnxruntime")
+    from vitpose.export.onnx import export_onnx
+    import onnxruntime as ort
+    import vitpose_kernels
+    torch.manual_seed(0)
+    model = vitpose.build_model("tokenpose-t", img_size=(64, 48), patch_size=(8, 6), dim=32, heads=2, depth=1).eval()
+    export_onnx(model, str(tmp_path / "tp.onnx"), decode=True, flip=False)
+    x, c, s = torch.randn(2, 3, 64, 48), torch.tensor([[100., 120.], [50., 60.]]), torch.tensor([[80., 106.], [40., 53.]])
+    kp = ort.InferenceSession(str(tmp_path / "tp.onnx")).run(None, {"pixel_values": x.numpy(), "bbox_centers": c.numpy(),
+                                                                      "bbox_scales": s.numpy()})[0]
+    with torch.no_grad():
+        want, _ = vitpose_kernels.decode_heatmaps(model(x), input_size=(48, 64), bbox_centers=c, bbox_scales=s,
+                                                  method="dark")
+    assert np.abs(kp - want.numpy()).max() < 1e-2  # flat random-weight maps: float noise, amplified a little
+
