@@ -100,3 +100,20 @@ def test_resume_refuses_a_damaged_checkpoint(tmp_path):
         f.truncate(os.path.getsize(path) // 2)
     with pytest.raises(ckpt.CheckpointCorrupt, match=os.path.basename(path)):
         train(resume=str(out))
+
+
+def test_bad_arguments_name_what_is_wrong(tmp_path):
+    with pytest.raises(ValueError, match="--data, --model"):
+        train(epochs=1, batch_size=2, out=str(tmp_path))
+    with pytest.raises(ValueError, match="batch_size must be a positive int"):
+        train(data="x", model="vitpose-s", epochs=1, batch_size=0, out=str(tmp_path))
+    with pytest.raises(ValueError, match="no training recipe for --model 'resnet-50'"):
+        train(data="x", model="resnet-50", epochs=1, batch_size=2, out=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="no training split"):
+        train(data=str(tmp_path), model="vitpose-s", epochs=1, batch_size=2, out=str(tmp_path / "r"))
+    data = synth_dataset(str(tmp_path), 2, 0, seed=1)
+    with pytest.raises(ValueError, match="unknown augmentation setting"):
+        train(data=data, model="vitpose-s", epochs=1, batch_size=2, out=str(tmp_path / "r"),
+              augment_overrides={"rotation": 3})
+    with pytest.raises(TypeError, match="unknown arguments"):
+        train(data=data, model="vitpose-s", epochs=1, batch_size=2, out=str(tmp_path / "r"), learning_rate=1)

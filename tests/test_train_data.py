@@ -224,3 +224,20 @@ def test_augmented_batch_targets_and_flip_labels(synth):
     lab = straight["weights"][0, fi] > 0
     assert torch.allclose(flipped["keypoints"][0][lab], mirrored[lab], atol=1e-4)
     assert torch.allclose(flipped["pixels"][0], straight["pixels"][0].flip(-1), atol=1e-4)
+
+
+def test_synth_pieces_compose_frames_of_moving_people():
+    """What a video renderer does: the same people and background, keypoints moved, one frame each."""
+    from vitpose.data.synth import Person, compose, random_background, random_people, random_pose, place
+    rng = np.random.default_rng(3)
+    bg = random_background(rng, 240, 200)
+    people = [Person(place(random_pose(rng), (120, 100), 150), p.style, 150) for p in random_people(rng, 240, 200, 1)]
+    frames = []
+    for dx in (0.0, 6.0):
+        moved = [Person(p.keypoints + [dx, 0], p.style, p.height) for p in people]
+        frames.append(compose(bg, moved))
+    (im0, a0), (im1, a1) = frames
+    assert len(a0) == len(a1) == 1 and not np.array_equal(np.asarray(im0), np.asarray(im1))
+    both = (a0[0].visible > 0) & (a1[0].visible > 0)
+    assert np.allclose(a1[0].keypoints[both] - a0[0].keypoints[both], [6.0, 0.0])
+    assert np.array_equal(np.asarray(bg), np.asarray(random_background(np.random.default_rng(3), 240, 200)))

@@ -12,7 +12,9 @@ same files, whatever the number of images.
 
 The pieces are separate so that other generators reuse them (e.g. a video of moving people):
 ``random_pose`` (a pose in body units), ``place`` (onto the image), ``random_style``,
-``render_person`` (one figure onto a canvas, returning its mask), ``random_background``.
+``render_person`` (one figure onto a canvas and its mask), ``random_background``,
+``random_people`` / ``random_occluders``, and ``compose`` (a frame and its annotations from a
+background, people and occluders).
 Figures face the camera, so left and right are told apart by geometry (a figure's left shoulder
 is on the image's right when upright), as for most people in COCO, and horizontal flipping with
 swapped labels stays consistent.
@@ -198,66 +200,102 @@ class Annotation:
     area: float            # visible pixels
 
 
-def render_image(rng: np.random.Generator, width: int, height: int, max_people: int = 3):
-    """One picture: (PIL image, [Annotation]). People are drawn back to front; a keypoint covered by
-    a later person or an occluder becomes 1, one outside the image 0."""
+@dataclass
+class Person:
+    keypoints: np.ndarray  # (17, 2) pixels
+    style: Style
+    height: float          # pixels (sets the limb thickness and the head size)
+
+
+@dataclass
+class Occluder:
+    box: tuple             # x0, y0, x1, y1
+    ellipse: bool
+    color: tuple
+
+
+def compose(background, people: list[Person], occluders: list[Occluder] = ()):
+    """Draw ``people`` back to front, then ``occluders``, onto a copy of the PIL ``background``:
+    (image, [Annotation]). A keypoint covered by a later person or an occluder is 1, one outside
+    the image 0; people fully hidden or off the picture get no annotation, as in COCO. A video
+    renderer calls this per frame with the same styles and moving keypoints."""
     from PIL import Image, ImageDraw
-    im = random_background(rng, width, height)
+    im = background.copy()
+    width, height = im.size
     draw = ImageDraw.Draw(im)
+    masks = []
+    for p in people:
+        mask = Image.new("1", (width, height), 0)
+        render_person(draw, ImageDraw.Draw(mask), p.keypoints, p.style, p.height)
+        masks.append(np.array(mask, dtype=bool))
+    covered = [np.zeros((height, width), dtype=bool) for _ in people]
+    for i in range(len(people)):
+        for j in range(i + 1, len(people)):
+            covered[i] |= masks[j]
+    for o in occluders:
+        occ = Image.new("1", (width, height), 0)
+        (draw.ellipse if o.ellipse else draw.rectangle)(list(o.box), fill=o.color)
+        (ImageDraw.Draw(occ).ellipse if o.ellipse else ImageDraw.Draw(occ).rectangle)(list(o.box), fill=1)
+        occ = np.array(occ, dtype=bool)
+        for c in covered:
+            c |= occ
+    anns = []
+    for p, mask, cov in zip(people, masks, covered):
+        kp = p.keypoints
+        ys, xs = np.nonzero(mask & ~cov)
+        inside = (kp[:, 0] >= 0) & (kp[:, 0] <= width - 1) & (kp[:, 1] >= 0) & (kp[:, 1] <= height - 1)
+        ix = np.clip(np.round(kp[:, 0]).astype(int), 0, width - 1)
+        iy = np.clip(np.round(kp[:, 1]).astype(int), 0, height - 1)
+        vis = np.where(inside, np.where(cov[iy, ix], 1, 2), 0)
+        if len(xs) < 64 or (vis > 0).sum() == 0:
+            continue
+        kp = np.where(vis[:, None] > 0, kp, 0.0)
+        x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+        anns.append(Annotation(kp, vis, (float(x0), float(y0), float(x1 - x0), float(y1 - y0)), float(len(xs))))
+    return im, anns
+
+
+def random_people(rng: np.random.Generator, width: int, height: int, max_people: int = 3) -> list[Person]:
+    """One to ``max_people`` people: random size, pose, rotation and look; sometimes cut by the
+    image border; each placed, of four random places, where it hides least of the others."""
     people = []
-    n = int(rng.integers(1, max_people + 1))
-    for _ in range(n):
+    for _ in range(int(rng.integers(1, max_people + 1))):
         h = rng.uniform(0.35, 0.9) * min(width, height) * (1.3 if rng.random() < 0.1 else 1.0)
-        # mostly inside; sometimes half out (truncation)
-        margin = -0.25 * h if rng.random() < 0.2 else 0.3 * h
+        margin = -0.25 * h if rng.random() < 0.2 else 0.3 * h  # negative: the centre may leave the image
         rotation = rng.normal(0, 15) if rng.random() < 0.85 else rng.uniform(-180, 180)
         pose = random_pose(rng)
-        # of a few random places, the one that hides least of the people already there (people
-        # still overlap, as in crowds, but not every time)
         best = None
         for _ in range(4):
             cx = rng.uniform(min(margin, width / 2), max(width - margin, width / 2))
             cy = rng.uniform(min(margin, height / 2), max(height - margin, height / 2))
             kp = place(pose, (cx, cy), h, rotation)
             lo, hi = kp.min(0), kp.max(0)
-            overlap = sum(max(0, min(hi[0], h1[0]) - max(lo[0], l1[0])) * max(0, min(hi[1], h1[1]) - max(lo[1], l1[1]))
-                          for l1, h1 in (p[2] for p in people))
+            overlap = 0.0
+            for other in people:
+                l1, h1 = other.keypoints.min(0), other.keypoints.max(0)
+                overlap += max(0, min(hi[0], h1[0]) - max(lo[0], l1[0])) * max(0, min(hi[1], h1[1]) - max(lo[1], l1[1]))
             if best is None or overlap < best[0]:
                 best = (overlap, kp)
-        kp = best[1]
-        style = random_style(rng)
-        mask = Image.new("1", (width, height), 0)
-        render_person(draw, ImageDraw.Draw(mask), kp, style, h)
-        people.append([kp, np.array(mask, dtype=bool), (kp.min(0), kp.max(0))])
-    covered = [np.zeros((height, width), dtype=bool) for _ in people]
-    for i in range(len(people)):
-        for j in range(i + 1, len(people)):
-            covered[i] |= people[j][1]
-    for _ in range(rng.choice(3, p=(0.5, 0.35, 0.15))):  # occluders: boxes and blobs over everything
+        people.append(Person(best[1], random_style(rng), h))
+    return people
+
+
+def random_occluders(rng: np.random.Generator, width: int, height: int) -> list[Occluder]:
+    """None to two boxes or blobs (half the pictures have none)."""
+    out = []
+    for _ in range(rng.choice(3, p=(0.5, 0.35, 0.15))):
         w, hh = rng.uniform(0.1, 0.4) * width, rng.uniform(0.1, 0.4) * height
         x0, y0 = rng.uniform(-w / 2, width - w / 2), rng.uniform(-hh / 2, height - hh / 2)
-        occ = Image.new("1", (width, height), 0)
-        shape = draw.rectangle if rng.random() < 0.5 else draw.ellipse
-        shape([x0, y0, x0 + w, y0 + hh], fill=_color(rng, 0, 255))
-        (ImageDraw.Draw(occ).rectangle if shape == draw.rectangle else ImageDraw.Draw(occ).ellipse)(
-            [x0, y0, x0 + w, y0 + hh], fill=1)
-        occ = np.array(occ, dtype=bool)
-        for c in covered:
-            c |= occ
-    anns = []
-    for (kp, mask, _), cov in zip(people, covered):
-        seen = mask & ~cov
-        ys, xs = np.nonzero(seen)
-        inside = (kp[:, 0] >= 0) & (kp[:, 0] <= width - 1) & (kp[:, 1] >= 0) & (kp[:, 1] <= height - 1)
-        ix = np.clip(np.round(kp[:, 0]).astype(int), 0, width - 1)
-        iy = np.clip(np.round(kp[:, 1]).astype(int), 0, height - 1)
-        vis = np.where(inside, np.where(cov[iy, ix], 1, 2), 0)
-        if len(xs) < 64 or (vis > 0).sum() == 0:
-            continue  # fully hidden or off the picture: no annotation, as in COCO
-        kp = np.where(vis[:, None] > 0, kp, 0.0)
-        x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
-        anns.append(Annotation(kp, vis, (float(x0), float(y0), float(x1 - x0), float(y1 - y0)), float(len(xs))))
-    return im, anns
+        ellipse = not rng.random() < 0.5
+        out.append(Occluder((x0, y0, x0 + w, y0 + hh), ellipse, _color(rng, 0, 255)))
+    return out
+
+
+def render_image(rng: np.random.Generator, width: int, height: int, max_people: int = 3):
+    """One picture: (PIL image, [Annotation]): background, people, occluders (see compose)."""
+    background = random_background(rng, width, height)
+    people = random_people(rng, width, height, max_people)
+    return compose(background, people, random_occluders(rng, width, height))
 
 
 # ------------------------------------------------------------------------------------------------
