@@ -46,6 +46,18 @@ def _nvcc_version(nvcc):
     return lines[-1].strip() if lines else out.strip().splitlines()[-1]
 
 
+def remove_stale_extensions(package_dir: Path) -> list[Path]:
+    """Delete compiled ``_C`` modules in the build's package directory. When this build does not
+    make the extension (VITPOSE_NO_CUDA=1, no nvcc), one left in build/ by an earlier CUDA build
+    would otherwise be installed with the new package and claim kernels this install never built."""
+    removed = []
+    for path in sorted(Path(package_dir).glob("_C.*")):
+        if path.suffix in (".so", ".pyd") or ".so" in path.suffixes:
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
 class CMakeBuildExt(build_ext):
     def run(self):
         info = {"cuda_built": False, "reason": "", "archs": None, "nvcc": None}
@@ -70,6 +82,8 @@ class CMakeBuildExt(build_ext):
                     raise
                 info["reason"] = f"the CUDA build failed ({e}); see the build log"
         if not info["cuda_built"]:
+            for stale in remove_stale_extensions(out_path.parent):
+                print(f"vitpose_kernels: removed {stale}, left by an earlier build", file=sys.stderr)
             print(f"vitpose_kernels: CUDA extension _C not built: {info['reason']}. "
                   "The reference and Triton backends are installed.", file=sys.stderr)
         info_path = out_path.parent / "_build_info.json"
@@ -96,4 +110,5 @@ class CMakeBuildExt(build_ext):
         subprocess.run([cmake, "--build", ".", "--parallel", jobs], cwd=build_dir, check=True)
 
 
-setup(ext_modules=[Extension("vitpose_kernels._C", sources=[])], cmdclass={"build_ext": CMakeBuildExt})
+if __name__ == "__main__":  # pip's build backend runs this file as __main__; tests import it
+    setup(ext_modules=[Extension("vitpose_kernels._C", sources=[])], cmdclass={"build_ext": CMakeBuildExt})

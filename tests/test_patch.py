@@ -199,6 +199,22 @@ def test_deepcopy_of_patched_model_runs():
     _assert_same("deepcopy", _run(clone, x, kw), want)
 
 
+@pytest.mark.parametrize("name", ["vit-sdpa", "sam-sdpa"])
+def test_pickle_and_torch_save_of_patched_model(name, tmp_path):
+    """torch.save / pickle of a patched model (the generated class shares the original's name,
+    which plain pickling refuses) round-trips, still patched, with the same results."""
+    import pickle
+
+    model, x, kw = _build(name)
+    vk.patch(model)
+    want = _run(model, x, kw)
+    torch.save(model, tmp_path / "m.pt")
+    for clone in (pickle.loads(pickle.dumps(model)), torch.load(tmp_path / "m.pt", weights_only=False)):
+        assert _classes(clone) == _classes(model)
+        assert [type(m)._vk_original for m in clone.modules() if hasattr(type(m), "_vk_original")]
+        _assert_same("pickled", _run(clone, x, kw), want)
+
+
 def test_output_attentions_falls_back_to_the_original():
     model, x, _ = _build("vit-eager")
     want = model(x, output_attentions=True).attentions

@@ -210,3 +210,33 @@ def test_cuda_graph_capture_of_predict_forward_and_decode():
         want_kp, want_sc = step()
     torch.testing.assert_close(sc, want_sc)
     torch.testing.assert_close(kp, want_kp)
+
+
+# ----------------------------------------------------------------------------- documented support
+def test_window_larger_than_the_grid_is_full_attention_when_unshifted():
+    """Documented in vk.window_attention: cells of side `window` clipped to the grid, so one cell
+    when window >= grid and shift is 0; every backend that runs here agrees."""
+    q, k, v = qkv(N=1 + 12, D=16)
+    want = vk.window_attention(q, k, v, grid=(3, 4), num_global=1, backend="reference")
+    backends = ["reference"] + (["triton"] if not vk.backends("window_attention")["triton"] else [])
+    for backend in backends:
+        for window, pool in [((5, 9), False), ((3, 4), False), ((4, 4), True)]:
+            got = vk.window_attention(q, k, v, grid=(3, 4), window=window, pool=pool, num_global=1, backend=backend)
+            if not pool:
+                torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+            else:  # one pooled tile: the mean of all grid tokens joins every grid query's keys
+                ref = vk.window_attention(q, k, v, grid=(3, 4), window=window, pool=True, num_global=1,
+                                          backend="reference")
+                torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_float64_runs_on_the_reference_and_the_kernels_say_why_not():
+    q, k, v = qkv(N=20, D=8, dtype=torch.float64)
+    out = vk.window_attention(q, k, v, grid=(4, 5), window=(2, 2))
+    assert out.dtype == torch.float64
+    why = vk.explain("window_attention", q, k, v, grid=(4, 5), window=(2, 2))
+    assert why["reference"] == []
+    if not vk.backends("window_attention")["triton"]:  # triton runs here: it must say float64
+        assert any("float64" in r for r in why["triton"])
+        with pytest.raises(NotImplementedError, match="float64"):
+            vk.window_attention(q, k, v, grid=(4, 5), backend="triton")

@@ -212,5 +212,45 @@ def test_unreadable_files(tmp_path):
         vitpose.load_model(tmp_path / "pickled.pth")
 
 
+@pytest.mark.parametrize("content", [b"", b"this is not a checkpoint", b'{"a": 1}', "truncated zip"])
+def test_damaged_files_are_called_damaged_not_unsafe(tmp_path, content):
+    """A corrupt, truncated or foreign file is reported as such, without the advice to load it with
+    weights_only=False (which cannot help and would run whatever it contains)."""
+    if content == "truncated zip":
+        torch.save({"a": torch.ones(100)}, tmp_path / "whole.pth")
+        content = (tmp_path / "whole.pth").read_bytes()[:200]
+    (tmp_path / "bad.pth").write_bytes(content)
+    with pytest.raises(CheckpointError) as e:
+        vitpose.load_model(tmp_path / "bad.pth")
+    msg = str(e.value)
+    assert "bad.pth" in msg and ("not a PyTorch checkpoint" in msg or "damaged" in msg)
+    assert "weights_only=False" not in msg and "re-save" not in msg
+
+
+def test_head_count_of_a_non_standard_width_is_never_silent(tmp_path):
+    """A bare checkpoint does not store the head count: for a width that is not a standard size,
+    load_model takes config.json when it is there, else warns naming num_heads= (a wrong head
+    count gives wrong heatmaps with no other error)."""
+    from safetensors.torch import save_file
+    model = randomized(vitpose.ViTPose(vitpose.vitpose_config("S", embed_dim=64, num_heads=4, **SMALL)))
+    with torch.no_grad():  # attention far from uniform, so that the head count shows in the output
+        for name, t in model.named_parameters():
+            if name.endswith("attn.qkv.weight"):
+                t.mul_(40)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, tmp_path / "w.safetensors")
+    with pytest.warns(UserWarning, match=r"embed_dim=64 .* num_heads=1\. .*pass num_heads="):
+        guessed = vitpose.load_model(tmp_path / "w.safetensors")
+    assert guessed.config.num_heads == 1 and not same_outputs(model, guessed)
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        told = vitpose.load_model(tmp_path / "w.safetensors", num_heads=4)
+        assert told.config.num_heads == 4 and same_outputs(model, told)
+        (tmp_path / "config.json").write_text(json.dumps({"backbone_config": {"num_attention_heads": 4}}))
+        assert vitpose.load_model(tmp_path / "w.safetensors").config.num_heads == 4
+        standard = randomized(vitpose.ViTPose(vitpose.vitpose_config("S", **SMALL)))
+        assert vitpose.load_model(standard.state_dict()).config.num_heads == 12  # the standard S
+
+
 class Unsafe:
     pass

@@ -104,7 +104,7 @@ def machine_reasons(name: str) -> list[str]:
 
 def _static_reasons(op: str, name: str) -> list[str]:
     out = list(_MACHINE[name])
-    if name not in _REGISTRY[op]:
+    if name not in _REGISTRY[op] and not out:  # when the backend cannot load, that is the reason
         out.append(f"no {name} implementation of {op}")
     return out
 

@@ -1,8 +1,10 @@
 """``python -m vitpose_kernels.info``: versions, what was built, and which backends run here."""
 from __future__ import annotations
 
+import os
 import platform
 import sys
+from pathlib import Path
 
 import torch
 
@@ -25,9 +27,13 @@ def report() -> str:
         lines.append("device: no CUDA device visible to torch")
     info = _ext.build_info()
     mod, why = _ext.load()
+    recorded = Path(_ext.__file__).with_name("_build_info.json").exists()  # written by pip install
     if mod is not None:
         built = mod.build_info()
         lines.append(f"_C: built for archs {built['archs']} with nvcc {built['nvcc']} (cudart {built['cudart']})")
+        if recorded and not info.get("cuda_built"):
+            lines.append(f"   but this install did not build it ({info.get('reason')}): {mod.__file__} is stale; "
+                         "delete it or reinstall")
     else:
         lines.append(f"_C: not available ({why})")
     if info.get("nvcc") and mod is None:
@@ -41,8 +47,14 @@ def report() -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    print(report())
+def main() -> int:
+    try:
+        print(report(), flush=True)
+    except BrokenPipeError:
+        # The reader stopped early (`| head`): end quietly, as command-line tools do; point stdout
+        # at /dev/null so that the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
 
 
 if __name__ == "__main__":

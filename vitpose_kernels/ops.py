@@ -16,6 +16,10 @@ def window_attention(q, k, v, *, grid, window=None, shift=(0, 0), pool=False, nu
     pool=True adds, for every grid query, the means of k and v over each tile of the unshifted
     tiling; global queries attend to all tokens and every grid query to all global tokens;
     rel_pos_h (2*wh-1, D) / rel_pos_w (2*ww-1, D) add ViTDet/SAM's decomposed relative position.
+    A window may be larger than the grid: cells are still the tiles of side `window` whose
+    boundaries fall at shift + i*window, clipped to the grid (one cell, i.e. full attention, when
+    window >= grid and shift is 0). float64 runs on the reference backend only (for gradcheck;
+    explain() says why the kernels decline it); the kernels take float32, float16 and bfloat16.
 
     Equivalent PyTorch code (the dense form of the spec; see vitpose_kernels.reference)::
 

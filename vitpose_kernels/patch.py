@@ -242,6 +242,22 @@ class PatchReport:
 _PATCHED_CLASSES: dict[tuple[type, str | None], type] = {}
 
 
+def _new_patched(original: type, backend: str | None):
+    """Unpickling a patched module: a new, empty instance of the patched class of `original`
+    (made on the spot in a fresh process), whose state pickle then restores."""
+    cls = _patched_class(original, ADAPTERS[_class_key(original)], backend)
+    return cls.__new__(cls)
+
+
+def _reduce_patched(self, protocol):
+    # The generated class has the original's name (so that printing and isinstance read as before),
+    # which pickle would resolve to the original class and refuse ("not the same object"). Pickle
+    # it as "the patched class of <original>" instead: torch.save / pickle.dumps / deepcopy of a
+    # patched model work, and the copy is patched the same way.
+    rv = object.__reduce_ex__(self, protocol)
+    return (_new_patched, (type(self)._vk_original, type(self)._vk_backend)) + tuple(rv[2:])
+
+
 def _patched_class(cls: type, adapter: Adapter, backend: str | None) -> type:
     """A subclass of `cls` with the adapter's forward; cached so that isinstance and
     torch.compile see one class per (original class, backend)."""
@@ -256,6 +272,7 @@ def _patched_class(cls: type, adapter: Adapter, backend: str | None) -> type:
         _PATCHED_CLASSES[key] = type(cls.__name__, (cls,), {
             "forward": adapter.forward, "extra_repr": extra_repr, "_vk_original": cls,
             "_vk_backend": backend, "__module__": cls.__module__, "__qualname__": cls.__qualname__,
+            "__reduce_ex__": _reduce_patched,
         })
     return _PATCHED_CLASSES[key]
 

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import re
+import warnings
 from collections import OrderedDict
 
 import torch
@@ -21,6 +22,8 @@ import torch
 from .configs import SIZES, ViTPoseConfig, num_heads_for
 from ..data.keypoints import VITPOSE_PLUS_DATASETS, keypoint_set
 from .vitpose import ViTPose, resize_pos_embed
+
+STANDARD_WIDTHS = {size['embed_dim'] for size in SIZES.values()}  # whose head counts are known
 
 FORMAT = "vitpose"
 IGNORED_KEYS = ("backbone.cls_token",)  # in some official files; ViTPose never uses it
@@ -48,16 +51,36 @@ def read_checkpoint(path) -> tuple[dict, dict | None]:
             raise CheckpointError(f"could not read {path} as safetensors: {e}") from e
         config = json.loads(meta["config"]) if meta.get("format") == FORMAT and "config" in meta else None
         return sd, config
+    not_torch = _not_a_torch_file(path)
+    if not_torch:
+        raise CheckpointError(f"could not read checkpoint {path}: it is not a PyTorch checkpoint: {not_torch}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        hint = ""
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
-            hint = ("\nThe file pickles objects beyond tensors (e.g. an optimizer or mmcv meta). If you "
-                    "trust it, re-save only its weights once:\n  sd = torch.load(F, weights_only=False)"
-                    "['state_dict']; torch.save(sd, 'clean.pth')")
-        raise CheckpointError(f"could not read checkpoint {path}: {type(e).__name__}: {e}{hint}") from e
+        if "Unsupported global" in str(e):  # a class the weights-only unpickler will not build
+            raise CheckpointError(
+                f"could not read checkpoint {path}: {type(e).__name__}: {e}\nThe file pickles objects beyond "
+                "tensors (e.g. an optimizer or mmcv meta). If you trust it, re-save only its weights once:\n"
+                "  sd = torch.load(F, weights_only=False)['state_dict']; torch.save(sd, 'clean.pth')") from e
+        # torch's weights-only message suggests weights_only=False, which cannot help a damaged file:
+        # keep only the unpickler's own complaint.
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        detail = next((ln for ln in lines if "WeightsUnpickler error" in ln), lines[0] if lines else "no message")
+        raise CheckpointError(f"could not read checkpoint {path}: the file is damaged (truncated or corrupt) or "
+                              f"not a PyTorch checkpoint ({type(e).__name__}: {detail[:300]})") from e
     return unwrap(obj, source=path)
+
+
+def _not_a_torch_file(path: str) -> str | None:
+    """Why `path` cannot be a torch.save file, judged by its first bytes (None: it may be)."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        return "the file is empty"
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":  # torch.save's zip, or a legacy pickle
+        return None
+    return (f"it is neither a zip archive (torch.save) nor a pickle (it starts with {head!r}): a damaged file, "
+            "or another format (.safetensors files need that extension)")
 
 
 def unwrap(obj, source="state dict") -> tuple[dict, dict | None]:
@@ -242,7 +265,14 @@ def infer_config(sd: dict, **overrides) -> tuple[ViTPoseConfig, tuple[int, int]]
             every = full[0] + 1
             if full == [i for i in range(depth) if (i + 1) % every == 0]:
                 cfg["full_every"] = every
-    cfg.setdefault("num_heads", num_heads_for(C))
+    if "num_heads" not in cfg and "num_heads" not in overrides:
+        cfg["num_heads"] = num_heads_for(C)
+        if C not in STANDARD_WIDTHS:
+            warnings.warn(
+                f"this checkpoint's width embed_dim={C} is not a standard ViTPose size, and the weights do not "
+                f"store the head count: assuming num_heads={cfg['num_heads']}. If that is wrong the heatmaps are "
+                f"wrong with no other error: pass num_heads= to load_model, or keep the Hugging Face config.json "
+                "beside the weights.", stacklevel=3)
     token = sd.get("backbone.knowledge_token")
     if token is not None:
         cfg["num_knowledge_tokens"] = token.shape[1]
