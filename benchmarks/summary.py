@@ -69,7 +69,7 @@ def throughput_lines(d: Path) -> list[list[str]]:
     for f, data in _load(d, "throughput_*.json"):
         for r in data["rows"]:
             if r["kind"] == "model" and r["batch"] == 64 or r["kind"] == "batch-1 latency":
-                out.append([f"ViTPose-{r['size']} {r['variant']}", f"{r['kind']} b{r['batch']}",
+                out.append([f"{r.get('model', 'ViTPose-' + r['size'])} {r['variant']}", f"{r['kind']} b{r['batch']}",
                             common.fmt(r.get("img_s"), ",.0f", missing=r.get("skipped", "-")[:40]),
                             common.fmt(r.get("ms"), ".2f"), common.fmt(r.get("paper_fps")),
                             common.fmt(r.get("roofline_frac") and 100 * r["roofline_frac"], ".0f")])

@@ -1,4 +1,4 @@
-"""Table 9: ViTPose-S/B/L/H inference throughput at 256x192, this package against its peers (GPU).
+"""Table 9: ViTPose-S/B/L/H (and TokenPose-S/L) inference throughput at 256x192, this package against its peers (GPU).
 
     python benchmarks/throughput.py                         # on a GPU: every row, batch 64 and 256
     python benchmarks/throughput.py --sizes B,L --batches 64 --budget-s 240
@@ -14,6 +14,9 @@ Rows, images per second (median of CUDA-event timings), in one run:
                        image pixels, flip test on and off (vitpose.TopDownPredictor.run_boxes);
                        for transformers: its image processor (CPU) + model + post-processing
   batch 1              latency of ours with and without the CUDA graph
+  TokenPose-S / -L     (the paper's abbreviations: S-v2 and L/D24) fused, with and without the CUDA
+                       graph, against the same model with plain PyTorch attention (the reference
+                       ops: dense QK^T, softmax, PV), bf16, batch 64; --tokenpose "" skips them
 Beside each: the paper's fps (A100, batch 64, precision not stated) and the fraction of the bf16
 roofline = forward FLOPs per image (torch.utils.flop_counter) x images/s / measured matmul peak.
 """
@@ -29,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 PAPER_FPS = {"S": None, "B": 944, "L": 411, "H": 241}  # Table 9, A100, batch 64
+TOKENPOSE = {"S": "tokenpose-s-v2", "L": "tokenpose-l-d24"}  # TokenPose Sec. 4.1: "S" and "L"
 HF_SIZES = {"S": (384, 12, 12), "B": (768, 12, 12), "L": (1024, 24, 16), "H": (1280, 32, 16)}
 
 
@@ -40,6 +44,15 @@ def ours(vp, size: str, backend, dtype, device, smoke: bool):
     with torch.device(device):  # initialized in place: ViT-H on the CPU takes seconds
         model = vp.ViTPose(cfg)
     return model.eval().to(device, dtype).fold_batchnorm()
+
+
+def tokenpose(vp, which: str, backend, dtype, device, smoke: bool):
+    kw = dict(backend=backend)
+    if smoke:
+        kw.update(dim=32, heads=2, depth=1, hidden_heatmap_dim=64, hrnet_width=8)
+    with torch.device(device):
+        model = vp.build_model(TOKENPOSE[which], **kw)
+    return model.eval().to(device, dtype)
 
 
 def hf_model(size: str, dtype, device, smoke: bool):
@@ -142,7 +155,7 @@ def measure(rows, budget, what: dict, fn_factory, batch: int, device, flops_per_
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     rows.append(row)
-    print(f"  .. {row['size']} {row['variant']:<34} b{batch:<4} "
+    print(f"  .. {row.get('model', row['size'])} {row['variant']:<34} b{batch:<4} "
           + (f"{row['img_s']:9.1f} img/s" if "img_s" in row else f"skipped: {row['skipped'][:90]}"),
           file=sys.stderr, flush=True)
 
@@ -172,6 +185,27 @@ def run(args, vp, device, dtype, rows, notes, peaks):
     def base(size, variant, kind):
         return {"size": size, "variant": variant, "kind": kind,
                 "paper_fps": None if args.smoke else PAPER_FPS.get(size)}
+
+    def tokenpose_rows(which, batch):
+        """TokenPose fused against the same model with plain PyTorch attention (no paper fps)."""
+        if not budget.allows():
+            return
+        key = f"tokenpose-{which}"
+        if key not in models:
+            fused = tokenpose(vp, which, None, dtype, device, args.smoke)
+            ref = tokenpose(vp, which, "reference", dtype, device, args.smoke)
+            ref.load_state_dict(fused.state_dict())
+            flops = forward_flops(ref, x1)
+            notes.append(f"TokenPose-{which} ({TOKENPOSE[which]}): forward {flops / 2e9:.2f} GMACs/image")
+            models[key] = dict(fused=fused, ref=ref, flops=flops)
+        m = models[key]
+        x = torch.randn(batch, 3, 256, 192, device=device, dtype=dtype)
+        a = (batch, device, m["flops"], peaks, args.rep)
+        row = lambda variant: {**base(which, variant, "model"), "model": f"TokenPose-{which}", "paper_fps": None}
+        if gpu:
+            measure(rows, budget, row("ours fused + CUDA graph"), lambda: graphed(m["fused"], x), *a)
+        measure(rows, budget, row("ours fused, eager"), lambda: (lambda: _infer(m["fused"], x)), *a)
+        measure(rows, budget, row("plain PyTorch attention, eager"), lambda: (lambda: _infer(m["ref"], x)), *a)
 
     def model_rows(size, batch):
         if not budget.allows():
@@ -225,6 +259,8 @@ def run(args, vp, device, dtype, rows, notes, peaks):
     lead = "B" if "B" in args.sizes else args.sizes[0]
     for size in args.sizes:
         model_rows(size, first)
+    for which in args.tokenpose:
+        tokenpose_rows(which, first)
     e2e_rows(lead)
     latency_rows(lead)
     compiled_rows(lead, first)
@@ -260,12 +296,13 @@ def render(results) -> str:
             continue
         body, skipped = [], []
         for r in rows:
+            label = r.get("model", f"ViTPose-{r['size']}")
             if "skipped" in r:
-                skipped.append(f"  ViTPose-{r['size']} {r['variant']} b{r['batch']}: skipped: {r['skipped']}")
+                skipped.append(f"  {label} {r['variant']} b{r['batch']}: skipped: {r['skipped']}")
                 continue
-            hf = next((h["img_s"] for h in rows if h["size"] == r["size"] and h["batch"] == r["batch"]
-                       and h["variant"] == "transformers eager" and "img_s" in h), None)
-            body.append([f"ViTPose-{r['size']}", r["variant"], str(r["batch"]), common.fmt(r["img_s"], ",.0f"),
+            hf = next((h["img_s"] for h in rows if h.get("model") == r.get("model") and h["size"] == r["size"]
+                       and h["batch"] == r["batch"] and h["variant"] == "transformers eager" and "img_s" in h), None)
+            body.append([label, r["variant"], str(r["batch"]), common.fmt(r["img_s"], ",.0f"),
                          common.fmt(r["ms"], ".2f"), common.fmt(r.get("paper_fps"), ",.0f"),
                          common.fmt(r.get("paper_fps") and r["img_s"] / r["paper_fps"], ".2f"),
                          common.fmt(hf and r["img_s"] / hf, ".2f"),
@@ -281,14 +318,16 @@ def plot(results, path: Path) -> bool:
     rows = [r for r in results["rows"] if r["kind"] == "model" and "img_s" in r]
     if plt is None or not rows:
         return False
-    labels = list(dict.fromkeys(f"{r['size']} b{r['batch']}" for r in rows))
+    def key(r):
+        return f"{r.get('model', r['size'])} b{r['batch']}"
+    labels = list(dict.fromkeys(key(r) for r in rows))
     variants = list(dict.fromkeys(r["variant"] for r in rows))
     fig, ax = plt.subplots(figsize=(11, 5))
     width = 0.8 / (len(variants) + 1)
     for i, var in enumerate(variants):
-        pts = [(labels.index(f"{r['size']} b{r['batch']}"), r["img_s"]) for r in rows if r["variant"] == var]
+        pts = [(labels.index(key(r)), r["img_s"]) for r in rows if r["variant"] == var]
         ax.bar([j + i * width for j, _ in pts], [v for _, v in pts], width, label=var)
-    paper = [(j, next((r["paper_fps"] for r in rows if f"{r['size']} b{r['batch']}" == lab), None))
+    paper = [(j, next((r["paper_fps"] for r in rows if key(r) == lab), None))
              for j, lab in enumerate(labels)]
     ax.bar([j + len(variants) * width for j, v in paper if v], [v for _, v in paper if v], width,
            label="paper (A100, b64)", color="grey")
@@ -306,11 +345,15 @@ def main(argv=None) -> int:
     p.add_argument("--batches", default="64,256", help="the paper's batch is 64")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd transformers row")
     p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end rows")
+    p.add_argument("--tokenpose", default="S,L", help='TokenPose rows: S (S-v2), L (L/D24); "" for none')
     common.add_run_args(p, rep=20)
     args = p.parse_args(argv)
     common.stop_on_sigterm()
     args.sizes = [s.strip().upper() for s in args.sizes.split(",") if s.strip()]
     args.batches = [int(b) for b in args.batches.split(",") if b.strip()]
+    args.tokenpose = [t.strip().upper() for t in args.tokenpose.split(",") if t.strip()]
+    if any(t not in TOKENPOSE for t in args.tokenpose):
+        p.error(f"--tokenpose: choose from {sorted(TOKENPOSE)}")
     if any(s not in PAPER_FPS for s in args.sizes):
         p.error(f"--sizes: choose from {sorted(PAPER_FPS)}")
     if not args.batches or min(args.batches) < 1:
@@ -323,9 +366,10 @@ def main(argv=None) -> int:
         return 0
     if args.smoke:
         args.sizes, args.batches, args.rep = args.sizes[:1] if gpu else ["B"], [2], min(args.rep, 3)
+        args.tokenpose = args.tokenpose[:1]
     device = torch.device("cuda" if gpu else "cpu")
     dtype = torch.bfloat16 if gpu else torch.float32
-    vp = common.import_vitpose("ViTPose", "vitpose_config", "TopDownPredictor")
+    vp = common.import_vitpose("ViTPose", "vitpose_config", "TopDownPredictor", "build_model")
     t0 = time.perf_counter()
     peaks = common.measure_peaks(device, torch.bfloat16 if gpu else torch.float32)
     results = {"environment": common.environment(device), "dtype": str(dtype).replace("torch.", ""),

@@ -8,6 +8,11 @@
 //   argmax (first index on ties) -> horizontal blur into a second buffer -> vertical blur,
 //   reduced to the blurred map's max (never stored) -> the 3x3 log-neighbourhood of the argmax
 //   -> one Newton step and the back-transform by the map's first thread.
+// method="dark" (TokenPose / HRNet+DARK get_final_preds) runs the same stages: a map whose maximum
+// is not positive decodes to (0, 0); at interior maxima (1 < x < W-2, 1 < y < H-2) the 5x5
+// log-neighbourhood (clip at 1e-10 from below only) gives one Taylor step with second differences
+// over +-2 pixels, taken only when the Hessian's determinant is not 0; the back-transform is the
+// HRNet one, similar about the centres with the factor (s_w - 1) / (W - 1).
 // Every block-wide barrier is reached by all threads, also those of a group past the last map.
 // The arithmetic after the blur is written with explicitly rounded intrinsics so that nvcc does
 // not contract it into FMAs: the reference does each step as a separate PyTorch op, and on flat
@@ -33,6 +38,8 @@ namespace {
 
 constexpr int kBlock = 256;
 constexpr int kWarps = kBlock / 32;
+constexpr int kNbhd = 25;  // floats per map for the log-neighbourhood (3x3 for udp, 5x5 for dark)
+enum Method : int { kArgmax = 0, kUdp = 1, kDark = 2 };
 
 __device__ __forceinline__ float to_f32(float v) { return v; }
 __device__ __forceinline__ float to_f32(__half v) { return __half2float(v); }
@@ -99,8 +106,15 @@ __device__ __forceinline__ float clamped_log(float v) {
   return logf(v);
 }
 
-template <typename T, bool kRefine>
+// log(max(v, 1e-10)) with NaN propagation (method="dark").
+__device__ __forceinline__ float floored_log(float v) {
+  if (!(v != v)) v = fmaxf(v, 1e-10f);
+  return logf(v);
+}
+
+template <typename T, int kMethod>
 __global__ void __launch_bounds__(kBlock) decode_heatmaps_kernel(DecodeParams p, Taps taps) {
+  constexpr bool kRefine = kMethod != kArgmax;
   extern __shared__ __align__(16) unsigned char smem_raw[];
   const int mpb = kBlock / p.tpm;  // maps per block
   const int HW = p.H * p.W;
@@ -109,7 +123,7 @@ __global__ void __launch_bounds__(kBlock) decode_heatmaps_kernel(DecodeParams p,
   float* g = Tb + (kRefine ? mpb * HW : 0);              // ntaps
   float* red_v = g + (kRefine ? p.ntaps : 0);            // one partial per warp
   int* red_i = reinterpret_cast<int*>(red_v + kWarps);
-  float* nine = reinterpret_cast<float*>(red_i + kWarps);  // mpb * 9 log-neighbourhoods
+  float* nine = reinterpret_cast<float*>(red_i + kWarps);  // mpb * kNbhd log-neighbourhoods
 
   const int sub = threadIdx.x / p.tpm, lane = threadIdx.x % p.tpm;
   const int warp = threadIdx.x / 32, wpm = p.tpm / 32, first_warp = sub * wpm;
@@ -155,7 +169,9 @@ __global__ void __launch_bounds__(kBlock) decode_heatmaps_kernel(DecodeParams p,
     best = red_v[first_warp];
     best_i = red_i[first_warp];
     for (int w = 1; w < wpm; ++w) argmax_merge(best, best_i, red_v[first_warp + w], red_i[first_warp + w]);
-    const int x0 = best_i % p.W, y0 = best_i / p.W;  // only used where valid (best_i < HW)
+    int x0 = best_i % p.W, y0 = best_i / p.W;  // only used where valid (best_i < HW)
+    if (kMethod == kDark && !(best > 0.f)) x0 = y0 = 0;  // get_max_preds' mask
+    const bool interior = x0 > 1 && x0 < p.W - 2 && y0 > 1 && y0 < p.H - 2;
     float kx = static_cast<float>(x0), ky = static_cast<float>(y0);
 
     if (kRefine) {
@@ -182,17 +198,40 @@ __global__ void __launch_bounds__(kBlock) decode_heatmaps_kernel(DecodeParams p,
       if (threadIdx.x % 32 == 0) red_v[warp] = bmax;
       __syncthreads();
       for (int w = 0; w < wpm; ++w) bmax = fmaxf(bmax, red_v[first_warp + w]);
-      // 4. log of the renormalised blurred map at the 3x3 neighbourhood (edge-replicated)
-      if (valid && lane < 9) {
+      // 4. log of the renormalised blurred map at the 3x3 neighbourhood (edge-replicated; dark:
+      // the 5x5 one of an interior maximum)
+      const int side = kMethod == kDark ? 5 : 3, reach = side / 2;
+      if (valid && lane < side * side && (kMethod != kDark || interior)) {
         const float scale = __fdiv_rn(best, bmax);  // best is the original map's max
-        const int yy = min(max(y0 + lane / 3 - 1, 0), p.H - 1);
-        const int xx = min(max(x0 + lane % 3 - 1, 0), p.W - 1);
-        nine[sub * 9 + lane] = clamped_log(__fmul_rn(vblur(Tm, g, p.ntaps, p.H, p.W, yy, xx), scale));
+        const int yy = min(max(y0 + lane / side - reach, 0), p.H - 1);
+        const int xx = min(max(x0 + lane % side - reach, 0), p.W - 1);
+        const float v = __fmul_rn(vblur(Tm, g, p.ntaps, p.H, p.W, yy, xx), scale);
+        nine[sub * kNbhd + lane] = kMethod == kDark ? floored_log(v) : clamped_log(v);
       }
       __syncthreads();
-      if (valid && lane == 0) {
+      if (kMethod == kDark && valid && lane == 0 && interior) {
+        // 5'. the DARK code's taylor(), term by term as the reference
+        const float* n = nine + sub * kNbhd;  // n[(dy + 2) * 5 + dx + 2]
+        const float c = n[12];
+        const float gx = __fmul_rn(0.5f, __fsub_rn(n[13], n[11]));
+        const float gy = __fmul_rn(0.5f, __fsub_rn(n[17], n[7]));
+        const float gxx = __fmul_rn(0.25f, __fadd_rn(__fsub_rn(n[14], __fmul_rn(2.f, c)), n[10]));
+        const float gyy = __fmul_rn(0.25f, __fadd_rn(__fsub_rn(n[22], __fmul_rn(2.f, c)), n[2]));
+        float t = __fsub_rn(n[18], n[8]);
+        t = __fsub_rn(t, n[16]);
+        t = __fadd_rn(t, n[6]);
+        const float gxy = __fmul_rn(0.25f, t);
+        const float hdet = __fsub_rn(__fmul_rn(gxx, gyy), __fmul_rn(gxy, gxy));
+        if (hdet != 0.f) {
+          const float tstep_x = __fdiv_rn(__fsub_rn(__fmul_rn(gyy, gx), __fmul_rn(gxy, gy)), hdet);
+          const float tstep_y = __fdiv_rn(__fsub_rn(__fmul_rn(gxx, gy), __fmul_rn(gxy, gx)), hdet);
+          kx = __fsub_rn(kx, tstep_x);
+          ky = __fsub_rn(ky, tstep_y);
+        }
+      }
+      if (kMethod == kUdp && valid && lane == 0) {
         // 5. one Newton step, term by term as mmpose's refine_keypoints_dark_udp
-        const float* n = nine + sub * 9;  // n[(dy + 1) * 3 + dx + 1]
+        const float* n = nine + sub * kNbhd;  // n[(dy + 1) * 3 + dx + 1]
         const float i_ = n[4], ix1 = n[5], ix1_ = n[3], iy1 = n[7], iy1_ = n[1], ix1y1 = n[8], ix1_y1_ = n[0];
         const float dx = __fmul_rn(0.5f, __fsub_rn(ix1, ix1_));
         const float dy = __fmul_rn(0.5f, __fsub_rn(iy1, iy1_));
@@ -215,7 +254,22 @@ __global__ void __launch_bounds__(kBlock) decode_heatmaps_kernel(DecodeParams p,
       }
     }
 
-    if (valid && lane == 0) {
+    if (kMethod == kDark && valid && lane == 0) {
+      // 6'. the HRNet geometry: image = c + (kp - mid) (s_w - 1) / (W - 1); crop pixels without boxes
+      const float mx = __fmul_rn(static_cast<float>(p.W - 1), 0.5f), my = __fmul_rn(static_cast<float>(p.H - 1), 0.5f);
+      if (p.centers != nullptr) {
+        const float f = __fdiv_rn(__fsub_rn(p.scales[b * p.ss[0]], 1.f), static_cast<float>(p.W - 1));
+        kx = __fadd_rn(p.centers[b * p.cs[0]], __fmul_rn(__fsub_rn(kx, mx), f));
+        ky = __fadd_rn(p.centers[b * p.cs[0] + p.cs[1]], __fmul_rn(__fsub_rn(ky, my), f));
+      } else {
+        const float f = __fdiv_rn(__fsub_rn(p.in_w, 1.f), static_cast<float>(p.W - 1));
+        kx = __fadd_rn(__fmul_rn(__fsub_rn(p.in_w, 1.f), 0.5f), __fmul_rn(__fsub_rn(kx, mx), f));
+        ky = __fadd_rn(__fmul_rn(__fsub_rn(p.in_h, 1.f), 0.5f), __fmul_rn(__fsub_rn(ky, my), f));
+      }
+      p.keypoints[2 * m] = kx;
+      p.keypoints[2 * m + 1] = ky;
+      p.scores[m] = best;
+    } else if (valid && lane == 0) {
       // 6. crop pixels, then (optionally) image pixels, in the reference's order
       kx = __fmul_rn(__fdiv_rn(kx, static_cast<float>(p.W - 1)), p.in_w);
       ky = __fmul_rn(__fdiv_rn(ky, static_cast<float>(p.H - 1)), p.in_h);
@@ -246,14 +300,14 @@ int decode_heatmaps_max_taps() { return kDecodeMaxTaps; }
 // Dynamic shared memory of one block, in bytes (also used by the Python side's reasons).
 int64_t decode_heatmaps_smem_bytes(int H, int W, int ntaps, bool refine) {
   const int64_t mpb = kBlock / threads_per_map(H * W);
-  const int64_t floats = (refine ? 2 * mpb * H * W + ntaps : 0) + 2 * kWarps + 9 * mpb;
+  const int64_t floats = (refine ? 2 * mpb * H * W + ntaps : 0) + 2 * kWarps + kNbhd * mpb;
   return floats * 4;
 }
 
-template <typename T, bool kRefine>
+template <typename T, int kMethod>
 static void launch_decode(const DecodeParams& p, const Taps& taps, cudaStream_t stream) {
-  const int64_t smem = decode_heatmaps_smem_bytes(p.H, p.W, p.ntaps, kRefine);
-  auto kernel = decode_heatmaps_kernel<T, kRefine>;
+  const int64_t smem = decode_heatmaps_smem_bytes(p.H, p.W, p.ntaps, kMethod != kArgmax);
+  auto kernel = decode_heatmaps_kernel<T, kMethod>;
   if (smem > 48 * 1024) {
     int dev = 0, optin = 0;
     VITPOSE_CUDA_CHECK("decode_heatmaps", cudaGetDevice(&dev));
@@ -272,12 +326,23 @@ static void launch_decode(const DecodeParams& p, const Taps& taps, cudaStream_t 
   kernel<<<grid, kBlock, static_cast<size_t>(smem), stream>>>(p, taps);
 }
 
+template <typename T>
+static void launch_by_method(int method, const DecodeParams& p, const Taps& taps, cudaStream_t stream) {
+  if (method == kUdp)
+    launch_decode<T, kUdp>(p, taps, stream);
+  else if (method == kDark)
+    launch_decode<T, kDark>(p, taps, stream);
+  else
+    launch_decode<T, kArgmax>(p, taps, stream);
+}
+
 // heatmaps / flip_heatmaps: (B, K, H, W) of one dtype with element strides; flip_idx: (K,) int64
-// (flip == 0: no merge); taps: the 1-D blur kernel (empty: method="argmax"); centers/scales: (B, 2)
-// float32 (0: no box transform); keypoints (B, K, 2) and scores (B, K): contiguous float32.
+// (flip == 0: no merge); taps: the 1-D blur kernel (empty: method="argmax"); method: 0 argmax,
+// 1 udp, 2 dark; centers/scales: (B, 2) float32 (0: no box transform); keypoints (B, K, 2) and
+// scores (B, K): contiguous float32.
 void decode_heatmaps(std::uintptr_t hm, std::array<int64_t, 4> hs, std::uintptr_t flip, std::array<int64_t, 4> fs,
                      std::uintptr_t flip_idx, int64_t fis, int dtype, int B, int K, int H, int W,
-                     const std::vector<float>& taps, int input_w, int input_h, std::uintptr_t centers,
+                     const std::vector<float>& taps, int method, int input_w, int input_h, std::uintptr_t centers,
                      std::array<int64_t, 2> cs, std::uintptr_t scales, std::array<int64_t, 2> ss,
                      std::uintptr_t keypoints, std::uintptr_t scores, std::uintptr_t stream) {
   if (dtype < 0 || dtype > 2) throw std::invalid_argument("vitpose_kernels.decode_heatmaps: unknown dtype code");
@@ -285,6 +350,9 @@ void decode_heatmaps(std::uintptr_t hm, std::array<int64_t, 4> hs, std::uintptr_
   if (taps.size() > static_cast<size_t>(kDecodeMaxTaps) || (!taps.empty() && taps.size() % 2 == 0))
     throw std::invalid_argument("vitpose_kernels.decode_heatmaps: blur kernel must have an odd size <= " +
                                 std::to_string(kDecodeMaxTaps));
+  if (method < kArgmax || method > kDark || (method == kArgmax) != taps.empty())
+    throw std::invalid_argument("vitpose_kernels.decode_heatmaps: method must be 0 (argmax, no taps), 1 (udp) or "
+                                "2 (dark), with the blur taps for 1 and 2");
   if ((flip != 0) != (flip_idx != 0) || (centers != 0) != (scales != 0))
     throw std::invalid_argument("vitpose_kernels.decode_heatmaps: flip/flip_idx and centers/scales come in pairs");
   if (static_cast<int64_t>(B) * K == 0) return;
@@ -312,16 +380,15 @@ void decode_heatmaps(std::uintptr_t hm, std::array<int64_t, 4> hs, std::uintptr_
   Taps t{};
   for (size_t j = 0; j < taps.size(); ++j) t.w[j] = taps[j];
   const cudaStream_t st = as_stream(stream);
-  const bool refine = !taps.empty();
   switch (static_cast<DType>(dtype)) {
     case DType::kFloat32:
-      refine ? launch_decode<float, true>(p, t, st) : launch_decode<float, false>(p, t, st);
+      launch_by_method<float>(method, p, t, st);
       break;
     case DType::kFloat16:
-      refine ? launch_decode<__half, true>(p, t, st) : launch_decode<__half, false>(p, t, st);
+      launch_by_method<__half>(method, p, t, st);
       break;
     case DType::kBFloat16:
-      refine ? launch_decode<__nv_bfloat16, true>(p, t, st) : launch_decode<__nv_bfloat16, false>(p, t, st);
+      launch_by_method<__nv_bfloat16>(method, p, t, st);
       break;
   }
   check_launch("decode_heatmaps");

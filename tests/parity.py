@@ -501,7 +501,7 @@ def check_decode_heatmaps(backend: str, case: HeatmapCase, dev=None, *, implemen
     assert kp.dtype == torch.float32 and sc.dtype == torch.float32
     assert kp.shape == (case.B, case.K, 2) and sc.shape == (case.B, case.K)
     assert_close(f"{case} scores", sc, rsc, 1e-6)
-    if case.noise_only and case.method == "udp":
+    if case.noise_only and case.method in ("udp", "dark"):
         # Ill-conditioned Newton step on noise: the integer argmax must agree exactly, the
         # refined position only loosely.
         with serving("decode_heatmaps", backend, implementation):
@@ -520,13 +520,17 @@ def heatmap_sweep(scale: str = "ci") -> list[HeatmapCase]:
     if scale == "ci":
         return [HeatmapCase(), HeatmapCase(flip=True, boxes=True), HeatmapCase(method="argmax", flip=True),
                 HeatmapCase(border=True, size=(8, 6)), HeatmapCase(noise_only=True, B=2, K=4),
-                HeatmapCase(dtype=torch.float16, B=2), HeatmapCase(dtype=torch.bfloat16, B=1, K=5, size=(7, 5))]
+                HeatmapCase(dtype=torch.float16, B=2), HeatmapCase(dtype=torch.bfloat16, B=1, K=5, size=(7, 5)),
+                # method="dark" (TokenPose's post-processing): interior and border maxima, noise, bf16
+                HeatmapCase(method="dark"), HeatmapCase(method="dark", flip=True, boxes=True, border=True),
+                HeatmapCase(method="dark", noise_only=True, B=2, K=4),
+                HeatmapCase(method="dark", dtype=torch.bfloat16, B=1, K=5, size=(9, 7))]
     return [HeatmapCase(B=B, K=K, size=size, flip=flip, boxes=True, border=border, dtype=dt, method=m)
             for B, K in [(64, 17), (8, 133)]
             for size in [(64, 48), (96, 72), (128, 96)]
             for flip, border in [(False, False), (True, True)]
             for dt in (torch.float32, torch.float16, torch.bfloat16)
-            for m in ("udp", "argmax")] + [HeatmapCase(B=16, noise_only=True, size=(64, 48), flip=True)]
+            for m in ("udp", "argmax", "dark")] + [HeatmapCase(B=16, noise_only=True, size=(64, 48), flip=True)]
 
 
 @dataclass(frozen=True)

@@ -85,8 +85,8 @@ def test_binding_rejects_bad_arguments_naming_the_op():
     with pytest.raises(ValueError, match="vitpose_kernels.simple_decoder: ksize"):
         mod.simple_decoder_forward(0, [1, 1, 1, 1], 0, 0, 1, 1, 1, 1, 2, 4, 0, 0)
     with pytest.raises(ValueError, match="vitpose_kernels.decode_heatmaps: blur kernel"):
-        mod.decode_heatmaps(0, [0] * 4, 0, [0] * 4, 0, 0, 0, 1, 1, 4, 4, [0.5, 0.5], 16, 16, 0, [0, 0], 0, [0, 0],
-                            0, 0, 0)
+        mod.decode_heatmaps(0, [0] * 4, 0, [0] * 4, 0, 0, 0, 1, 1, 4, 4, [0.5, 0.5], 1, 16, 16, 0, [0, 0], 0,
+                            [0, 0], 0, 0, 0)
     with pytest.raises(ValueError, match="vitpose_kernels.udp_targets: sizes"):
         mod.udp_targets(0, [0] * 3, 0, [0] * 2, 1, 1, 1, 4, 16, 16, 2.0, 0, 0, 0)
 

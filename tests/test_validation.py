@@ -87,7 +87,7 @@ def test_decode_heatmaps_bad_input():
     with pytest.raises(ValueError, match="given together"):
         vk.decode_heatmaps(hm, bbox_centers=torch.zeros(2, 2))
     with pytest.raises(ValueError, match="method must be"):
-        vk.decode_heatmaps(hm, method="dark")
+        vk.decode_heatmaps(hm, method="taylor")  # "dark" is TokenPose's (test_decode_heatmaps_dark.py)
     with pytest.raises(ValueError, match="blur_kernel_size must be an odd"):
         vk.decode_heatmaps(hm, blur_kernel_size=10)
 

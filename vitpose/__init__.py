@@ -1,4 +1,4 @@
-"""vitpose: the ViTPose model family on vitpose_kernels, checkpoint loading, batched top-down
+"""vitpose: the ViTPose model family (and TokenPose) on vitpose_kernels, checkpoint loading, batched top-down
 inference, COCO evaluation and a CLI (``vitpose predict``, ``vitpose evaluate``).
 
     model = vitpose.load_model("vitpose-b.pth")                      # official, ViTPose+, HF, ours
@@ -15,10 +15,11 @@ from . import train  # the package is callable: vitpose.train(data=..., model=..
 from .models import (SIZES, TABLE5, TABLE5_PAPER, ViTPose, ViTPoseConfig, architectures, attach_knowledge_token,
                      build_model, freeze, freeze_knowledge_token, load_model, prepare_token_training, save_model,
                      vitpose_config)
+from .models import TokenPose, TokenPoseConfig, tokenpose_config
 
 __all__ = [
     "ViTPose", "ViTPoseConfig", "vitpose_config", "SIZES", "TABLE5", "TABLE5_PAPER", "COCO_FLIP_INDICES",
     "COCO_SKELETON", "DATASETS", "register_dataset", "load_model", "save_model", "build_model", "architectures",
     "freeze", "attach_knowledge_token", "freeze_knowledge_token", "prepare_token_training", "Pose",
-    "TopDownPredictor", "predict", "train",
+    "TopDownPredictor", "predict", "train", "TokenPose", "TokenPoseConfig", "tokenpose_config",
 ]

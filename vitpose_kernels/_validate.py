@@ -254,8 +254,8 @@ def decode_heatmaps_args(heatmaps, flip_heatmaps, flip_indices, input_size, bbox
         if tuple(t.shape) != (B, 2):
             raise ValueError(f"{name} must have shape (B, 2) = ({B}, 2), got {name}.shape={tuple(t.shape)}")
         boxes.append(t.float())
-    if method not in ("udp", "argmax"):
-        raise ValueError(f"method must be 'udp' or 'argmax', got method={method!r}")
+    if method not in ("udp", "argmax", "dark"):
+        raise ValueError(f"method must be 'udp', 'argmax' or 'dark', got method={method!r}")
     if not isinstance(blur_kernel_size, int) or blur_kernel_size < 1 or blur_kernel_size % 2 == 0:
         raise ValueError(f"blur_kernel_size must be an odd int >= 1, got {blur_kernel_size!r}")
     return flip_indices, input_size, boxes[0], boxes[1]

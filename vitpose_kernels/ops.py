@@ -105,6 +105,12 @@ def decode_heatmaps(heatmaps, *, flip_heatmaps=None, flip_indices=None, input_si
     skips it), scaling to crop pixels ``loc / [W-1, H-1] * input_size`` with input_size = (W, H)
     of the crop, and with bbox_centers/bbox_scales (B, 2) the transform back to image pixels
     ``kp / input_size * scale + center - scale / 2``.
+
+    method="dark" is instead the official TokenPose (HRNet+DARK code) post-processing, get_final_preds
+    with POST_PROCESS: the same flip merge, argmax (a map with max <= 0 decodes to (0, 0)), the
+    blurred map renormalized, log(max(., 1e-10)), one Taylor step with +-2-pixel second differences
+    at interior maxima, and the back-transform ``center + (kp - ((W-1)/2, (H-1)/2)) * (scale_w - 1) / (W - 1)``
+    (crop pixels ``((W_in-1)/2, (H_in-1)/2) + (kp - ((W-1)/2, (H-1)/2)) * (W_in - 1) / (W - 1)`` without boxes).
     """
     args = _prepare_decode_heatmaps(heatmaps, flip_heatmaps=flip_heatmaps, flip_indices=flip_indices,
                                     input_size=input_size, bbox_centers=bbox_centers,

@@ -101,7 +101,11 @@ def half_body(keypoints, labelled, upper, use, choose_upper, aspect: float, padd
 
 class TopDownAugment:
     """Batch of decoded samples -> (pixels (B, 3, H, W) normalized, targets (B, K, H/4, W/4),
-    weights (B, K), dataset_index (B,)), on ``device``. ``train=False``: no random transform."""
+    weights (B, K), dataset_index (B,)), on ``device``. ``train=False``: no random transform.
+    A family with other crops or targets (TokenPose) sets ``method`` (the crop geometry of
+    vitpose.infer.pipeline) and overrides ``targets``."""
+
+    method = "udp"
 
     def __init__(self, keypoint_sets, input_size=(192, 256), heatmap_size=None, config: AugmentConfig | None = None,
                  train: bool = True, canvas_size=None):
@@ -129,7 +133,8 @@ class TopDownAugment:
         labelled = batch["visible"].to(device) > 0
         # The box grown to the crop's aspect ratio and padded 1.25x (the inference code), then the
         # dataset's load-time centre offset (zero in evaluation-style samples).
-        centers, scales = box_to_center_scale(batch["box"].to(device, torch.float32), self.input_size)
+        centers, scales = box_to_center_scale(batch["box"].to(device, torch.float32), self.input_size,
+                                              method=self.method)
         if "center_offset" in batch:
             centers = centers + batch["center_offset"].to(device, torch.float32)
         B = kp.shape[0]
@@ -156,9 +161,9 @@ class TopDownAugment:
         images = [im.to(device, non_blocking=True) for im in batch["images"]]
         image_index = batch["image_index"].to(device)
         pixels = normalize(crop_batch(images, image_index, centers, scales, self.input_size, rotation, flip,
-                                      self.canvas_size))
+                                      self.canvas_size, method=self.method))
         kp = image_to_crop(batch["keypoints"].to(device, torch.float32), centers, scales, self.input_size,
-                           rotation, flip)
+                           rotation, flip, method=self.method)
         visible = (batch["visible"].to(device) > 0).float()
         ds = batch["dataset_index"].to(device)
         if flip is not None:
@@ -166,7 +171,11 @@ class TopDownAugment:
             order = self.tables(device).flip_index[ds]                       # (B, K)
             kp = torch.where(flip[:, None, None], kp.gather(1, order[..., None].expand_as(kp)), kp)
             visible = torch.where(flip[:, None], visible.gather(1, order), visible)
-        targets, weights = vitpose_kernels.udp_targets(kp, visible, heatmap_size=self.heatmap_size,
-                                                       input_size=self.input_size, sigma=self.config.sigma)
+        targets, weights = self.targets(kp, visible)
         return {"pixels": pixels, "targets": targets, "weights": weights, "dataset_index": ds,
                 "keypoints": kp, "centers": centers, "scales": scales, "rotation": rotation, "flip": flip}
+
+    def targets(self, keypoints, visible):
+        """Keypoints (B, K, 2) in crop pixels, visible (B, K) -> heatmaps (B, K, H/4, W/4), weights (B, K)."""
+        return vitpose_kernels.udp_targets(keypoints, visible, heatmap_size=self.heatmap_size,
+                                           input_size=self.input_size, sigma=self.config.sigma)

@@ -20,8 +20,9 @@ Other architectures export through the same path. A model that takes something o
 (B, 3, H, W) image provides ``example_inputs(batch) -> dict[name, tensor]`` (dimension 0 of each
 is the batch; TAR-ViTPose: clips (B, T, 3, H, W)); the exporter calls ``model(*inputs)`` (plus
 ``dataset_index`` when the forward takes one) and expects heatmaps (B, K, h, w) back. The crop
-size comes from ``model.config.img_size`` (H, W) and the flip order from
-``model.config.datasets``.
+size comes from ``model.config.img_size`` (H, W), the flip order from ``model.datasets`` (or
+``model.config.datasets``) and the decoding from ``model.decode_method`` ("udp" if absent;
+TokenPose: "dark").
 """
 from __future__ import annotations
 
@@ -51,7 +52,8 @@ class PoseGraph(nn.Module):
         if img_size is None:
             raise ValueError(f"{type(model).__name__} has no config.img_size (H, W): the exporter needs the crop size")
         self.input_size = (int(img_size[1]), int(img_size[0]))  # (W, H)
-        datasets = tuple(getattr(cfg, "datasets", ("coco",)))
+        datasets = tuple(getattr(model, "datasets", None) or getattr(cfg, "datasets", ("coco",)))
+        self.method = getattr(model, "decode_method", "udp")
         keypoints = keypoint_set(datasets[min(dataset_index, len(datasets) - 1)])
         if flip and keypoints.flip_indices is None:
             raise ValueError(f"flip=True needs the mirror order of {keypoints.name!r} keypoints, which is not known")
@@ -80,7 +82,8 @@ class PoseGraph(nn.Module):
             return heatmaps
         centers, scales = inputs[n_model:]
         keypoints, scores = vitpose_kernels.decode_heatmaps(heatmaps, input_size=self.input_size,
-                                                            bbox_centers=centers, bbox_scales=scales)
+                                                            bbox_centers=centers, bbox_scales=scales,
+                                                            method=self.method)
         return keypoints, scores, heatmaps
 
 
@@ -181,10 +184,11 @@ def compare_onnxruntime(graph: PoseGraph, path: str, batches=(1, 3)) -> float:
             heatmaps = torch.from_numpy(got["heatmaps"])
             kp, sc = vitpose_kernels.decode_heatmaps(heatmaps, input_size=graph.input_size, backend="reference",
                                                      bbox_centers=inputs["bbox_centers"],
-                                                     bbox_scales=inputs["bbox_scales"])
+                                                     bbox_scales=inputs["bbox_scales"], method=graph.method)
             H, W = heatmaps.shape[-2:]
             lattice = dict(input_size=(W - 1, H - 1), backend="reference")  # in heatmap pixels
-            step = (vitpose_kernels.decode_heatmaps(heatmaps, **lattice)[0]
+            own = dict(input_size=(W, H), backend="reference") if graph.method == "dark" else lattice  # ditto
+            step = (vitpose_kernels.decode_heatmaps(heatmaps, method=graph.method, **own)[0]
                     - vitpose_kernels.decode_heatmaps(heatmaps, method="argmax", **lattice)[0]).abs().amax(-1)
             worst = max(worst, rel(got["scores"], sc, float(sc.abs().max())),
                         rel(got["keypoints"], kp, float(inputs["bbox_scales"].max()), where=step <= 1.0))

@@ -5,6 +5,12 @@ mmpose); all crops in one ``grid_sample`` over a mosaic of the batch's images, w
 that maps the box onto [0, W-1] x [0, H-1]; ImageNet mean/std; the model in bf16 on a GPU and fp32
 on the CPU, the mirrored crops in the same batch (flip test); ``vitpose_kernels.decode_heatmaps``
 merges the flips, refines (DARK-UDP) and maps back to image pixels.
+
+Any model that says its crop size and decoding works here (ViTPose, TokenPose): ``model.input_size``
+(W, H), ``model.decode_method`` (a decode_heatmaps method; "dark" also selects the HRNet/DARK code's
+crop geometry that its decoding inverts: box center x + (w - 1) / 2, one isotropic factor
+(s_w - 1) / (W - 1) about the crop's center), ``model.datasets`` (keypoint sets, one per head),
+``model.num_datasets`` and optionally ``model.backend``; ``model(x, dataset_index)`` -> heatmaps.
 """
 from __future__ import annotations
 
@@ -81,11 +87,13 @@ def as_boxes(boxes, where: str = "") -> np.ndarray:
     return arr
 
 
-def box_to_center_scale(boxes: torch.Tensor, input_size=(192, 256), padding: float = BOX_PADDING):
+def box_to_center_scale(boxes: torch.Tensor, input_size=(192, 256), padding: float = BOX_PADDING,
+                        method: str = "udp"):
     """xywh (N, 4) -> center (N, 2), scale (N, 2) in pixels: the box grown to the crop's aspect
-    ratio W:H, then by ``padding`` (mmpose's _xywh2cs / bbox_xyxy2cs + fix_aspect_ratio)."""
+    ratio W:H, then by ``padding`` (mmpose's _xywh2cs / bbox_xyxy2cs + fix_aspect_ratio; with
+    method="dark" the HRNet code's center, x + (w - 1) / 2)."""
     xy, wh = boxes[:, :2], boxes[:, 2:4]
-    center = xy + wh * 0.5
+    center = xy + (wh - 1) * 0.5 if method == "dark" else xy + wh * 0.5
     aspect = input_size[0] / input_size[1]
     w, h = wh[:, 0], wh[:, 1]
     w, h = torch.where(w > aspect * h, w, h * aspect), torch.where(w > aspect * h, w / aspect, h)
@@ -106,12 +114,16 @@ def _mirror(d: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
     return torch.cat([d[..., :1] * sign, d[..., 1:]], dim=-1)
 
 
-def image_to_crop(points, center, scale, input_size=(192, 256), rotation=None, flip=None):
+def image_to_crop(points, center, scale, input_size=(192, 256), rotation=None, flip=None, method: str = "udp"):
     """UDP: the box [c - s/2, c + s/2] maps onto [0, W-1] (and [0, H-1]). points (N, ..., 2).
 
     Training adds, per sample, a horizontal flip of the image (N,) bool and a rotation (N,) in
     degrees about the box center: crop = S (R(rot) F (p - c) + s/2), S = (W-1, H-1) / s, which is
-    mmpose's TopDownRandomFlip + TopDownAffine(use_udp=True) (get_warp_matrix) in one map."""
+    mmpose's TopDownRandomFlip + TopDownAffine(use_udp=True) (get_warp_matrix) in one map.
+    method="dark" (the HRNet/DARK code's get_affine_transform, TokenPose): the box center goes to
+    the crop's center ((W-1)/2, (H-1)/2) with one factor k = (W-1)/(s_w-1) for both axes:
+    crop = k R(rot) F (p - c) + (W-1, H-1)/2 (rotation in mmpose's sense; the HRNet code's is the
+    opposite, the same distribution for its symmetric random rotations)."""
     size1 = torch.as_tensor([input_size[0] - 1, input_size[1] - 1], dtype=points.dtype, device=points.device)
     shape = (-1,) + (1,) * (points.dim() - 2) + (2,)
     c, s = center.view(shape), scale.view(shape)
@@ -120,19 +132,25 @@ def image_to_crop(points, center, scale, input_size=(192, 256), rotation=None, f
         d = _mirror(d, flip)
     if rotation is not None:
         d = _rotate(d, rotation)
+    if method == "dark":
+        return d * (size1[0] / (s[..., :1] - 1)) + size1 * 0.5
     return (d + s * 0.5) * size1 / s
 
 
-def crop_to_image(points, center, scale, input_size=(192, 256), size1=None, rotation=None, flip=None):
-    """The inverse of image_to_crop: p = c + F R(-rot) (q / S - s/2). size1: [W-1, H-1] as a
-    tensor made beforehand (no host copy)."""
+def crop_to_image(points, center, scale, input_size=(192, 256), rotation=None, flip=None, method: str = "udp",
+                  size1=None):
+    """The inverse of image_to_crop: p = c + F R(-rot) (q / S - s/2) (method="dark": (q - (W-1, H-1)/2) / k).
+    size1: [W-1, H-1] as a tensor made beforehand (no host copy)."""
     if size1 is None:
         size1 = torch.as_tensor([input_size[0] - 1, input_size[1] - 1], dtype=points.dtype, device=points.device)
     shape = (-1,) + (1,) * (points.dim() - 2) + (2,)
     c, s = center.view(shape), scale.view(shape)
-    if rotation is None and flip is None:  # inference: the expression (and rounding) it always had
+    if method == "dark":
+        d = (points - size1 * 0.5) * ((s[..., :1] - 1) / size1[0])
+    elif rotation is None and flip is None:  # inference: the expression (and rounding) it always had
         return points * s / size1 + c - s * 0.5
-    d = points * s / size1 - s * 0.5
+    else:
+        d = points * s / size1 - s * 0.5
     if rotation is not None:
         d = _rotate(d, -rotation)
     if flip is not None:
@@ -181,7 +199,8 @@ def _stack(images: list[torch.Tensor], canvas_size) -> torch.Tensor:
 
 
 def crop_batch(images: list[torch.Tensor], image_index: torch.Tensor, centers, scales,
-               input_size=(192, 256), rotation=None, flip=None, canvas_size=None) -> torch.Tensor:
+               input_size=(192, 256), rotation=None, flip=None, canvas_size=None,
+               method: str = "udp") -> torch.Tensor:
     """All boxes' UDP crops (N, 3, H, W) float32 (pixel values as given), with one grid_sample.
 
     Bilinear sampling with pixel centers on integers and zeros outside the image, as OpenCV's
@@ -190,16 +209,18 @@ def crop_batch(images: list[torch.Tensor], image_index: torch.Tensor, centers, s
     Training passes per-sample ``rotation`` (degrees) and ``flip`` (bool), see image_to_crop, and
     ``canvas_size=(Hc, Wc)``: each crop then samples its own image, zero-padded to that fixed
     size, so that a crop's pixels do not depend on which other images share the batch (in the
-    mosaic, the image's place changes the float rounding of the sampling positions)."""
+    mosaic, the image's place changes the float rounding of the sampling positions). ``method``:
+    the crop geometry (see image_to_crop)."""
     dev = centers.device
     sizes = torch.tensor([[im.shape[2], im.shape[1]] for im in images], dtype=torch.float32,
                          device=dev)[image_index]
-    if canvas_size is not None:
-        return crop_from_canvas(_stack(images, canvas_size)[image_index], None, sizes, centers, scales, input_size,
-                                rotation=rotation, flip=flip)
-    canvas, origins = _mosaic(images)
-    org = torch.tensor(origins, dtype=torch.float32, device=dev)[image_index]      # (N, 2)
-    return crop_from_canvas(canvas, org, sizes, centers, scales, input_size, rotation=rotation, flip=flip)
+    if canvas_size is None:
+        canvas, origins = _mosaic(images)
+        org = torch.tensor(origins, dtype=torch.float32, device=dev)[image_index]      # (N, 2)
+    else:  # one canvas per box
+        canvas, org = _stack(images, canvas_size)[image_index], torch.zeros(len(centers), 2, device=dev)
+    return crop_from_canvas(canvas, org, sizes, centers, scales, input_size, rotation=rotation, flip=flip,
+                            method=method)
 
 
 def crop_lattice(input_size, device) -> torch.Tensor:
@@ -210,29 +231,27 @@ def crop_lattice(input_size, device) -> torch.Tensor:
     return torch.stack([u, v], -1).reshape(1, -1, 2)
 
 
-def crop_from_canvas(canvas, origins, sizes, centers, scales, input_size=(192, 256), lattice=None, size1=None,
-                     rotation=None, flip=None):
-    """crop_batch's sampling, given the canvas (3, Hc, Wc) and per box its image's origin in the
-    canvas and (width, height), (N, 2) float32; or a stack (N, 3, Hc, Wc) holding each box's image
-    at the origin (origins None). With lattice and size1 made beforehand it creates no tensor from
-    host data, so it can be captured in a CUDA graph."""
+def crop_from_canvas(canvas, origins, sizes, centers, scales, input_size=(192, 256), lattice=None, size1=None, *,
+                     rotation=None, flip=None, method: str = "udp"):
+    """crop_batch's sampling, given the canvas (3, Hc, Wc), or one per box (N, 3, Hc, Wc), and per
+    box its image's origin in the canvas and (width, height), (N, 2) float32. With lattice and size1
+    made beforehand it creates no tensor from host data, so it can be captured in a CUDA graph."""
     W, H = input_size
     if lattice is None:
         lattice = crop_lattice(input_size, centers.device)
     pts = crop_to_image(lattice.expand(len(centers), -1, -1), centers.float(), scales.float(), input_size,
-                        size1, rotation, flip)                                      # (N, H*W, 2)
+                        rotation, flip, method, size1)                              # (N, H*W, 2)
     inside = ((pts > -1) & (pts < sizes[:, None])).all(-1)                          # (N, H*W)
+    pix = pts if origins is None else pts + origins[:, None]
     Hc, Wc = canvas.shape[-2:]
+    grid = torch.stack([pix[..., 0] * (2 / (Wc - 1)) - 1, pix[..., 1] * (2 / (Hc - 1)) - 1], -1)
     if canvas.dim() == 4:
-        grid = torch.stack([pts[..., 0] * (2 / (Wc - 1)) - 1, pts[..., 1] * (2 / (Hc - 1)) - 1], -1)
         out = F.grid_sample(canvas, grid.view(-1, H, W, 2), mode="bilinear", padding_mode="zeros",
                             align_corners=True)                                     # (N, 3, H, W)
-        return out * inside.view(-1, 1, H, W)
-    pix = pts + origins[:, None]
-    grid = torch.stack([pix[..., 0] * (2 / (Wc - 1)) - 1, pix[..., 1] * (2 / (Hc - 1)) - 1], -1)
-    out = F.grid_sample(canvas[None], grid.reshape(1, -1, W, 2), mode="bilinear", padding_mode="zeros",
-                        align_corners=True)                                         # (1, 3, N*H, W)
-    out = out.view(3, len(centers), H, W).permute(1, 0, 2, 3)
+    else:
+        out = F.grid_sample(canvas[None], grid.reshape(1, -1, W, 2), mode="bilinear", padding_mode="zeros",
+                            align_corners=True)                                     # (1, 3, N*H, W)
+        out = out.view(3, len(centers), H, W).permute(1, 0, 2, 3)
     return out * inside.view(-1, 1, H, W)
 
 
@@ -289,9 +308,10 @@ def load_image(image) -> torch.Tensor:
 class TopDownPredictor:
     """``TopDownPredictor(model)(images, boxes) -> [[Pose, ...] per image]``.
 
-    model: a ViTPose or a checkpoint path. device: default CUDA when available; dtype: bf16 on
-    CUDA, fp32 on the CPU. flip: flip test (on by default; off for keypoint sets without a known
-    mirror order). batch_size: crops per forward pass (the flipped ones not counted). detector: a
+    model: a ViTPose, a TokenPose (any model with the protocol in the module docstring) or a
+    checkpoint path. device: default CUDA when available; dtype: bf16 on CUDA, fp32 on the CPU.
+    flip: flip test (on by default; off for keypoint sets without a known mirror order).
+    batch_size: crops per forward pass (the flipped ones not counted). detector: a
     ``PersonDetector`` or the folder of a transformers object detector, used for images given
     without boxes (else each whole image is one box). mode: "eager" (default), or the serving
     path of ``serving.py``: "graph" (each batch-size bucket replayed as a CUDA graph), "compile"
@@ -302,24 +322,30 @@ class TopDownPredictor:
                  dataset_index: int = 0, fold_batchnorm: bool = True, detector=None, mode: str = "eager"):
         from ..models.checkpoints import load_model
         from ..models.vitpose import ViTPose
-        if not isinstance(model, ViTPose):
+        if isinstance(model, (str, os.PathLike, dict)):
             model = load_model(model)
+        missing = [a for a in ("input_size", "decode_method", "datasets", "num_datasets") if not hasattr(model, a)]
+        if not isinstance(model, torch.nn.Module) or missing:
+            raise TypeError(f"model must be a pose model (ViTPose, TokenPose) or a checkpoint path, got "
+                            f"{type(model).__name__}" + (f" without {', '.join(missing)}" if missing else ""))
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
         model = model.eval().to(self.device)  # moves the caller's model, as HF pipelines do
         # BatchNorm is folded before the cast to bf16, so that the folded weights are rounded once.
-        self.model = (_with_folded_heads(model) if fold_batchnorm else model).to(self.dtype)
-        cfg = model.config
+        folded = fold_batchnorm and isinstance(model, ViTPose)
+        self.model = (_with_folded_heads(model) if folded else model).to(self.dtype)
         if not 0 <= dataset_index < model.num_datasets:
             raise ValueError(f"dataset_index must be in [0, {model.num_datasets}), got {dataset_index}")
         self.dataset_index = dataset_index
-        self.keypoints = keypoint_set(cfg.datasets[min(dataset_index, len(cfg.datasets) - 1)])
+        datasets = model.datasets
+        self.keypoints = keypoint_set(datasets[min(dataset_index, len(datasets) - 1)])
         self.flip = flip and self.keypoints.flip_indices is not None
         self.batch_size = batch_size
-        self.input_size = (cfg.img_size[1], cfg.img_size[0])  # (W, H)
-        self.backend = cfg.backend
+        self.input_size = tuple(model.input_size)  # (W, H)
+        self.decode_method = model.decode_method
+        self.backend = getattr(model, "backend", None)
         self._constants = None
         self.runner = None  # serving.StaticRunner when mode is not "eager"
         if detector is not None and not callable(detector):
@@ -356,8 +382,9 @@ class TopDownPredictor:
         tensor made from host data (the constants are made once), so that ``serving.py`` can
         capture it as a CUDA graph."""
         c = self.constants()
-        centers, scales = box_to_center_scale(boxes, self.input_size)
-        crops = crop_from_canvas(canvas, origins, sizes, centers, scales, self.input_size, c["lattice"], c["size1"])
+        centers, scales = box_to_center_scale(boxes, self.input_size, method=self.decode_method)
+        crops = crop_from_canvas(canvas, origins, sizes, centers, scales, self.input_size, c["lattice"], c["size1"],
+                                 method=self.decode_method)
         x = normalize(crops, c["mean"], c["std"]).to(self.dtype)
         n = len(boxes)
         if self.flip:
@@ -368,7 +395,8 @@ class TopDownPredictor:
             heatmaps, flipped = heatmaps[:n], heatmaps[n:]
         kp, sc = vitpose_kernels.decode_heatmaps(
             heatmaps, flip_heatmaps=flipped, flip_indices=c["flip_indices"] if self.flip else None,
-            input_size=self.input_size, bbox_centers=centers, bbox_scales=scales, backend=self.backend)
+            input_size=self.input_size, bbox_centers=centers, bbox_scales=scales, method=self.decode_method,
+            backend=self.backend)
         return kp, sc, centers, scales
 
     @torch.inference_mode()
@@ -382,19 +410,22 @@ class TopDownPredictor:
         if not len(box):
             raise ValueError("person_heatmaps needs one box, got none")
         c = self.constants()
+        method = self.decode_method
         centers, scales = box_to_center_scale(torch.as_tensor(box[:, :4], dtype=torch.float32, device=self.device),
-                                              self.input_size)
+                                              self.input_size, method=method)
         size = torch.tensor([[img.shape[2], img.shape[1]]], dtype=torch.float32, device=self.device)
         crops = crop_from_canvas(img.float(), torch.zeros(1, 2, device=self.device), size, centers, scales,
-                                 self.input_size, c["lattice"], c["size1"])
+                                 self.input_size, c["lattice"], c["size1"], method=method)
         x = normalize(crops, c["mean"], c["std"]).to(self.dtype)
         heatmaps = self.model(torch.cat([x, x.flip(-1)]) if self.flip else x, self.dataset_index).float()
         if self.flip:
             heatmaps = (heatmaps[:1] + flip_back(heatmaps[1:], c["flip_indices"])) * 0.5
         W, H = self.input_size
         # In the crop's own pixels: the UDP warp puts the box on [0, W-1] x [0, H-1] (decoding to
-        # input_size (W, H) is mmpose's convention on the way back to the image, not the crop's).
-        kp, sc = vitpose_kernels.decode_heatmaps(heatmaps, input_size=(W - 1, H - 1), backend=self.backend)
+        # input_size (W, H) is mmpose's convention on the way back to the image, not the crop's);
+        # "dark" decodes to the crop's pixels as they are.
+        size = (W, H) if method == "dark" else (W - 1, H - 1)
+        kp, sc = vitpose_kernels.decode_heatmaps(heatmaps, input_size=size, method=method, backend=self.backend)
         pose = Pose(kp[0].cpu().numpy(), sc[0].cpu().numpy(), np.array([0.0, 0.0, W, H]), float(box[0, 4]),
                     self.keypoints.name)
         crop = crops[0].permute(1, 2, 0).clamp(0, 255).round().byte().cpu().numpy()

@@ -101,15 +101,20 @@ def unwrap(obj, source="state dict") -> tuple[dict, dict | None]:
     return sd, config
 
 
-def save_model(model: ViTPose, path) -> None:
+def save_model(model, path) -> None:
     """Our format: .safetensors (config in the metadata) or a torch file {format, config, state_dict}.
-    Both load with load_model; the key names are the official ones."""
-    if model.folded:
-        raise ValueError("save_model: this model's BatchNorm is folded (inference only); save it before "
-                         "fold_batchnorm()")
+    Both load with load_model; the key names are the official ones. ViTPose or TokenPose."""
+    from .tokenpose import TokenPose
     path = os.fspath(path)
-    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    config = model.config.to_dict()
+    if isinstance(model, TokenPose):
+        from .tokenpose_checkpoints import tokenpose_save_payload
+        sd, config = tokenpose_save_payload(model)
+    else:
+        if model.folded:
+            raise ValueError("save_model: this model's BatchNorm is folded (inference only); save it before "
+                             "fold_batchnorm()")
+        sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        config = model.config.to_dict()
     if path.endswith(".safetensors"):
         from safetensors.torch import save_file
         save_file(sd, path, metadata={"format": FORMAT, "config": json.dumps(config)})
@@ -319,17 +324,20 @@ def _listing(keys, limit=20) -> str:
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def load_state_dict_strict(model: ViTPose, sd: dict, source: str = "checkpoint", copy: bool = False) -> None:
+def load_state_dict_strict(model, sd: dict, source: str = "checkpoint", copy: bool = False,
+                           what: str | None = None) -> None:
     """Fill a (meta-device) model from sd, which must match it key for key and shape for shape.
-    copy=True: the model gets its own tensors (a caller's state dict is never aliased)."""
+    copy=True: the model gets its own tensors (a caller's state dict is never aliased). ``what``
+    describes the model in the error (default: a ViTPose's size and decoder)."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in sd and not k.endswith("num_batches_tracked")]
     unknown = [k for k in sd if k not in expected]
     shapes = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(v.shape)}"
               for k, v in expected.items() if k in sd and sd[k].shape != v.shape]
     if missing or unknown or shapes:
-        lines = [f"{source} does not match {model.config.name} ({model.config.embed_dim}-d, "
-                 f"depth {model.config.depth}, {model.config.head} decoder):"]
+        what = what or (f"{model.config.name} ({model.config.embed_dim}-d, depth {model.config.depth}, "
+                        f"{model.config.head} decoder)")
+        lines = [f"{source} does not match {what}:"]
         if unknown:
             lines.append(f"  unknown keys ({len(unknown)}): {_listing(unknown)}")
         if missing:
@@ -371,22 +379,38 @@ def _hf_config_hints(weights: str) -> dict:
     return hints
 
 
-def load_model(path_or_state_dict, *, device=None, **overrides) -> ViTPose:
-    """A ViTPose in eval mode from a file (.pth/.pt/.bin/.safetensors) or a state dict in any of the
-    supported formats. ``overrides`` set config fields the tensors cannot tell (attention windows,
+def load_model(path_or_state_dict, arch: str | None = None, *, device=None, **overrides):
+    """A ViTPose or TokenPose in eval mode from a file (.pth/.pt/.bin/.safetensors) or a state dict
+    in any of the supported formats. ``arch`` (a ``vitpose.architectures()`` name) says which model
+    it is when the tensors cannot tell (TokenPose variants beyond Table 1), or checks that they
+    agree. ``overrides`` set config fields the tensors cannot tell (ViTPose: attention windows,
     shift/pool, ``patch_stride`` of a simple decoder, ``img_size`` (position embedding resized
-    bicubically), ``backend``, ``num_heads`` of a non-standard width)."""
+    bicubically), ``backend``, ``num_heads`` of a non-standard width; TokenPose: see
+    tokenpose_checkpoints)."""
+    from .registry import architectures
+    if arch is not None and (not isinstance(arch, str) or arch.lower() not in architectures()):
+        raise ValueError(f"arch must be one of {', '.join(architectures())}, got arch={arch!r}")
+    hints_from = None
     if isinstance(path_or_state_dict, (str, os.PathLike)):
         source = _weights_file(os.fspath(path_or_state_dict))
         sd, config = read_checkpoint(source)
-        if config is None:
-            for k, v in _hf_config_hints(source).items():
-                overrides.setdefault(k, v)
+        hints_from = source if config is None else None
     else:
         source = "state dict"
         sd, config = unwrap(path_or_state_dict)
     if not sd:
         raise CheckpointError(f"{source} holds no tensors")
+    from .tokenpose_checkpoints import is_tokenpose, load_tokenpose
+    family = "tokenpose" if is_tokenpose(sd, config) else "vitpose"
+    if arch is not None and not arch.lower().startswith(family):
+        names = {"tokenpose": "TokenPose", "vitpose": "ViTPose"}
+        raise CheckpointError(f"arch={arch!r}, but {source} is not a {names[arch.lower().split('-')[0]]} "
+                              f"checkpoint; first keys: {', '.join(list(sd)[:4])}")
+    if family == "tokenpose":
+        return load_tokenpose(sd, config, source, arch=arch, device=device, **overrides)
+    if hints_from is not None:
+        for k, v in _hf_config_hints(hints_from).items():
+            overrides.setdefault(k, v)
     unknown = []
     if is_hf(sd):
         sd, unknown = hf_to_official(sd)
@@ -398,6 +422,9 @@ def load_model(path_or_state_dict, *, device=None, **overrides) -> ViTPose:
             cfg = cfg.replace(**overrides)
     else:
         cfg, ckpt_grid = infer_config(sd, **overrides)
+    if arch is not None and cfg.name.lower().replace("+", "") != arch.lower():
+        raise CheckpointError(f"arch={arch!r}, but the tensors of {source} are those of {cfg.name} "
+                              f"({cfg.embed_dim}-d, depth {cfg.depth})")
     # Built on the meta device and filled from the checkpoint: no time spent on random init.
     with torch.device("meta"):
         model = ViTPose(cfg)

@@ -26,7 +26,8 @@ def architectures() -> list[str]:
 
 
 def build_model(name: str, **overrides) -> nn.Module:
-    """An untrained model: ``build_model("vitpose-b")``, ``build_model("vitpose-s", head="simple")``."""
+    """An untrained model: ``build_model("vitpose-b")``, ``build_model("vitpose-s", head="simple")``,
+    ``build_model("tokenpose-l-d24", img_size=(384, 288))``."""
     if not isinstance(name, str):
         raise TypeError(f"name must be a string such as 'vitpose-b', got {type(name).__name__}")
     builder = _BUILDERS.get(name.lower())
@@ -45,3 +46,19 @@ def _vitpose_builder(size: str):
 
 for _size in ("S", "B", "L", "H"):
     register_architecture(f"vitpose-{_size.lower()}", _vitpose_builder(_size))
+
+
+def _tokenpose_builder(variant: str):
+    def build(**overrides):
+        from .tokenpose import TokenPose, tokenpose_config
+        return TokenPose(tokenpose_config(variant, **overrides))
+    return build
+
+
+def _register_tokenpose() -> None:
+    from .tokenpose import ARCHITECTURES  # tokenpose-t, -s-v1, -s-v2, -b, -l-d6, -l-d24
+    for name, variant in ARCHITECTURES.items():
+        register_architecture(name, _tokenpose_builder(variant))
+
+
+_register_tokenpose()

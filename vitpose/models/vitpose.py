@@ -288,6 +288,22 @@ class ViTPose(nn.Module):
         # imports modules, which dynamo cannot trace with fullgraph=True).
         vitpose_kernels.backends()
 
+    # The top-down pipeline's protocol (shared with TokenPose): crop size (W, H), heatmap decoding
+    # (mmpose 1.x UDP with DARK-UDP), keypoint sets of the heads, the kernels' backend.
+    decode_method = "udp"
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.config.img_size[1], self.config.img_size[0]
+
+    @property
+    def datasets(self) -> tuple[str, ...]:
+        return tuple(self.config.datasets)
+
+    @property
+    def backend(self):
+        return self.config.backend
+
     @property
     def heads(self) -> list[nn.Module]:
         return [self.keypoint_head, *self.associate_keypoint_heads]

@@ -16,6 +16,8 @@ from .topdown import TopDownTask, _is_vitpose_spec
 from .trainer import TrainConfig, Trainer, train
 
 register_family("vitpose", matches=_is_vitpose_spec, recipe=vitpose_recipe, task=TopDownTask)
+from .tokenpose import TokenPoseTask, is_tokenpose_spec, tokenpose_recipe  # noqa: E402
+register_family("tokenpose", matches=is_tokenpose_spec, recipe=tokenpose_recipe, task=TokenPoseTask)
 
 __all__ = ["train", "Trainer", "TrainConfig", "Recipe", "Task", "TopDownTask", "register_family", "families",
            "family_for", "vitpose_recipe"]

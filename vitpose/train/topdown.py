@@ -62,7 +62,7 @@ class TopDownTask(Task):
                                         f"{d}/images/, or the COCO layout annotations/person_keypoints_train2017.json "
                                         "+ train2017/)")
             splits.append(s)
-        augment = aug.AugmentConfig() if config.augment else aug.AugmentConfig.off()
+        augment = self.default_augment() if config.augment else aug.AugmentConfig.off()
         if config.augment_overrides:
             import dataclasses
             known = {f.name for f in dataclasses.fields(aug.AugmentConfig)}
@@ -91,6 +91,10 @@ class TopDownTask(Task):
 
     collate = staticmethod(collate)
 
+    def default_augment(self) -> aug.AugmentConfig:
+        """The family's augmentation numbers (ViTPose's official ones here)."""
+        return aug.AugmentConfig()
+
     # ---- model -----------------------------------------------------------------------------------
     def build_model(self, spec: str):
         names = tuple(ks.name for ks in self.keypoint_sets)
@@ -100,16 +104,22 @@ class TopDownTask(Task):
         if len(names) > 1:
             overrides.setdefault("experts", len(names))
         model = _model_from_spec(spec, overrides)
+        self.attach_augment(model)
+        return model
+
+    augment_class = aug.TopDownAugment
+
+    def attach_augment(self, model, config: aug.AugmentConfig | None = None) -> None:
+        """The device-side augmentation for the model's input and heatmap sizes ((H, W) in its config)."""
         cfg = model.config
         # One canvas size for the run (the largest image, rounded up to 32): crops independent of
         # the batch composition, so N processes compute what one does.
         h = max(ds.max_image_size[0] for ds in self.datasets)
         w = max(ds.max_image_size[1] for ds in self.datasets)
-        self.augment = aug.TopDownAugment(self.keypoint_sets, input_size=(cfg.img_size[1], cfg.img_size[0]),
+        self.augment = self.augment_class(self.keypoint_sets, input_size=(cfg.img_size[1], cfg.img_size[0]),
                                           heatmap_size=(cfg.heatmap_size[1], cfg.heatmap_size[0]),
-                                          config=self.augment_config, train=True,
+                                          config=config or self.augment_config, train=True,
                                           canvas_size=(-(-h // 32) * 32, -(-w // 32) * 32))
-        return model
 
     def attach_teacher(self, model, device) -> None:
         if self.config.teacher:

@@ -16,6 +16,10 @@ Argmax: numpy's, which returns the first maximum as the spec asks (the reference
 an extra pass because torch.max does not promise it) and runs about three times faster than
 torch.max on one thread. Everything else is batched torch. The flip merge, the Newton step and
 the mapping to image pixels are the reference's own operations.
+
+method="dark" (TokenPose's post-processing): the same, with the 5x5 neighbourhood of the
+interior maxima only (the others are not refined), the clip at 1e-10 from below (the shortcut is
+exact when the 25 values are >= 1e-10) and the reference's Taylor step and HRNet back-transform.
 """
 from __future__ import annotations
 
@@ -26,12 +30,13 @@ import torch
 import torch.nn.functional as F
 
 from .. import _alloc, dispatch
-from ..reference.decode_heatmaps import flip_back, gaussian_kernel_1d
+from ..reference.decode_heatmaps import dark_to_pixels, flip_back, gaussian_kernel_1d
 
 # Margins for the rounding of the renormalisation factor (the Triton kernel's): inside them the
 # shortcut is exact; outside, the full blur decides.
 _FLOOR = 1.0e-3 * (1.0 + 1e-5)
 _CEILING = 50.0 * (1.0 - 1e-5)
+_DARK_FLOOR = 1.0e-10 * (1.0 + 1e-5)
 
 
 @functools.lru_cache(maxsize=None)
@@ -91,6 +96,31 @@ def blurred_neighbourhood(flat: torch.Tensor, H: int, W: int, x: torch.Tensor, y
     return vertical.gather(1, dy[:, :, None].expand(-1, -1, 3))
 
 
+def blurred_5x5(flat: torch.Tensor, H: int, W: int, x: torch.Tensor, y: torch.Tensor, size: int) -> torch.Tensor:
+    """The zero-padded blur of each map at the 5x5 neighbourhood of an interior (x, y) (inside the
+    map, so no clamping): (N, 5, 5), rows dy = -2..2, columns dx = -2..2."""
+    patch = map_patches(flat, H, W, x, y, 5 + 2 * (size // 2))           # (N, P, P)
+    g = _taps(size)
+    horizontal = patch.unfold(2, size, 1) @ g                              # (N, P, 5)
+    return horizontal.unfold(1, size, 1) @ g                               # (N, 5, 5)
+
+
+def taylor_step(logm: torch.Tensor) -> torch.Tensor:
+    """The reference's dark_refine step from the (N, 5, 5) log-neighbourhood -> (N, 2), zero where
+    the Hessian's determinant is 0."""
+    c = logm[:, 2, 2]
+    dx = 0.5 * (logm[:, 2, 3] - logm[:, 2, 1])
+    dy = 0.5 * (logm[:, 3, 2] - logm[:, 1, 2])
+    dxx = 0.25 * (logm[:, 2, 4] - 2 * c + logm[:, 2, 0])
+    dxy = 0.25 * (logm[:, 3, 3] - logm[:, 1, 3] - logm[:, 3, 1] + logm[:, 1, 1])
+    dyy = 0.25 * (logm[:, 4, 2] - 2 * c + logm[:, 0, 2])
+    det = dxx * dyy - dxy * dxy
+    take = det != 0
+    det = torch.where(take, det, torch.ones_like(det))
+    step = torch.stack([(dyy * dx - dxy * dy) / det, (dxx * dy - dxy * dx) / det], dim=-1)
+    return torch.where(take[:, None], step, torch.zeros_like(step))
+
+
 def full_blur_max(maps: torch.Tensor, size: int) -> torch.Tensor:
     """max of the reference's full blur of each (n, H, W) map (its two conv2d passes)."""
     g, r = _taps(size), size // 2
@@ -130,6 +160,9 @@ def decode(heatmaps, flip_heatmaps, flip_indices, input_size, bbox_centers, bbox
     flat = hm.reshape(B * K, H * W).contiguous()
     idx, best = first_argmax(flat)
     x, y = idx % W, idx // W
+    if method == "dark":
+        return _dark(flat, x, y, best, (B, K, H, W), input_size, bbox_centers, bbox_scales, blur_kernel_size,
+                     always_full_blur, keypoints, scores)
     kp = torch.stack([x, y], dim=-1).float()
     if method == "udp":
         blurred = blurred_neighbourhood(flat, H, W, x, y, blur_kernel_size)
@@ -147,6 +180,30 @@ def decode(heatmaps, flip_heatmaps, flip_indices, input_size, bbox_centers, bbox
     if bbox_centers is not None:
         kp = kp / size * bbox_scales[:, None] + bbox_centers[:, None] - bbox_scales[:, None] * 0.5
     keypoints.copy_(kp)
+    scores.copy_(best.view(B, K))
+    return keypoints, scores
+
+
+def _dark(flat, x, y, best, shape, input_size, bbox_centers, bbox_scales, blur_kernel_size, always_full_blur,
+          keypoints, scores):
+    B, K, H, W = shape
+    found = best > 0  # get_max_preds: a map whose maximum is not positive decodes to (0, 0)
+    x, y = torch.where(found, x, 0), torch.where(found, y, 0)
+    kp = torch.stack([x, y], dim=-1).float()
+    sel = ((x > 1) & (x < W - 2) & (y > 1) & (y < H - 2)).nonzero()[:, 0]  # refined: interior maxima
+    if len(sel):
+        maps = flat[sel]
+        blurred = blurred_5x5(maps, H, W, x[sel], y[sel], blur_kernel_size)
+        scale = torch.ones(len(sel))
+        full = blurred.amin(dim=(1, 2)) < _DARK_FLOOR
+        if always_full_blur:
+            full[:] = True
+        if bool(full.any()):
+            sub = full.nonzero()[:, 0]
+            scale[sub] = best[sel][sub] / full_blur_max(maps[sub].view(-1, H, W), blur_kernel_size)
+        logm = torch.log(torch.clamp(blurred * scale[:, None, None], min=1e-10))
+        kp[sel] = kp[sel] - taylor_step(logm)
+    keypoints.copy_(dark_to_pixels(kp.view(B, K, 2), (H, W), input_size, bbox_centers, bbox_scales))
     scores.copy_(best.view(B, K))
     return keypoints, scores
 

@@ -1,5 +1,5 @@
-"""CUDA backend of decode_heatmaps: flip merge, argmax, DARK-UDP refinement and the box transform
-for a whole batch in one launch (csrc/decode_heatmaps.cu).
+"""CUDA backend of decode_heatmaps: flip merge, argmax, DARK-UDP refinement (or TokenPose's "dark"
+post-processing) and the box transform for a whole batch in one launch (csrc/decode_heatmaps.cu).
 
 Each map is staged once in shared memory (two map-sized float buffers: the merged map and its
 horizontal blur), so the kernel declines maps whose buffers exceed the GPU's per-block shared
@@ -31,12 +31,15 @@ def _decode(heatmaps, flip_heatmaps, flip_indices, input_size, bbox_centers, bbo
             _launch.ptr(flip_heatmaps), _launch.strides(flip_heatmaps) if flipped else [0] * 4,
             _launch.ptr(flip_indices), flip_indices.stride(0) if flipped else 0,
             _launch.dtype_code(heatmaps), B, K, H, W,
-            gaussian_kernel_1d(blur_kernel_size) if method == "udp" else [], input_size[0], input_size[1],
+            gaussian_kernel_1d(blur_kernel_size) if method != "argmax" else [], _METHODS[method],
+            input_size[0], input_size[1],
             _launch.ptr(bbox_centers), _launch.strides(bbox_centers) if boxes else [0, 0],
             _launch.ptr(bbox_scales), _launch.strides(bbox_scales) if boxes else [0, 0],
             _launch.ptr(keypoints), _launch.ptr(scores), _launch.stream(heatmaps))
     return keypoints, scores
 
+
+_METHODS = {"argmax": 0, "udp": 1, "dark": 2}  # the kernel's method codes
 
 decode_heatmaps_op = define_decode_heatmaps("cuda", _decode)
 
@@ -44,7 +47,7 @@ decode_heatmaps_op = define_decode_heatmaps("cuda", _decode)
 def reasons(heatmaps, flip_heatmaps, flip_indices, input_size, bbox_centers, bbox_scales, method,
             blur_kernel_size) -> list[str]:
     out = _launch.common_reasons(heatmaps, flip_heatmaps, flip_indices, bbox_centers, bbox_scales)
-    if out or method != "udp":
+    if out or method == "argmax":
         return out
     ext = _launch.ext()
     if blur_kernel_size > ext.decode_heatmaps_max_taps:
