@@ -66,7 +66,7 @@ def unwrap(obj, source="state dict") -> tuple[dict, dict | None]:
     config = None
     if obj.get("format") == FORMAT:
         config = obj.get("config")
-    for key in ("state_dict", "model", "module"):
+    for key in ("state_dict", "model", "module", "model_state_dict"):  # last: TAR-ViTPose training files
         if key in obj and isinstance(obj[key], dict):
             obj = obj[key]
             break
@@ -341,11 +341,14 @@ def _hf_config_hints(weights: str) -> dict:
     return hints
 
 
-def load_model(path_or_state_dict, *, device=None, **overrides) -> ViTPose:
+def load_model(path_or_state_dict, *, device=None, arch=None, **overrides) -> ViTPose:
     """A ViTPose in eval mode from a file (.pth/.pt/.bin/.safetensors) or a state dict in any of the
     supported formats. ``overrides`` set config fields the tensors cannot tell (attention windows,
     shift/pool, ``patch_stride`` of a simple decoder, ``img_size`` (position embedding resized
-    bicubically), ``backend``, ``num_heads`` of a non-standard width)."""
+    bicubically), ``backend``, ``num_heads`` of a non-standard width).
+
+    ``arch="tar-vitpose-b"`` (-s/-l/-h, or "tar-vitpose" for any size) loads a TAR-ViTPose (official
+    training files or ours; recognised without ``arch`` too), see ``tar_checkpoints``."""
     if isinstance(path_or_state_dict, (str, os.PathLike)):
         source = _weights_file(os.fspath(path_or_state_dict))
         sd, config = read_checkpoint(source)
@@ -357,6 +360,16 @@ def load_model(path_or_state_dict, *, device=None, **overrides) -> ViTPose:
         sd, config = unwrap(path_or_state_dict)
     if not sd:
         raise CheckpointError(f"{source} holds no tensors")
+    from . import tar_checkpoints
+    if arch is not None and not isinstance(arch, str):
+        raise TypeError(f"arch must be a string such as 'tar-vitpose-b', got {type(arch).__name__}")
+    tar = (config or {}).get("arch") == "tar-vitpose" or tar_checkpoints.is_tar_state_dict(sd)
+    if tar or (arch is not None and arch.lower().startswith("tar-")):
+        return tar_checkpoints.load_tar_model(sd, config, arch=arch or "tar-vitpose", source=source,
+                                              device=device, **overrides)
+    if arch is not None and arch.lower() not in ("vitpose-s", "vitpose-b", "vitpose-l", "vitpose-h"):
+        raise ValueError(f"arch must be a ViTPose or TAR-ViTPose name (vitpose-s/b/l/h, "
+                         f"{', '.join(tar_checkpoints.ARCHS)}), got {arch!r}")
     unknown = []
     if is_hf(sd):
         sd, unknown = hf_to_official(sd)
