@@ -32,3 +32,42 @@ def draw_poses(image: np.ndarray, poses, *, kpt_thr: float = 0.3, boxes: bool = 
             if s > kpt_thr:
                 draw.ellipse([x - r, y - r, x + r, y + r], fill=(255, 0, 0), outline=(255, 255, 255))
     return np.asarray(canvas)
+
+
+# ------------------------------------------------------------------------------------------------
+# Tracked poses: one colour per identity, its id by the box
+# ------------------------------------------------------------------------------------------------
+def track_color(track_id: int) -> tuple[int, int, int]:
+    """A distinct, stable RGB colour per track id (hues spaced by the golden ratio)."""
+    import colorsys
+    h = (int(track_id) * 0.618033988749895) % 1.0
+    r, g, b = colorsys.hsv_to_rgb(h, 0.85, 1.0)
+    return int(r * 255), int(g * 255), int(b * 255)
+
+
+def draw_tracked_poses(image: np.ndarray, tracked, *, kpt_thr: float = 0.3) -> np.ndarray:
+    """image (H, W, 3) uint8 RGB, tracked: objects with ``track_id`` and ``pose`` -> a copy with
+    each person's box, limbs and keypoints in the colour of its track and "id N" by the box."""
+    from PIL import Image, ImageDraw
+    canvas = Image.fromarray(np.ascontiguousarray(image))
+    draw = ImageDraw.Draw(canvas)
+    width = max(1, round(min(image.shape[:2]) / 240))
+    for item in tracked:
+        pose, color = item.pose, track_color(item.track_id)
+        kp, sc = pose.keypoints, pose.scores
+        x, y, w, h = (float(v) for v in pose.box)
+        draw.rectangle([x, y, x + w, y + h], outline=color, width=width)
+        label = f"id {item.track_id}"
+        tx, ty = x + width, max(0.0, y - 11 * width)
+        box = draw.textbbox((tx, ty), label)
+        draw.rectangle(box, fill=color)
+        draw.text((tx, ty), label, fill=(0, 0, 0))
+        skeleton = keypoint_set(pose.dataset).skeleton if pose.dataset else ()
+        for a, b in skeleton:
+            if a < len(kp) and b < len(kp) and sc[a] > kpt_thr and sc[b] > kpt_thr:
+                draw.line([tuple(map(float, kp[a])), tuple(map(float, kp[b]))], fill=color, width=2 * width)
+        r = 2 * width
+        for (px, py), s in zip(kp, sc):
+            if s > kpt_thr:
+                draw.ellipse([px - r, py - r, px + r, py + r], fill=color, outline=(255, 255, 255))
+    return np.asarray(canvas)
