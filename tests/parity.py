@@ -376,3 +376,171 @@ def target_sweep(scale: str = "ci") -> list[TargetCase]:
 
 def with_dtype(cases, dtype):
     return [replace(c, dtype=dtype) for c in cases]
+
+
+# ----------------------------------------------------------------------------- masked_attention
+@dataclass(frozen=True)
+class MaskedCase:
+    """One masked_attention call. mask: none, random (30% allowed, some rows empty), blobs
+    (TAR-like: each query sees a few short runs of keys, so most key tiles are empty for a whole
+    query block), empty (no key at all), full (a mask that allows everything). form: how the mask
+    is passed: bool4 (B, 1, Lq, Lk), bool3 (B, Lq, Lk), bool2 (Lq, Lk), mha (B*H, Lq, Lk), per
+    head), keypad (B, 1, 1, Lk), packed (int32 words of bool4)."""
+    B: int = 2
+    H: int = 2
+    Lq: int = 17
+    Lk: int = 45
+    D: int = 24
+    mask: str = "random"
+    form: str = "bool4"
+    dtype: torch.dtype = torch.float32
+    strided: bool = False  # q, k, v as views of larger (B, L, H, 3D) buffers
+    scale: float | None = None
+    seed: int = 0
+
+    def __str__(self):
+        return (f"B{self.B}H{self.H}-q{self.Lq}k{self.Lk}D{self.D}-{self.mask}-{self.form}-{str(self.dtype)[6:]}"
+                f"{'-strided' if self.strided else ''}{'' if self.scale is None else f'-s{self.scale}'}")
+
+
+def masked_mask(case: MaskedCase, g: torch.Generator) -> torch.Tensor | None:
+    """The case's key mask as a 4-D bool tensor with the sizes its form has (1 where it broadcasts)."""
+    batch = 1 if case.form == "bool2" else case.B
+    heads = case.H if case.form == "mha" else 1
+    rows = 1 if case.form == "keypad" else case.Lq
+    shape = (batch, heads, rows, case.Lk)
+    if case.mask == "none":
+        return None
+    if case.mask in ("full", "empty"):
+        return torch.full(shape, case.mask == "full", dtype=torch.bool)
+    if case.mask == "random":
+        m = torch.rand(shape, generator=g) < 0.3
+        if rows > 1:
+            m[..., ::5, :] = False  # every 5th query row sees nothing
+        return m
+    if case.mask == "blobs":
+        m = torch.zeros(shape, dtype=torch.bool)
+        for idx in itertools.product(*(range(s) for s in shape[:3])):
+            for _ in range(2):
+                start = int(torch.randint(0, case.Lk, (1,), generator=g))
+                m[idx + (slice(start, start + int(torch.randint(1, 9, (1,), generator=g))),)] = True
+        if rows > 2:
+            m[..., 1, :] = False
+        return m
+    raise ValueError(f"unknown mask kind {case.mask!r}")
+
+
+def masked_form(case: MaskedCase, m: torch.Tensor | None):
+    """The full-shaped mask as the case passes it to the op."""
+    if m is None:
+        return None
+    if case.form == "bool2":
+        return m[0, 0]
+    if case.form == "bool3":
+        return m[:, 0]
+    if case.form == "mha":
+        return m.flatten(0, 1)
+    if case.form == "packed":
+        return vk.pack_key_mask(m)
+    return m  # bool4, keypad
+
+
+def masked_inputs(case: MaskedCase, dev):
+    """q, k, v, the mask as passed, the mask broadcast to (B, H, Lq, Lk) (or None), grad."""
+    g = torch.Generator().manual_seed(case.seed)
+    B, H, Lq, Lk, D = case.B, case.H, case.Lq, case.Lk, case.D
+    if case.strided:  # views into token-major buffers, as an attention module's projections give
+        q = torch.randn(B, Lq, H, 2 * D, generator=g)[..., :D].transpose(1, 2)
+        kv = torch.randn(B, Lk, H, 3 * D, generator=g)
+        k, v = kv[..., :D].transpose(1, 2), kv[..., D:2 * D].transpose(1, 2)
+    else:
+        q, k, v = (torch.randn(B, H, n, D, generator=g) for n in (Lq, Lk, Lk))
+    q = q * 2.0  # peaked attention: a wrong scale or mask shows
+    m = masked_mask(case, g)
+    full = None if m is None else m.expand(B, H, Lq, Lk)
+    grad = torch.randn(B, H, Lq, D, generator=g)
+    as_dev = lambda t: t.to(dev, case.dtype)  # noqa: E731
+    passed = masked_form(case, m)
+    return (as_dev(q), as_dev(k), as_dev(v), None if passed is None else passed.to(dev),
+            None if full is None else full.to(dev), as_dev(grad))
+
+
+def check_masked_attention(backend: str, case: MaskedCase, dev=None, *, grads: bool = True):
+    """Forward and dq, dk, dv against the float64 reference (NaN-poisoned outputs, the reference in
+    the case's dtype as the yardstick), and exact zeros for query rows without keys."""
+    dev = dev or device()
+    q, k, v, key_mask, full, grad = masked_inputs(case, dev)
+    inputs = [_leaf(t) for t in (q, k, v)]
+    with _alloc.poisoned():
+        out = vk.masked_attention(*inputs, key_mask, scale=case.scale, backend=backend)
+    assert out.dtype == case.dtype and out.shape == q.shape
+    ref_in = [_leaf(t.double()) for t in (q, k, v)]
+    ref = vk.masked_attention(*ref_in, key_mask, scale=case.scale, backend="reference")
+    low, low_out = None, None
+    if case.dtype != torch.float32:
+        low = [_leaf(t) for t in (q, k, v)]
+        low_out = vk.masked_attention(*low, key_mask, scale=case.scale, backend="reference")
+    tol = TOL[case.dtype]
+    assert_close(f"{case} out", out, ref, tol["fwd"], low_out)
+    empty = None if full is None else ~full.any(-1)  # (B, H, Lq) rows without keys
+    if empty is not None and empty.any():
+        assert bool((out.detach()[empty] == 0).all()), f"{case}: rows without keys must output exactly 0"
+    if not grads:
+        return
+    with _alloc.poisoned():
+        out.backward(grad)
+    ref.backward(grad.double())
+    if low_out is not None:
+        low_out.backward(grad)
+    for i, (name, a, e) in enumerate(zip(("dq", "dk", "dv"), inputs, ref_in)):
+        assert_close(f"{case} {name}", a.grad, e.grad, tol["bwd"], None if low is None else low[i].grad)
+    if empty is not None and empty.any():
+        assert bool((inputs[0].grad[empty] == 0).all()), f"{case}: rows without keys must get dq == 0"
+    if full is not None:
+        unseen = ~full.any(-2)  # (B, H, Lk) keys no query attends to
+        for name, t in (("dk", inputs[1]), ("dv", inputs[2])):
+            assert bool((t.grad[unseen] == 0).all()), f"{case}: keys no query sees must get {name} == 0"
+
+
+def masked_sweep(scale: str = "ci") -> list[MaskedCase]:
+    """Odd lengths (17 joint queries, Lk 5*7*9 and others), head dims 12, 24, 64, 80, every mask
+    kind and form, strided views, fp32/fp16/bf16."""
+    if scale == "ci":
+        cases = [MaskedCase(mask=m, form=f) for m, f in [
+            ("none", "bool4"), ("random", "bool4"), ("random", "bool3"), ("random", "packed"),
+            ("random", "mha"), ("random", "keypad"), ("blobs", "bool3"), ("empty", "bool4"),
+            ("full", "bool2")]]
+        cases += [
+            MaskedCase(Lq=17, Lk=5 * 7 * 9, D=12, mask="blobs", form="packed", B=1, H=2),
+            MaskedCase(Lq=70, Lk=17, D=80, mask="none", B=1, H=1),  # GRA-like: many queries, few keys
+            MaskedCase(Lq=33, Lk=130, D=64, mask="random", form="mha", B=1, H=2, strided=True),
+            MaskedCase(Lq=5, Lk=3, D=24, mask="random", B=3, H=1, scale=0.3),
+        ]
+        cases += [MaskedCase(Lq=17, Lk=77, D=D, mask=m, dtype=dt, B=1, H=2)
+                  for D, m, dt in [(24, "blobs", torch.float16), (64, "random", torch.bfloat16),
+                                   (80, "none", torch.float16)]]
+        return cases
+    cases = []
+    shapes = [(17, 5 * 16 * 12), (17, 5 * 24 * 18), (16 * 12, 17), (24 * 18, 17), (17, 5 * 7 * 9), (100, 333)]
+    for i, ((lq, lk), D) in enumerate(itertools.product(shapes, (12, 24, 64, 80, 96, 192, 256, 320))):
+        for j, dt in enumerate((torch.float16, torch.bfloat16, torch.float32)):
+            n = i * 3 + j
+            mask, form = [("blobs", "packed"), ("random", "bool3"), ("none", "bool4"), ("random", "mha"),
+                          ("blobs", "bool4"), ("random", "keypad")][n % 6]
+            cases.append(MaskedCase(B=2, H=(1, 4, 12)[n % 3], Lq=lq, Lk=lk, D=D, mask=mask, form=form,
+                                    dtype=dt, strided=bool(n % 2), seed=n))
+    return cases
+
+
+def random_masked_cases(n: int, seed: int = 0, small: bool = True) -> list[MaskedCase]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        out.append(MaskedCase(
+            B=rng.randint(1, 2), H=rng.randint(1, 3), Lq=rng.randint(1, 40 if small else 300),
+            Lk=rng.randint(1, 90 if small else 2500), D=rng.choice([8, 12, 16, 24] if small else [12, 24, 64, 80, 192]),
+            mask=rng.choice(["none", "random", "blobs", "empty", "full"]),
+            form=rng.choice(["bool4", "bool3", "bool2", "mha", "keypad", "packed"]),
+            dtype=rng.choice([torch.float32] if small else [torch.float16, torch.bfloat16, torch.float32]),
+            strided=rng.random() < 0.3, scale=rng.choice([None, None, 0.1, 1.0]), seed=seed * 100003 + i))
+    return out

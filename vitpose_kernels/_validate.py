@@ -200,3 +200,86 @@ def udp_targets_args(keypoints, visible, heatmap_size, input_size, sigma):
     if not isinstance(sigma, (int, float)) or isinstance(sigma, bool) or not sigma > 0:
         raise ValueError(f"sigma must be a positive number, got sigma={sigma!r}")
     return heatmap_size, input_size, float(sigma)
+
+
+def masked_attention_args(q, k, v, key_mask, scale):
+    """-> (key_mask as a 4-D (B|1, H|1, Lq|1, Lk) bool or (..., W) int32 view, scale)."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        check_float(name, t)
+        check_rank(name, t, 4, "(B, H, L, D)")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"q, k and v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    check_same_device(q=q, k=k, v=v)
+    B, H, Lq, D = q.shape
+    if k.shape != v.shape:
+        raise ValueError(f"k and v must have the same shape (B, H, Lk, D), got k.shape={tuple(k.shape)}, "
+                         f"v.shape={tuple(v.shape)}")
+    if k.shape[:2] != q.shape[:2] or k.shape[3] != D:
+        raise ValueError(f"k must be (B, H, Lk, D) = ({B}, {H}, Lk, {D}) to match q.shape={tuple(q.shape)}, "
+                         f"got k.shape={tuple(k.shape)}")
+    Lk = k.shape[2]
+    if min(B, H, Lq, Lk, D) == 0:
+        raise ValueError(f"empty input: q.shape={tuple(q.shape)}, k.shape={tuple(k.shape)}; "
+                         "expected B, H, Lq, Lk, D >= 1")
+    if key_mask is not None:
+        key_mask = key_mask_view(key_mask, B, H, Lq, Lk, q.device)
+    if scale is None:
+        scale = D ** -0.5
+    elif not isinstance(scale, (int, float)) or isinstance(scale, bool):
+        raise TypeError(f"scale must be a float or None, got {scale!r}")
+    return key_mask, float(scale)
+
+
+def key_mask_view(key_mask, B: int, H: int, Lq: int, Lk: int, device) -> torch.Tensor:
+    """A bool (True = may attend) or bit-packed int32 key mask as a 4-D (B|1, H|1, Lq|1, last) view."""
+    hint = ("key_mask must be a bool tensor (True = the query may attend to the key; for "
+            "nn.MultiheadAttention's attn_mask, where True means masked, pass ~attn_mask) or an int32 "
+            "bit-packed mask from vitpose_kernels.pack_key_mask")
+    if not isinstance(key_mask, torch.Tensor):
+        raise TypeError(f"{hint}, got {type(key_mask).__name__}")
+    if key_mask.dtype not in (torch.bool, torch.int32):
+        raise TypeError(f"{hint}, got key_mask.dtype={key_mask.dtype}")
+    if key_mask.device != device:
+        raise ValueError(f"key_mask must be on q's device {device}, got key_mask.device={key_mask.device}")
+    packed = key_mask.dtype == torch.int32
+    last = -(-Lk // 32) if packed else Lk
+    what = f"ceil(Lk/32) = {last} words (Lk={Lk})" if packed else f"Lk = {Lk}"
+    shape = tuple(key_mask.shape)
+    forms = (f"(Lq|1, {last}), (B|1, Lq|1, {last}), (B*H, Lq|1, {last}) or (B|1, H|1, Lq|1, {last}) "
+             f"with B={B}, H={H}, Lq={Lq}")
+    if not 2 <= key_mask.dim() <= 4:
+        raise ValueError(f"key_mask must be 2-, 3- or 4-D, one of {forms}; got key_mask.shape={shape}")
+    if shape[-1] != last:
+        raise ValueError(f"key_mask.shape[-1] must be {what}, got key_mask.shape={shape}")
+    m = key_mask
+    if m.dim() == 2:
+        m = m[None, None]
+    elif m.dim() == 3:
+        n = shape[0]
+        if n in (1, B):
+            m = m[:, None]
+        elif H > 1 and n == B * H:  # nn.MultiheadAttention: row b*H + h
+            m = m.unflatten(0, (B, H))
+        else:
+            raise ValueError(f"a 3-D key_mask's first dim must be 1, B={B} or B*H={B * H}, got "
+                             f"key_mask.shape={shape}")
+    for i, (name, full) in enumerate((("B", B), ("H", H), ("Lq", Lq))):
+        if m.shape[i] not in (1, full):
+            raise ValueError(f"key_mask does not broadcast to (B, H, Lq, Lk) = ({B}, {H}, {Lq}, {Lk}): "
+                             f"its {name} dim is {m.shape[i]} (key_mask.shape={shape}); accepted: {forms}")
+    return m
+
+
+def heatmap_key_mask_args(heatmaps, grid, threshold, layout, packed):
+    check_float("heatmaps", heatmaps)
+    check_rank("heatmaps", heatmaps, 5, "(B, T, J, Hh, Wh): a clip of T frames' J heatmaps")
+    if min(heatmaps.shape) == 0:
+        raise ValueError(f"heatmaps is empty, heatmaps.shape={tuple(heatmaps.shape)}")
+    grid = pair("grid", grid, minimum=1)
+    if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or threshold != threshold:
+        raise TypeError(f"threshold must be a number, got threshold={threshold!r}")
+    if layout not in ("official", "paper"):
+        raise ValueError(f"layout must be 'official' or 'paper', got layout={layout!r}")
+    if not isinstance(packed, bool):
+        raise TypeError(f"packed must be a bool, got packed={packed!r}")
+    return grid, float(threshold), layout, packed

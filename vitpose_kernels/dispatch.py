@@ -19,7 +19,8 @@ from . import _ext
 
 log = logging.getLogger("vitpose_kernels")
 
-OPS = ("window_attention", "simple_decoder", "decode_heatmaps", "udp_targets")
+OPS = ("window_attention", "simple_decoder", "decode_heatmaps", "udp_targets", "masked_attention",
+       "heatmap_key_mask")
 BACKENDS = ("cuda", "triton", "reference")
 # Fastest first, per device type. On the CPU the Triton interpreter is far slower than PyTorch,
 # so it is used only when forced.
