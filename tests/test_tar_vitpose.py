@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 import vitpose
 from vitpose.models.checkpoints import CheckpointError
-from vitpose.models.tar_vitpose import (CrossAttention, FFNLayer, SelfAttention, TARViTPose,
-                                        heatmap_key_mask, tar_vitpose_config)
+import vitpose_kernels
+from vitpose.models.tar_vitpose import CrossAttention, FFNLayer, SelfAttention, TARViTPose, tar_vitpose_config
 
 # tiny: C=32, 2 encoder heads, 4 temporal heads (head dim 8), 5 joints, 3 frames; the position
 # embedding is sized for 64x48 (4x3 tokens) and resized to the 96x64 input (6x4 tokens)
@@ -239,10 +239,14 @@ def test_whole_model_matches_official(tmp_path):
     for weights in official.attention_weights:  # (B, K, T*P), averaged over heads
         n_allowed = allowed[::4].sum(-1).float()
         assert (weights.amax(-1) * n_allowed).mean() > 4  # uniform would be 1
-    # and the paper's reading of the layouts (tokens = positions) computes something else
+    # the paper's reading of the layouts (tokens = positions) computes something else, and
+    # layout="paper" computes that
     official.layout = "transpose"
+    ours.config.layout = "paper"
     with torch.no_grad():
-        assert rel_err(official(x), expected) > 1e-2
+        paper = official(x)
+        assert rel_err(paper, expected) > 1e-2
+        assert rel_err(ours(x), paper) < 1e-5
 
 
 def test_whole_model_gradients_match_official(tmp_path):
@@ -335,24 +339,28 @@ def test_fully_masked_row_is_zero_attention_without_gradient():
 # ------------------------------------------------------------------------------------------------
 # Eq. 3 masks by hand
 # ------------------------------------------------------------------------------------------------
+def mask_of(hm, grid, threshold=0.2):
+    """The model's Eq. 3 masks for maps (N, K, Hh, Wh) of one frame each: bool (N, K, h*w)."""
+    return vitpose_kernels.heatmap_key_mask(hm[:, None], grid, threshold=threshold, packed=False)[:, 0]
+
+
 def test_heatmap_key_mask_by_hand():
     hm = torch.zeros(1, 2, 8, 8)
     hm[0, 0, 1:3, 1:3] = torch.tensor([[4.0, 2.0], [2.0, 0.0]])  # one bump in the top-left cell
     hm[0, 0] += 1.0                                              # offset: removed by the min
     hm[0, 1] = 3.0                                               # a constant map
-    mask = heatmap_key_mask(hm, (2, 2), 0.2)
     # x4 bilinear, align_corners=False: output (i, j) averages input rows/cols 4i+1, 4i+2.
     # joint 0 normalised: (hm - 1) / (4 + 1e-6); cell (0, 0) = mean(4, 2, 2, 0) / 4 = 0.5 >= 0.2,
     # the other cells are 0. Joint 1: (3 - 3) / 1e-6 = 0 everywhere: nothing allowed.
-    assert mask.tolist() == [[[True, False, False, False], [False, False, False, False]]]
+    assert mask_of(hm, (2, 2)).tolist() == [[[True, False, False, False], [False, False, False, False]]]
     # At the threshold the 1e-6 of the normalisation decides: peak 4 at (7, 7) (not sampled by
     # any cell), cell (0, 0) = (1.6 + 0.8 + 0.8 + 0) / 4 / (4 + 1e-6) = 0.19999995 < 0.2: blocked.
     hm = torch.zeros(1, 1, 8, 8)
     hm[0, 0, 7, 7] = 4.0
     hm[0, 0, 1:3, 1:3] = torch.tensor([[1.6, 0.8], [0.8, 0.0]])
-    assert heatmap_key_mask(hm, (2, 2), 0.2).tolist() == [[[False, False, False, False]]]
+    assert mask_of(hm, (2, 2)).tolist() == [[[False, False, False, False]]]
     hm[0, 0, 1, 1] = 1.6001                                      # 0.2000062: allowed
-    assert heatmap_key_mask(hm, (2, 2), 0.2).tolist() == [[[True, False, False, False]]]
+    assert mask_of(hm, (2, 2)).tolist() == [[[True, False, False, False]]]
 
 
 # ------------------------------------------------------------------------------------------------

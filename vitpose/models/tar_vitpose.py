@@ -21,6 +21,10 @@ reshapes where a reader expects transposes; a checkpoint trained with them depen
 * Masks. The per-frame masks (T, K, P) are read as (K, T*P) by a reshape, not by moving K in
   front: query joint j, frame slot t' uses the mask computed for (frame, joint) = divmod(j*T + t', K).
 
+``layout="paper"`` (a config field) computes the paper's reading instead (tokens are positions,
+mask row j is joint j in every frame), e.g. to train from scratch; official checkpoints need the
+default "official".
+
 A query row whose mask excludes every key (all of its masks below the threshold, e.g. constant
 heatmaps) is undefined in the official code: nn.MultiheadAttention with need_weights=True softmaxes
 a row of -inf into NaN, and the following joint self-attention spreads the NaN to every joint and
@@ -69,6 +73,9 @@ class TARViTPoseConfig:
     ffn_ratio: float = 2.0          # JTA FFN hidden = ffn_ratio * C (official: 2C)
     mask_threshold: float = 0.2     # Eq. 3 threshold on the normalised, resized heatmaps
     use_mask: bool = True           # False: JTA's cross-attention sees every token (Table 6 (a))
+    layout: str = "official"        # "official": the code's token / mask reshapes (what its
+    #                                 checkpoints need); "paper": tokens are positions, row j of
+    #                                 the mask is joint j in every frame
     input_size: tuple = INPUT_SIZE  # (H, W) of the crops the pipelines feed (forward takes any
     #                                 multiple of the patch stride)
     backend: str | None = None      # vitpose_kernels backend of every op call (None: fastest)
@@ -114,6 +121,8 @@ class TARViTPoseConfig:
             bad(f"embed_dim={self.embed_dim} is not a multiple of temporal_heads={self.temporal_heads}")
         if not 0.0 <= float(self.mask_threshold) <= 1.0:
             bad(f"mask_threshold must be in [0, 1] (heatmaps are normalised to [0, 1]), got {self.mask_threshold}")
+        if self.layout not in ("official", "paper"):
+            bad(f"layout must be 'official' or 'paper', got {self.layout!r}")
         if self.ffn_ratio <= 0:
             bad(f"ffn_ratio must be positive, got {self.ffn_ratio}")
         if self.vit.experts > 1 or len(self.vit.datasets) > 1 or self.vit.num_knowledge_tokens:
@@ -158,27 +167,10 @@ def tar_vitpose_config(size: str = "B", **overrides) -> TARViTPoseConfig:
 # ------------------------------------------------------------------------------------------------
 # Attention through the fused masked-attention op
 # ------------------------------------------------------------------------------------------------
-def masked_attention(q, k, v, key_mask=None, backend=None):
-    """softmax(q k^T / sqrt(D), keys with key_mask False excluded) v; a row with no allowed key gives
-    zeros. q (B, H, Lq, D), k / v (B, H, Lk, D), key_mask bool broadcastable to (B, H, Lq, Lk).
-
-    Stand-in with the contract of ``vitpose_kernels.masked_attention`` until that op lands."""
-    op = getattr(vitpose_kernels, "masked_attention", None)
-    if op is not None:
-        return op(q, k, v, key_mask, backend=backend)
-    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
-    if key_mask is None:
-        return scores.softmax(-1) @ v
-    # A finite fill keeps fully masked rows free of NaN (in values and gradients); they are zeroed.
-    scores = scores.masked_fill(~key_mask, torch.finfo(scores.dtype).min)
-    weights = scores.softmax(-1) * key_mask.any(-1, keepdim=True)
-    return weights @ v
-
-
 class MultiheadAttention(nn.Module):
     """nn.MultiheadAttention's parameters and arithmetic (packed in_proj, out_proj, batch first),
-    computed by ``masked_attention``; key_mask True = may attend (the opposite of PyTorch's
-    attn_mask)."""
+    computed by the fused ``vitpose_kernels.masked_attention``; key_mask: True = may attend (the
+    opposite of PyTorch's attn_mask), bool or bit-packed, broadcast over heads."""
 
     def __init__(self, embed_dim: int, num_heads: int, backend=None):
         super().__init__()
@@ -201,8 +193,8 @@ class MultiheadAttention(nn.Module):
         return F.linear(x, w, b).unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2)
 
     def forward(self, query, context, key_mask=None):
-        out = masked_attention(self._heads(query, 0), self._heads(context, 1), self._heads(context, 2),
-                               key_mask, backend=self.backend)
+        out = vitpose_kernels.masked_attention(self._heads(query, 0), self._heads(context, 1),
+                                               self._heads(context, 2), key_mask, backend=self.backend)
         return self.out_proj(out.transpose(1, 2).flatten(2))
 
 
@@ -245,23 +237,6 @@ class FFNLayer(nn.Module):
 
 
 # ------------------------------------------------------------------------------------------------
-# Eq. 3: joint masks from the initial heatmaps
-# ------------------------------------------------------------------------------------------------
-@torch.no_grad()
-def heatmap_key_mask(heatmaps: torch.Tensor, grid, threshold: float = 0.2) -> torch.Tensor:
-    """(N, K, Hh, Wh) heatmaps -> bool (N, K, h*w), True where a joint's query may attend.
-
-    Each map is min-max normalised (+1e-6 in the denominator), bilinearly resized to the token grid
-    (align_corners=False, no antialiasing) and thresholded: positions below ``threshold`` are
-    excluded. Not differentiated (the official code detaches the mask)."""
-    lo = heatmaps.amin(dim=(2, 3), keepdim=True)
-    hi = heatmaps.amax(dim=(2, 3), keepdim=True)
-    norm = (heatmaps - lo) / (hi - lo + 1e-6)
-    small = F.interpolate(norm, size=tuple(grid), mode="bilinear", align_corners=False)
-    return ~(small < threshold).flatten(2)  # "not below": a NaN map stays allowed, as officially
-
-
-# ------------------------------------------------------------------------------------------------
 # The model
 # ------------------------------------------------------------------------------------------------
 class TARViTPose(nn.Module):
@@ -299,8 +274,10 @@ class TARViTPose(nn.Module):
         P = h * w
         initial = self.keypoint_head(feats)                          # (B*T, K, 4h, 4w)
         key_mask = self.joint_masks(initial, (h, w), B, T)           # (B, 1, K, T*P) or None
-        # Official token layout: reshape (not transpose) of each frame's channel-major map.
-        tokens = feats.reshape(B, T, C, P).reshape(B, T, P, C)
+        if self.config.layout == "official":  # reshape, not transpose (see the module doc)
+            tokens = feats.reshape(B, T, C, P).reshape(B, T, P, C)
+        else:
+            tokens = feats.reshape(B, T, C, P).transpose(2, 3)
         centre = tokens[:, T // 2]
         context = tokens.flatten(1, 2)                               # (B, T*P, C), frame-major
         queries = (self.query_feat.weight + self.query_pe.weight).expand(B, -1, -1)
@@ -308,16 +285,22 @@ class TARViTPose(nn.Module):
                                           self.ffn_layers):
             queries = ffn(self_attn(masked(queries, context, key_mask)))   # JTA, Eq. 4
         restored = self.cross_attention(centre, queries)             # GRA, Eq. 5
-        return self.keypoint_head(restored.reshape(B, C, h, w))
+        if self.config.layout == "official":
+            return self.keypoint_head(restored.reshape(B, C, h, w))
+        return self.keypoint_head(restored.transpose(1, 2).reshape(B, C, h, w))
 
     def joint_masks(self, initial_heatmaps, grid, B, T):
-        """Eq. 3 masks in the official layout: (B, 1, K, T*P), broadcast over heads."""
+        """Eq. 3 masks, one per clip, broadcast over heads: (B, 1, K, T*P) bit-packed, from the fused
+        ``vitpose_kernels.heatmap_key_mask``. Each initial map is min-max normalised (+1e-6),
+        resized bilinearly to the token grid (align_corners=False) and keys below the threshold are
+        excluded; the official layout reads the (T, K) masks as (K, T) (see the module doc). The
+        masks are not differentiated, and computed in float32 whatever the model's dtype (a bf16
+        normaliser would lose the 1e-6 and move keys across the threshold)."""
         if not self.config.use_mask:
             return None
-        K, P = initial_heatmaps.shape[1], grid[0] * grid[1]
-        mask = heatmap_key_mask(initial_heatmaps, grid, self.config.mask_threshold)   # (B*T, K, P)
-        # (T, K, P) read as (K, T*P): the official view(-1, K, T, P).flatten(2) (see module doc)
-        return mask.reshape(B, K, T * P).unsqueeze(1)
+        maps = initial_heatmaps.detach().float().unflatten(0, (B, T))
+        return vitpose_kernels.heatmap_key_mask(maps, tuple(grid), threshold=self.config.mask_threshold,
+                                                layout=self.config.layout, backend=self.config.backend)
 
     def _check_input(self, x):
         if not isinstance(x, torch.Tensor):
