@@ -1,15 +1,21 @@
 """``vitpose predict``: keypoints for images, folders of images and videos.
 
-    vitpose predict --checkpoint F [--boxes B.json] IMAGE_OR_DIR_OR_VIDEO... --out DIR
+    vitpose predict --checkpoint F [--boxes B.json | --detector DIR] IMAGE_OR_DIR_OR_VIDEO... --out DIR [--resume]
+    torchrun --nproc-per-node N -m vitpose predict --checkpoint F ... --out SHARED_DIR
 
-Writes DIR/keypoints.json (COCO results, plus file_name / frame) and the drawn images
-(DIR/vis/) or videos (DIR/<name>_pose.mp4). A bad item (missing or unreadable image, bad boxes)
-is reported and the others go on; the exit status is 1 when any item failed.
+Writes, as it goes, DIR/predictions.jsonl (one JSON record per image or video frame: its poses,
+or the reason it failed), then DIR/keypoints.json (COCO results, plus file_name / frame), the
+drawn images (DIR/vis/) and videos (DIR/<name>_pose.mp4). Person boxes come from a boxes file,
+from a transformers object detector in a local folder (--detector: RT-DETR, DETR, ... whose
+labels have "person"), or else each whole image is one person. A bad item (missing or unreadable
+image, bad boxes) is recorded and the others go on; the exit status is 1 when any item failed.
+--resume goes on after a killed run with the same arguments and ends with the same files an
+uninterrupted run writes. Under torchrun the inputs are shared out across the processes and
+merged at the end into the same files (DIR must be on a filesystem every node sees).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -17,95 +23,48 @@ from ..infer.inputs import BoxIndex, expand_inputs
 from .common import add_common_arguments
 
 
-def _image_id(path: str, fallback: int):
-    stem = os.path.splitext(os.path.basename(path))[0]
-    return int(stem) if stem.isdigit() else fallback
+def build_hooks(args) -> list:
+    """Per-item stages after the pose model (``vitpose.infer.job.JobHook``), e.g. a tracker."""
+    return []
 
 
 def cmd_predict(args) -> int:
-    from tqdm import tqdm
-
     from ..models.checkpoints import load_model
-    from ..infer.draw import draw_poses
-    from ..infer.pipeline import TopDownPredictor, load_image
-    from ..infer.video import VideoWriter, frame_count, video_frames
+    from ..infer.job import DetectorBoxes, FileBoxes, PredictJob, Renderer, ranks_from_env
+    from ..infer.pipeline import TopDownPredictor
 
-    model = load_model(args.checkpoint)
-    predictor = TopDownPredictor(model, device=args.device, flip=not args.no_flip,
-                                 batch_size=args.batch_size, dataset_index=args.dataset_index)
-    boxes = BoxIndex(args.boxes, det_thr=args.det_thr) if args.boxes else None
-    os.makedirs(args.out, exist_ok=True)
-    vis_dir = os.path.join(args.out, "vis")
     inputs = expand_inputs(args.inputs)
     if not inputs:
         print("vitpose predict: no images or videos found in the inputs", file=sys.stderr)
         return 1
-    results, failures = [], []
-    frames_kept = {}  # video frames waiting to be drawn, by key
-    writers = {}
-
-    def items():
-        for n, (kind, path) in enumerate(inputs):
-            if kind == "image":
-                yield ("image", path, None), path, (boxes.lookup(path) if boxes else None)
-                continue
-            try:
-                frames, fps, _ = video_frames(path)
-            except Exception as e:
-                failures.append((path, e))
-                tqdm.write(f"error: {path}: {e}", file=sys.stderr)
-                bar.update(1)  # counted as one item in the total
-                continue
-            writers[path] = VideoWriter(os.path.join(args.out, f"{os.path.splitext(os.path.basename(path))[0]}_pose.mp4"), fps)
-            for i, frame in frames:
-                key = ("video", path, i)
-                if not args.no_draw:
-                    frames_kept[key] = frame
-                yield key, frame, (boxes.lookup(path, frame=i) if boxes else None)
-
-    total = sum(1 if k == "image" else max(1, frame_count(p)) for k, p in inputs)
-    bar = tqdm(total=total, desc="predict", unit="item", disable=args.quiet or None)
-    for n, ((kind, path, frame), poses) in enumerate(predictor.iter_predict(items(), errors="yield")):
-        bar.update(1)
-        frame_img = frames_kept.pop((kind, path, frame), None)
-        if isinstance(poses, Exception):
-            failures.append((path if frame is None else f"{path}:{frame}", poses))
-            tqdm.write(f"error: {failures[-1][0]}: {poses}", file=sys.stderr)
-            continue
-        image_id = _image_id(path, n) if kind == "image" else frame
-        for p in poses:
-            r = p.to_coco(image_id)
-            r["file_name"] = os.path.basename(path)
-            if kind == "video":
-                r["frame"] = frame
-            results.append(r)
-        if args.no_draw:
-            continue
-        try:
-            if kind == "image":
-                rgb = load_image(path).permute(1, 2, 0).numpy()
-                os.makedirs(vis_dir, exist_ok=True)
-                from PIL import Image
-                Image.fromarray(draw_poses(rgb, poses, kpt_thr=args.kpt_thr)).save(
-                    os.path.join(vis_dir, os.path.splitext(os.path.basename(path))[0] + ".jpg"))
-            elif frame_img is not None:
-                writers[path].write(draw_poses(frame_img, poses, kpt_thr=args.kpt_thr))
-        except Exception as e:  # a drawing failure loses the picture, not the keypoints
-            failures.append((path, e))
-            tqdm.write(f"error drawing {path}: {e}", file=sys.stderr)
-    bar.close()
-    for w in writers.values():
-        w.close()
-    out_json = os.path.join(args.out, "keypoints.json")
-    with open(out_json, "w") as f:
-        json.dump(results, f)
-    done = total - len(failures)
-    print(f"{len(results)} poses from {done} item(s) -> {out_json}"
-          + (f"; {len(failures)} failed" if failures else ""), file=sys.stderr)
-    if boxes is not None and boxes.matched == 0:
+    ranks = ranks_from_env()
+    device = args.device
+    if device is None and ranks.world > 1:
+        import torch
+        device = f"cuda:{ranks.local_rank}" if torch.cuda.is_available() else "cpu"
+    model = load_model(args.checkpoint)
+    predictor = TopDownPredictor(model, device=device, flip=not args.no_flip,
+                                 batch_size=args.batch_size, dataset_index=args.dataset_index)
+    det_thr = args.det_thr if args.det_thr is not None else (0.5 if args.detector else 0.0)
+    boxes = BoxIndex(args.boxes, det_thr=det_thr) if args.boxes else None
+    provider = FileBoxes(boxes) if boxes else None
+    if args.detector:
+        from ..infer.detect import PersonDetector
+        provider = DetectorBoxes(PersonDetector(args.detector, device=predictor.device, threshold=det_thr,
+                                                batch_size=args.det_batch_size, nms_iou=args.det_nms,
+                                                max_people=args.max_people))
+    settings = {"checkpoint": os.path.abspath(args.checkpoint), "boxes": args.boxes and os.path.abspath(args.boxes),
+                "detector": args.detector and os.path.abspath(args.detector), "det_thr": det_thr,
+                "det_nms": args.det_nms, "max_people": args.max_people, "batch_size": args.batch_size,
+                "flip": not args.no_flip, "dataset_index": args.dataset_index}
+    renderer = Renderer(args.out, enabled=not args.no_draw, kpt_thr=args.kpt_thr)
+    job = PredictJob(predictor, args.out, boxes=provider, renderer=renderer,
+                     hooks=build_hooks(args), progress=not args.quiet, settings=settings, ranks=ranks)
+    status = job.run(inputs, resume=args.resume)
+    if boxes is not None and boxes.matched == 0 and job.processed:
         print("warning: no entry of the boxes file matched an input (see `vitpose predict --help`)",
               file=sys.stderr)
-    return 1 if failures else 0
+    return status
 
 
 def add_parser(sub) -> None:
@@ -114,9 +73,19 @@ def add_parser(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_arguments(p)
     p.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR_OR_VIDEO")
-    p.add_argument("--boxes", help="person boxes JSON (default: each whole image is one box)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--boxes", help="person boxes JSON (default: each whole image is one box)")
+    source.add_argument("--detector", metavar="DIR",
+                        help="a transformers object detector saved in DIR (RT-DETR, DETR, ...) finds the people; "
+                             "it keeps those scored >= --det-thr, 0.5 unless given")
+    p.add_argument("--det-batch-size", type=int, default=8, help="images per detector forward pass")
+    p.add_argument("--det-nms", type=float, default=None, metavar="IOU",
+                   help="greedy NMS of the detected people at this IoU (DETR-family detectors need none)")
+    p.add_argument("--max-people", type=int, default=None, help="keep the N best detections per image")
     p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--resume", action="store_true",
+                   help="go on after an interrupted run: skip the items done, redo a partial last group")
     p.add_argument("--dataset-index", type=int, default=0, help="ViTPose+ dataset/decoder (0: COCO)")
     p.add_argument("--kpt-thr", type=float, default=0.3, help="draw keypoints scored above this")
     p.add_argument("--no-draw", action="store_true", help="write the JSON only")
-    p.set_defaults(func=cmd_predict)
+    p.set_defaults(func=cmd_predict, det_thr=None)  # None: 0 for boxes files, 0.5 for a detector

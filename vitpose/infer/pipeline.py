@@ -37,6 +37,7 @@ class Pose:
     dataset: str = "coco"
     center: np.ndarray = field(default=None, repr=False)
     scale: np.ndarray = field(default=None, repr=False)
+    track_id: int | None = None  # identity across video frames, set by a tracker when there is one
 
     @property
     def area(self) -> float:
@@ -50,9 +51,12 @@ class Pose:
 
     def to_coco(self, image_id, category_id: int = 1) -> dict:
         kps = np.concatenate([self.keypoints, self.scores[:, None]], axis=1).reshape(-1)
-        return {"image_id": image_id, "category_id": category_id, "keypoints": [float(v) for v in kps],
-                "score": self.score(), "box_score": float(self.box_score),
-                "bbox": [float(v) for v in self.box]}
+        out = {"image_id": image_id, "category_id": category_id, "keypoints": [float(v) for v in kps],
+               "score": self.score(), "box_score": float(self.box_score),
+               "bbox": [float(v) for v in self.box]}
+        if self.track_id is not None:
+            out["track_id"] = int(self.track_id)
+        return out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -199,11 +203,13 @@ class TopDownPredictor:
 
     model: a ViTPose or a checkpoint path. device: default CUDA when available; dtype: bf16 on
     CUDA, fp32 on the CPU. flip: flip test (on by default; off for keypoint sets without a known
-    mirror order). batch_size: crops per forward pass (the flipped ones not counted).
+    mirror order). batch_size: crops per forward pass (the flipped ones not counted). detector: a
+    ``PersonDetector`` or the folder of a transformers object detector, used for images given
+    without boxes (else each whole image is one box).
     """
 
     def __init__(self, model, *, device=None, dtype=None, flip: bool = True, batch_size: int = 32,
-                 dataset_index: int = 0, fold_batchnorm: bool = True):
+                 dataset_index: int = 0, fold_batchnorm: bool = True, detector=None):
         from ..models.checkpoints import load_model
         from ..models.vitpose import ViTPose
         if not isinstance(model, ViTPose):
@@ -224,6 +230,10 @@ class TopDownPredictor:
         self.batch_size = batch_size
         self.input_size = (cfg.img_size[1], cfg.img_size[0])  # (W, H)
         self.backend = cfg.backend
+        if detector is not None and not callable(detector):
+            from .detect import PersonDetector
+            detector = PersonDetector(detector, device=self.device)
+        self.detector = detector
 
     @torch.inference_mode()
     def run_boxes(self, images: list[torch.Tensor], image_index, boxes) -> tuple[torch.Tensor, ...]:
@@ -255,6 +265,9 @@ class TopDownPredictor:
             images, boxes = [images], ([boxes] if boxes is not None else None)
         if boxes is not None and len(boxes) != len(images):
             raise ValueError(f"boxes must be given per image: {len(images)} images, {len(boxes)} box lists")
+        if boxes is None and self.detector is not None:
+            images = [load_image(im) for im in images]
+            boxes = self.detector(images)
         items = ((i, im, None if boxes is None else boxes[i]) for i, im in enumerate(images))
         out = [poses for _, poses in self.iter_predict(items, errors="raise")]
         return out[0] if single else out
@@ -284,7 +297,20 @@ class TopDownPredictor:
         yield from self._flush(pending, errors)
 
     def _flush(self, pending, errors):
-        ok = [(j, img, arr) for j, (_, img, arr) in enumerate(pending) if arr is not None]
+        out = self.predict_batch([img for _, img, _ in pending], [arr for _, _, arr in pending],
+                                 errors=errors)
+        for (key, _, _), poses in zip(pending, out):
+            yield key, poses
+
+    def predict_batch(self, images: list[torch.Tensor], boxes: list, errors: str = "raise") -> list:
+        """Poses of every box of a group of loaded images ((3, H, W) tensors), in forward passes
+        of ``batch_size`` crops -> [[Pose] per image]. boxes: (n, 5) arrays from ``as_boxes``;
+        an entry None marks a failed item, whose image slot holds its exception (passed through).
+        With errors="yield" a failing forward pass fails the group's items with its exception.
+
+        A group's results depend only on the group (the batches it forms), so a resumed or
+        sharded batch job that forms the same groups computes bit-identical poses."""
+        ok = [(j, img, arr) for j, (img, arr) in enumerate(zip(images, boxes)) if arr is not None]
         flat = [(slot, b) for slot, (_, _, arr) in enumerate(ok) for b in range(len(arr))]
         results = {j: [] for j, _, _ in ok}
         failure = None
@@ -293,22 +319,19 @@ class TopDownPredictor:
                 chunk = flat[start:start + self.batch_size]
                 used = sorted({slot for slot, _ in chunk})
                 local = {slot: i for i, slot in enumerate(used)}
-                boxes = np.stack([ok[slot][2][b] for slot, b in chunk])
+                boxes_ = np.stack([ok[slot][2][b] for slot, b in chunk])
                 kp, sc, c, s = self.run_boxes([ok[slot][1] for slot in used],
-                                              [local[slot] for slot, _ in chunk], boxes)
+                                              [local[slot] for slot, _ in chunk], boxes_)
                 kp, sc, c, s = (t.cpu().numpy() for t in (kp, sc, c, s))
-                for n, ((slot, _), box) in enumerate(zip(chunk, boxes)):
+                for n, ((slot, _), box) in enumerate(zip(chunk, boxes_)):
                     results[ok[slot][0]].append(Pose(kp[n], sc[n], box[:4].copy(), float(box[4]),
                                                      self.keypoints.name, c[n], s[n]))
         except Exception as e:
             if errors == "raise":
                 raise
             failure = e
-        for j, (key, img, arr) in enumerate(pending):
-            if arr is None:
-                yield key, img
-            else:
-                yield key, (failure if failure is not None else results[j])
+        return [img if arr is None else (failure if failure is not None else results[j])
+                for j, (img, arr) in enumerate(zip(images, boxes))]
 
 
 def _with_folded_heads(model):
