@@ -1,6 +1,6 @@
 """Tracking through crossings (identity switches counted), One-Euro smoothing of a noisy track,
-TAR-ViTPose clip assembly at the video's ends, and the video round trip (frames in = frames out,
-ids stable) for a video file and a folder of frames."""
+TAR-ViTPose clips at the video's ends, and the video round trip through ``vitpose predict`` (frames
+in = frames out, ids stable) for a video file and a folder of frames, with propagated boxes."""
 import json
 import os
 
@@ -9,12 +9,15 @@ import pytest
 import torch
 
 import vitpose
-from vitpose.infer.clips import ClipEstimator, clip_indices
+from vitpose import cli
+from vitpose.infer.clips import ClipPredictor, clip_indices
 from vitpose.infer.draw import draw_tracked_poses, track_color
+from vitpose.infer.job import FileBoxes, PredictJob
 from vitpose.infer.inputs import BoxIndex
+from vitpose.infer.pipeline import Pose
 from vitpose.infer.smoothing import OneEuroFilter, TrackSmoother
-from vitpose.infer.tracking import Tracker, box_iou, boxes_from_keypoints, id_switches, pose_oks
-from vitpose.infer.videotrack import TrackedPose, VideoPoseTracker, track_video
+from vitpose.infer.tracking import (PropagatedBoxes, Tracker, TrackingHook, box_iou, boxes_from_keypoints,
+                                    id_switches, pose_oks)
 
 # a 17-keypoint stick figure, 100 px tall, origin at its feet's midpoint (x right, y down)
 FIGURE = np.array([[0, -92], [-3, -95], [3, -95], [-6, -93], [6, -93], [-12, -80], [12, -80],
@@ -145,33 +148,35 @@ def test_clip_indices_pad_with_the_end_frames():
     assert clip_indices(1, 5, 9) == [0, 0, 1, 2, 3]
     assert clip_indices(9, 5, 9) == [7, 8, 9, 9, 9]
     assert clip_indices(4, 4, 9) == [2, 3, 4, 5]   # even T: the centre slot is T // 2
-    assert clip_indices(0, 1, 0) == [0]
+    assert clip_indices(0, 1, 0) == [0] and clip_indices(1, 3) == [0, 1, 2]
 
 
-def test_clip_estimator_uses_the_padded_clip():
-    est = ClipEstimator(tiny_tar(), flip=False, batch_size=4)
+def test_clip_predictor_batches_clips_sharing_frames():
+    pred = ClipPredictor(tiny_tar(), flip=False, batch_size=3)
     g = torch.Generator().manual_seed(0)
-    frames = {i: (torch.rand(3, 80, 60, generator=g) * 255) for i in range(4)}
+    f = [torch.rand(3, 80, 60, generator=g) * 255 for _ in range(4)]
     box = np.array([[5.0, 8.0, 40.0, 60.0, 1.0]])
-    kp, sc = est(frames, 3, [0, 3], np.concatenate([box, box]))
-    # frame 0's clip is (0, 0, 1), frame 3's (2, 3, 3): the same as running those clips directly
-    kp0, _ = est.run_clips([frames[0], frames[1]], [[0, 0, 1]], box)
-    kp3, _ = est.run_clips([frames[2], frames[3]], [[0, 1, 1]], box)
-    assert np.allclose(kp[0], kp0.numpy(), atol=1e-5) and np.allclose(kp[1], kp3.numpy(), atol=1e-5)
-    other, _ = est.run_clips([frames[0], frames[1], frames[2]], [[0, 1, 2]], box)  # unpadded: differs
-    assert not np.allclose(kp[0], other.numpy(), atol=1e-3)
+    out = pred.predict_batch([[f[0], f[0], f[1]], [f[2], f[3], f[3]]], [np.concatenate([box, box]), box])
+    assert [len(p) for p in out] == [2, 1]
+    kp0 = pred.run_clips([f[0], f[1]], [[0, 0, 1]], box)[0].numpy()[0]
+    kp3 = pred.run_clips([f[2], f[3]], [[0, 1, 1]], box)[0].numpy()[0]
+    assert np.allclose(out[0][0].keypoints, kp0, atol=1e-4) and np.allclose(out[1][0].keypoints, kp3, atol=1e-4)
+    unpadded = pred.run_clips([f[0], f[1], f[2]], [[0, 1, 2]], box)[0].numpy()[0]  # a different clip
+    assert not np.allclose(out[0][0].keypoints, unpadded, atol=1e-3)
+    with pytest.raises(ValueError, match="T=3"):
+        pred.predict_batch([[f[0]]], [box])
 
 
 def synthetic_video(n=12, size=(96, 128)):
-    """Two bright figures on a dark background moving towards each other; gt boxes per frame."""
+    """Two bright figures on a dark background walking through each other; gt boxes per frame."""
     H, W = size
     frames, boxes = [], []
     for t in range(n):
         img = np.full((H, W, 3), 20, dtype=np.uint8)
         fb = []
-        for g, (x0, vx, color) in enumerate([(10, 4, (230, 80, 80)), (80, -4, (80, 230, 80))]):
+        for g, (x0, vx, color) in enumerate([(10, 7, (230, 80, 80)), (88, -7, (80, 230, 80))]):
             x, y = x0 + vx * t, 20
-            img[y:y + 60, x:x + 30] = color
+            img[y:y + 60, max(x, 0):max(x + 30, 0)] = color
             fb.append([float(x), float(y), 30.0, 60.0, 0.9])
         frames.append(img)
         boxes.append(fb)
@@ -196,90 +201,107 @@ def read_count(path):
     return n
 
 
-def check_tracks(doc, gt_boxes):
-    assert [f["frame"] for f in doc["frames"]] == list(range(len(gt_boxes)))
+def check_tracks(records, gt_boxes):
+    """One record per frame in order; each person keeps one id, the two ids differ."""
+    assert [r["frame"] for r in records] == list(range(len(gt_boxes)))
     ids_by_gt = {}
-    for f, gt in zip(doc["frames"], gt_boxes):
-        assert len(f["poses"]) == len(gt)
-        for p in f["poses"]:
+    for r, gt in zip(records, gt_boxes):
+        assert len(r["poses"]) == len(gt)
+        for p in r["poses"]:
             g = int(np.argmax(box_iou(np.array([p["bbox"]]), np.array(gt))[0]))
             ids_by_gt.setdefault(g, set()).add(p["track_id"])
             assert len(p["keypoints"]) == 17 * 3
-    assert all(len(v) == 1 for v in ids_by_gt.values()) and len(ids_by_gt) == 2  # stable, distinct
-    return ids_by_gt
+    assert all(len(v) == 1 for v in ids_by_gt.values()) and len(ids_by_gt) == 2
+    assert len(set.union(*ids_by_gt.values())) == 2
 
 
-def test_video_round_trip(tmp_path):
+def test_predict_video_round_trip_with_tar(tmp_path):
     pytest.importorskip("cv2")
     frames, gt = synthetic_video()
-    video = tmp_path / "walk.mp4"
-    write_video(video, frames)
-    boxes_file = tmp_path / "dets.json"
-    boxes_file.write_text(json.dumps({f"walk.mp4:{t}": b for t, b in enumerate(gt)}))
-    summary = track_video(tiny_tar(), video, tmp_path / "out", boxes=BoxIndex(boxes_file), smooth=True,
-                          tracker=Tracker(metric="iou"), progress=False,
-                          estimator_args=dict(batch_size=5, flip=True))
-    assert summary["frames"] == len(frames) and summary["tracks"] == 2
-    doc = json.loads(open(summary["json"]).read())
-    check_tracks(doc, gt)
-    assert read_count(summary["video"]) == len(frames)
+    write_video(tmp_path / "walk.mp4", frames)
+    (tmp_path / "dets.json").write_text(json.dumps({f"walk.mp4:{t}": b for t, b in enumerate(gt)}))
+    ckpt = tmp_path / "tar.safetensors"
+    vitpose.save_model(tiny_tar(), ckpt)
+    out = tmp_path / "out"
+    status = cli.main(["predict", "--checkpoint", str(ckpt), str(tmp_path / "walk.mp4"), "--boxes",
+                       str(tmp_path / "dets.json"), "--out", str(out), "--quiet", "--batch-size", "5",
+                       "--track-metric", "iou", "--smooth"])
+    assert status == 0
+    records = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    check_tracks(records, gt)
+    assert read_count(out / "walk_pose.mp4") == len(frames)
+    coco = json.loads((out / "keypoints.json").read_text())
+    assert len(coco) == 2 * len(frames) and all("track_id" in r for r in coco)
 
 
-class PerfectEstimator:
-    """Knows where everyone is: returns the stick figure of the person whose box is nearest to the
-    requested one (the loop's logic without a model's mistakes). Looks one frame ahead, like a
-    TAR-ViTPose with T = 3."""
+class PerfectPredictor:
+    """Knows where everyone is: the stick figure of the person whose box is nearest to each box
+    (the job's tracking logic without a model's mistakes). Takes clips of 3 frames, like a
+    TAR-ViTPose with T = 3, and checks that each clip's centre is the frame asked for."""
 
-    half, batch_size = 1, 4
+    clip_frames, batch_size = 3, 4
     keypoints = vitpose.data.keypoints.keypoint_set("coco")
 
-    def __init__(self, gt):
-        self.gt, self.calls = gt, []
+    def __init__(self, gt, frames):
+        self.gt, self.frames, self.calls = gt, [torch.from_numpy(f).permute(2, 0, 1) for f in frames], []
 
-    def __call__(self, buffer, last, frame_ids, boxes):
-        self.calls.append(list(frame_ids))
-        kps = []
-        for t, b in zip(frame_ids, boxes):
-            assert t + self.half in buffer or t == last
-            g = np.array(self.gt[t])
-            near = np.argmin(np.abs(g[:, :2] + g[:, 2:4] / 2 - (b[:2] + b[2:4] / 2)).sum(1))
-            x, y, w, h = g[near, :4]
-            kps.append(FIGURE * (h / 100) + [x + w / 2, y + h])
-        return np.array(kps).reshape(-1, 17, 2), np.full((len(kps), 17), 0.9)
+    def frame_of(self, image):
+        return next(i for i, f in enumerate(self.frames) if torch.equal(f, image))
+
+    def predict_batch(self, clips, boxes, errors="raise"):
+        out, centres = [], []
+        for clip, bxs in zip(clips, boxes):
+            t = self.frame_of(clip[1])
+            centres.append(t)
+            assert [self.frame_of(c) for c in clip] == clip_indices(t, 3, len(self.frames) - 1)
+            poses = []
+            for b in bxs:
+                g = np.array(self.gt[t])
+                near = np.argmin(np.abs(g[:, :2] + g[:, 2:4] / 2 - (b[:2] + b[2:4] / 2)).sum(1))
+                x, y, w, h = g[near, :4]
+                kp = (FIGURE * (h / 100) + [x + w / 2, y + h]).astype(np.float32)
+                poses.append(Pose(kp, np.full(17, 0.9, dtype=np.float32), b[:4].copy(), float(b[4])))
+            out.append(poses)
+        self.calls.append(centres)
+        return out
 
 
 def test_folder_of_frames_with_propagated_boxes(tmp_path):
     from PIL import Image
-    from vitpose.infer.videotrack import open_frames
     frames, gt = synthetic_video(n=7)
     folder = tmp_path / "seq"
     folder.mkdir()
     for t, f in enumerate(frames):
         Image.fromarray(f).save(folder / f"{t:06d}.png")
-    boxes_file = tmp_path / "dets.json"
-    boxes_file.write_text(json.dumps({f"{t:06d}.png": b for t, b in enumerate(gt)}))
-    index, asked = BoxIndex(boxes_file), []
+    (tmp_path / "dets.json").write_text(json.dumps({f"seq:{t}": b for t, b in enumerate(gt)}))
+    asked = []
 
-    def detector(t, rgb):
-        asked.append(t)
-        return index.lookup(str(folder / f"{t:06d}.png"))
-    estimator = PerfectEstimator(gt)
-    runner = VideoPoseTracker(estimator, boxes=detector, detect_every=3)
-    out = list(runner.run(open_frames(folder)[0]))
-    assert [t for t, _, _ in out] == list(range(7)) and asked == [0, 3, 6]
-    assert [sorted(set(c)) for c in estimator.calls] == [[t] for t in range(7)]  # one frame per batch
-    check_tracks({"frames": [{"frame": t, "poses": [p.to_json() for p in poses]} for t, _, poses in out]}, gt)
-    # with a box for every frame from the source, batches span frames
-    estimator = PerfectEstimator(gt)
-    out = list(VideoPoseTracker(estimator, boxes=lambda t, rgb: gt[t]).run(open_frames(folder)[0]))
-    assert len(out) == 7 and max(len(set(c)) for c in estimator.calls) == 2
+    class Spy(FileBoxes):
+        def __call__(self, items):
+            asked.extend(it.frame for it in items)
+            return super().__call__(items)
+    hook = TrackingHook()
+    predictor = PerfectPredictor(gt, frames)
+    job = PredictJob(predictor, str(tmp_path / "out"), boxes=PropagatedBoxes(Spy(BoxIndex(tmp_path / "dets.json")),
+                     hook, every=3), hooks=[hook], group=1, progress=False, log=lambda m: None)
+    assert job.run([("video", str(folder))]) == 0
+    records = [json.loads(x) for x in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    check_tracks(records, gt)
+    assert asked == [0, 3, 6] and predictor.calls == [[t] for t in range(7)]
+    # every frame's boxes from the file: groups of 4 frames, clips across the group boundaries
+    hook, predictor = TrackingHook(), PerfectPredictor(gt, frames)
+    job = PredictJob(predictor, str(tmp_path / "out2"), boxes=FileBoxes(BoxIndex(tmp_path / "dets.json")),
+                     hooks=[hook], group=4, progress=False, log=lambda m: None)
+    assert job.run([("video", str(folder))]) == 0
+    check_tracks([json.loads(x) for x in (tmp_path / "out2" / "predictions.jsonl").read_text().splitlines()], gt)
+    assert predictor.calls == [[0, 1, 2, 3], [4, 5, 6]]
 
 
 def test_draw_tracked_poses_colours_by_id():
     img = np.zeros((60, 80, 3), dtype=np.uint8)
-    pose = vitpose.Pose(FIGURE.astype(np.float32) * 0.3 + [40, 50], np.ones(17, dtype=np.float32),
-                        np.array([25.0, 20.0, 30.0, 32.0]))
-    out = draw_tracked_poses(img, [TrackedPose(3, pose)])
+    pose = Pose(FIGURE.astype(np.float32) * 0.3 + [40, 50], np.ones(17, dtype=np.float32),
+                np.array([25.0, 20.0, 30.0, 32.0]), track_id=3)
+    out = draw_tracked_poses(img, [pose])
     assert out.shape == img.shape and not np.array_equal(out, img)
     colors = {tuple(c) for c in out.reshape(-1, 3)}
     assert track_color(3) in colors and track_color(3) != track_color(4)

@@ -45,23 +45,24 @@ def track_color(track_id: int) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
-def draw_tracked_poses(image: np.ndarray, tracked, *, kpt_thr: float = 0.3) -> np.ndarray:
-    """image (H, W, 3) uint8 RGB, tracked: objects with ``track_id`` and ``pose`` -> a copy with
-    each person's box, limbs and keypoints in the colour of its track and "id N" by the box."""
+def draw_tracked_poses(image: np.ndarray, poses, *, kpt_thr: float = 0.3) -> np.ndarray:
+    """image (H, W, 3) uint8 RGB -> a copy with each pose's box, limbs and keypoints in the colour
+    of its track and "id N" by its box (poses without ``track_id``: green, no label)."""
     from PIL import Image, ImageDraw
     canvas = Image.fromarray(np.ascontiguousarray(image))
     draw = ImageDraw.Draw(canvas)
     width = max(1, round(min(image.shape[:2]) / 240))
-    for item in tracked:
-        pose, color = item.pose, track_color(item.track_id)
+    for pose in poses:
+        tid = getattr(pose, "track_id", None)
+        color = track_color(tid) if tid is not None else (0, 255, 0)
         kp, sc = pose.keypoints, pose.scores
         x, y, w, h = (float(v) for v in pose.box)
         draw.rectangle([x, y, x + w, y + h], outline=color, width=width)
-        label = f"id {item.track_id}"
-        tx, ty = x + width, max(0.0, y - 11 * width)
-        box = draw.textbbox((tx, ty), label)
-        draw.rectangle(box, fill=color)
-        draw.text((tx, ty), label, fill=(0, 0, 0))
+        if tid is not None:
+            label = f"id {tid}"
+            tx, ty = x + width, max(0.0, y - 11 * width)
+            draw.rectangle(draw.textbbox((tx, ty), label), fill=color)
+            draw.text((tx, ty), label, fill=(0, 0, 0))
         skeleton = keypoint_set(pose.dataset).skeleton if pose.dataset else ()
         for a, b in skeleton:
             if a < len(kp) and b < len(kp) and sc[a] > kpt_thr and sc[b] > kpt_thr:

@@ -1,5 +1,9 @@
 """Person tracking across video frames: identities by optimal assignment of OKS / IoU similarities.
 
+``vitpose predict --track``: ``TrackingHook`` gives each video its ``Tracker`` (and optional
+One-Euro smoother) inside the batch job; ``PropagatedBoxes`` takes the boxes of frame t from the
+tracks' keypoints at t - 1 and consults the detector (or boxes file) every N frames.
+
 Each frame's poses are matched to the live tracks with ``scipy.optimize.linear_sum_assignment`` on
 their similarity to where each track is expected now (its last pose moved by its smoothed
 velocity, so that two people crossing keep their identities); a match needs a similarity of at
@@ -9,9 +13,12 @@ keypoints) keep that track's id without matching.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from .job import JobHook
 
 DEFAULT_SIGMA = 0.079  # OKS sigma for keypoint sets without their own (COCO's shoulders)
 
@@ -177,6 +184,89 @@ class Tracker:
                 ids.append(t.track_id)
                 boxes.append([*box[0], 1.0])
         return ids, np.asarray(boxes, dtype=np.float64).reshape(-1, 5)
+
+
+# ------------------------------------------------------------------------------------------------
+# In the batch job (vitpose predict)
+# ------------------------------------------------------------------------------------------------
+class TrackingHook(JobHook):
+    """Sets ``Pose.track_id`` on every video frame's poses (still images are left alone) and, with
+    ``smooth``, One-Euro-smooths the keypoints written out; tracking uses the model's keypoints.
+
+    On --resume the frames already done are replayed with their recorded ids and keypoints, so the
+    tracks go on as they were. The smoother's state is rebuilt from the recorded (smoothed)
+    keypoints, which it cannot tell from raw ones: the few frames after the resume point may differ
+    slightly from an uninterrupted run when smoothing."""
+
+    def __init__(self, tracker_args: dict | None = None, smooth: bool = False, smoother_args: dict | None = None):
+        Tracker(**(tracker_args or {}))  # bad arguments fail now, not at the first video
+        self.tracker_args, self.smooth, self.smoother_args = dict(tracker_args or {}), smooth, dict(smoother_args or {})
+        self.state: dict[int, tuple] = {}
+
+    def begin_source(self, source) -> None:
+        if source.kind != "video":
+            return
+        smoother = None
+        if self.smooth:
+            from .smoothing import TrackSmoother
+            from .video import video_fps
+            smoother = TrackSmoother(fps=video_fps(source.path), **self.smoother_args)
+        self.state[source.index] = (Tracker(**self.tracker_args), smoother)
+
+    def tracker(self, source) -> Tracker | None:
+        st = self.state.get(source.index)
+        return st[0] if st else None
+
+    def after_pose(self, item, poses):
+        st = self.state.get(item.source.index)
+        if st is None or item.frame is None:
+            return poses
+        tracker, smoother = st
+        n = len(poses)
+        boxes = np.array([p.box[:4] for p in poses], dtype=np.float64).reshape(n, 4)
+        kp = np.stack([p.keypoints for p in poses]) if n else np.zeros((0, 1, 2))
+        sc = np.stack([p.scores for p in poses]) if n else np.zeros((0, 1))
+        known = [p.track_id for p in poses] if item.replay else item.extra.pop("track_ids", None)
+        ids = tracker.update(item.frame, boxes, kp, sc, known_ids=known)
+        out = []
+        for p, tid in zip(poses, ids):
+            k = p.keypoints
+            if smoother is not None:
+                smoothed = smoother(tid, item.frame, k)
+                if not item.replay:
+                    k = smoothed.astype(np.float32)
+            out.append(dataclasses.replace(p, keypoints=k, track_id=tid))
+        return out
+
+    def end_source(self, source) -> None:
+        self.state.pop(source.index, None)
+
+
+class PropagatedBoxes:
+    """A box provider for the batch job: at video frames t with t % every != 0, the boxes of the
+    people tracked at t - 1 (around their keypoints, moved by their velocity), each tied to its
+    track; at the other frames, when nothing is tracked, and for still images, ``base`` (a boxes
+    file, a detector, whole images). Needs groups of one frame (t - 1 tracked before t's boxes)."""
+
+    def __init__(self, base, hook: TrackingHook, every: int):
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be a positive int (frames), got {every!r}")
+        self.base, self.hook, self.every = base, hook, every
+
+    def __call__(self, items) -> list:
+        out, ask = [None] * len(items), []
+        for j, it in enumerate(items):
+            tracker = self.hook.tracker(it.source)
+            ids, boxes = tracker.propagated_boxes(it.frame) if tracker is not None and it.frame is not None else ([], None)
+            if it.frame is None or it.frame % self.every == 0 or not ids:
+                ask.append(j)
+            else:
+                out[j] = boxes
+                it.extra["track_ids"] = ids
+        if ask:
+            for j, b in zip(ask, self.base([items[j] for j in ask])):
+                out[j] = b
+        return out
 
 
 # ------------------------------------------------------------------------------------------------
