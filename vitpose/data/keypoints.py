@@ -85,6 +85,11 @@ register_dataset("mpii", 16, MPII_FLIP_INDICES, MPII_SKELETON)
 register_dataset("ap10k", 17, ANIMAL_FLIP_INDICES, ANIMAL_SKELETON)
 register_dataset("apt36k", 17, ANIMAL_FLIP_INDICES, ANIMAL_SKELETON)
 register_dataset("wholebody", 133, _wholebody_flip(), COCO_SKELETON)
+# PoseTrack18 (TAR-ViTPose): nose, head_bottom, head_top, ears (never annotated), COCO's body; the
+# COCO mirror order and sigmas, PoseTrack18's skeleton (vitpose/data/posetrack.py).
+POSETRACK_SKELETON = ((15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7),
+                      (6, 8), (7, 9), (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6))
+register_dataset("posetrack", 17, COCO_FLIP_INDICES, POSETRACK_SKELETON, COCO_SIGMAS)
 
 VITPOSE_PLUS_DATASETS = ("coco", "aic", "mpii", "ap10k", "apt36k", "wholebody")
 
