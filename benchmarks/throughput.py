@@ -14,6 +14,10 @@ Rows, images per second (median of CUDA-event timings), in one run:
                        image pixels, flip test on and off (vitpose.TopDownPredictor.run_boxes);
                        for transformers: its image processor (CPU) + model + post-processing
   batch 1              latency of ours with and without the CUDA graph
+  video                TAR-ViTPose (video, clips of T frames at 384x288, batch 16 as the paper's
+                       Table 3): clips/s (= person-frames/s) with the fused masked attention and
+                       with the reference ops, T = 5 (the default) and T = 3 (Table 3's setting;
+                       the paper also reuses each frame's features across clips, we do not)
 Beside each: the paper's fps (A100, batch 64, precision not stated) and the fraction of the bf16
 roofline = forward FLOPs per image (torch.utils.flop_counter) x images/s / measured matmul peak.
 """
@@ -29,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 PAPER_FPS = {"S": None, "B": 944, "L": 411, "H": 241}  # Table 9, A100, batch 64
+TAR_PAPER_FPS = {"S": 413, "B": 186, "L": None, "H": 28}  # TAR-ViTPose Table 3, A6000, batch 16, T = 3
 HF_SIZES = {"S": (384, 12, 12), "B": (768, 12, 12), "L": (1024, 24, 16), "H": (1280, 32, 16)}
 
 
@@ -60,6 +65,13 @@ def hf_model(size: str, dtype, device, smoke: bool):
     except Exception as e:
         note = f"eager attention (SDPA refused: {e})"
     return model.eval().to(device, dtype), note
+
+
+def tar(vp, size: str, frames: int, backend, dtype, device, smoke: bool):
+    tiny = dict(embed_dim=64, depth=2, num_heads=2, jta_layers=2, input_size=(64, 48)) if smoke else {}
+    with torch.device(device):
+        model = vp.build_model(f"tar-vitpose-{size.lower()}", frames=frames, backend=backend, **tiny)
+    return model.eval().to(device, dtype).fold_batchnorm()
 
 
 def forward_flops(model, x) -> float:
@@ -221,12 +233,29 @@ def run(args, vp, device, dtype, rows, notes, peaks):
         measure(rows, budget, base(size, "ours fused + CUDA graph", "batch-1 latency"),
                 lambda: graphed(m["fused"], x1), *a)
 
+    def video_rows(size):
+        if args.no_video or not budget.allows():
+            return
+        batch = 2 if args.smoke else 16
+        for frames in (5, 3):
+            for variant, backend in (("fused", None), ("reference ops", "reference")):
+                row = base(size, f"TAR-ViTPose T={frames}, {variant}", "video")
+                row["paper_fps"] = None if args.smoke or frames != 3 else TAR_PAPER_FPS.get(size)
+
+                def factory(frames=frames, backend=backend):
+                    model = tar(vp, size, frames, backend, dtype, device, args.smoke)
+                    H, W = model.config.input_size
+                    x = torch.randn(batch, frames, 3, H, W, device=device, dtype=dtype)
+                    return lambda: _infer(model, x)
+                measure(rows, budget, row, factory, batch, device, None, None, args.rep)
+
     first, rest = args.batches[0], args.batches[1:]
     lead = "B" if "B" in args.sizes else args.sizes[0]
     for size in args.sizes:
         model_rows(size, first)
     e2e_rows(lead)
     latency_rows(lead)
+    video_rows(lead)
     compiled_rows(lead, first)
     for batch in rest:
         for size in args.sizes:
@@ -254,7 +283,7 @@ def render(results) -> str:
              f"# roofline = forward FLOPs/image x img/s / measured matmul peak "
              f"({peaks['matmul_tflops']:.3g} TFLOP/s {peaks['matmul_dtype']}); paper fps: A100, batch 64, "
              "precision not stated (x paper compares different GPUs: context, not a target)"]
-    for kind in ("model", "end-to-end", "batch-1 latency"):
+    for kind in ("model", "end-to-end", "batch-1 latency", "video"):
         rows = [r for r in results["rows"] if r["kind"] == kind]
         if not rows:
             continue
@@ -270,7 +299,8 @@ def render(results) -> str:
                          common.fmt(r.get("paper_fps") and r["img_s"] / r["paper_fps"], ".2f"),
                          common.fmt(hf and r["img_s"] / hf, ".2f"),
                          common.fmt(r.get("roofline_frac") and 100 * r["roofline_frac"], ".0f")])
-        lines += ["", kind, common.format_table(["model", "variant", "batch", "img/s", "ms", "paper fps",
+        unit = "clips/s" if kind == "video" else "img/s"
+        lines += ["", kind, common.format_table(["model", "variant", "batch", unit, "ms", "paper fps",
                                                  "x paper", "x hf eager", "% roofline"], body)] + skipped
     lines += [""] + [f"# {n}" for n in results["notes"]]
     return "\n".join(lines)
@@ -306,6 +336,7 @@ def main(argv=None) -> int:
     p.add_argument("--batches", default="64,256", help="the paper's batch is 64")
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd transformers row")
     p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end rows")
+    p.add_argument("--no-video", action="store_true", help="skip the TAR-ViTPose (video) rows")
     common.add_run_args(p, rep=20)
     args = p.parse_args(argv)
     common.stop_on_sigterm()
@@ -325,7 +356,7 @@ def main(argv=None) -> int:
         args.sizes, args.batches, args.rep = args.sizes[:1] if gpu else ["B"], [2], min(args.rep, 3)
     device = torch.device("cuda" if gpu else "cpu")
     dtype = torch.bfloat16 if gpu else torch.float32
-    vp = common.import_vitpose("ViTPose", "vitpose_config", "TopDownPredictor")
+    vp = common.import_vitpose("ViTPose", "vitpose_config", "TopDownPredictor", "build_model")
     t0 = time.perf_counter()
     peaks = common.measure_peaks(device, torch.bfloat16 if gpu else torch.float32)
     results = {"environment": common.environment(device), "dtype": str(dtype).replace("torch.", ""),

@@ -428,3 +428,20 @@ def test_bad_input():
         model(torch.zeros(1, T, 3, 64, 48, dtype=torch.uint8))
     with pytest.raises(ValueError, match="temporal_heads"):
         tar_vitpose_config("S", embed_dim=30, num_heads=3, temporal_heads=4)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_tar_vitpose_b_on_gpu_fused_matches_reference():
+    """TAR-ViTPose-B at 384x288, T=5, on the GPU: the fused masked attention and mask kernels
+    (fastest backend) against the reference ops, fp32 and bf16; the official layouts throughout."""
+    torch.manual_seed(0)
+    fused = randomize(vitpose.build_model("tar-vitpose-b", frames=5), 17).cuda().eval()
+    ref = vitpose.build_model("tar-vitpose-b", frames=5, backend="reference").cuda().eval()
+    ref.load_state_dict(fused.state_dict())
+    x = torch.randn(2, 5, 3, 384, 288, device="cuda")
+    with torch.no_grad():
+        expected = ref(x)
+        assert rel_err(fused(x), expected) < 1e-4
+        got = fused.to(torch.bfloat16)(x.bfloat16()).float()
+    assert rel_err(got, expected) < 5e-2
