@@ -3,15 +3,17 @@
 
     vitpose predict --checkpoint F [--boxes B.json] IMAGE_OR_DIR_OR_VIDEO... --out DIR
     vitpose evaluate --checkpoint F --ann A.json --dets D.json --images DIR
+    vitpose synth OUT --images N --seed S [--val-images M]
+    vitpose train --data DIR --model NAME_OR_CONFIG --epochs E --batch-size B --out RUN [--resume RUN]
 """
 from __future__ import annotations
 
 import argparse
 import sys
 
-from . import evaluate, predict
+from . import evaluate, predict, synth, train
 
-COMMANDS = (predict, evaluate)
+COMMANDS = (predict, evaluate, synth, train)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -16,6 +16,7 @@ class KeypointSet:
     flip_indices: tuple[int, ...] | None  # None: no mirror symmetry known, flip test is skipped
     skeleton: tuple[tuple[int, int], ...] = ()
     sigmas: tuple[float, ...] | None = None  # OKS per-keypoint sigmas, where a COCO-style metric exists
+    upper_body_ids: tuple[int, ...] | None = None  # the half-body augmentation's upper body (None: off)
 
 
 def _swap(n: int, pairs) -> tuple[int, ...]:
@@ -67,23 +68,35 @@ def _wholebody_flip() -> tuple[int, ...]:
 DATASETS: dict[str, KeypointSet] = {}
 
 
-def register_dataset(name: str, num_keypoints: int, flip_indices=None, skeleton=(), sigmas=None) -> KeypointSet:
+def register_dataset(name: str, num_keypoints: int, flip_indices=None, skeleton=(), sigmas=None,
+                     upper_body_ids=None) -> KeypointSet:
     """Add a keypoint set (custom heads); returns it. flip_indices: a permutation or None."""
     if flip_indices is not None:
         flip_indices = tuple(int(i) for i in flip_indices)
         if sorted(flip_indices) != list(range(num_keypoints)):
             raise ValueError(f"flip_indices of {name!r} must be a permutation of range({num_keypoints}), "
                              f"got {list(flip_indices)}")
+    if sigmas is not None and len(sigmas) != num_keypoints:
+        raise ValueError(f"sigmas of {name!r} must have {num_keypoints} entries, got {len(sigmas)}")
+    if upper_body_ids is not None and not all(0 <= int(i) < num_keypoints for i in upper_body_ids):
+        raise ValueError(f"upper_body_ids of {name!r} must be in [0, {num_keypoints}), got {list(upper_body_ids)}")
     DATASETS[name] = KeypointSet(name, int(num_keypoints), flip_indices, tuple(skeleton),
-                                 tuple(sigmas) if sigmas is not None else None)
+                                 tuple(float(s) for s in sigmas) if sigmas is not None else None,
+                                 tuple(int(i) for i in upper_body_ids) if upper_body_ids is not None else None)
     return DATASETS[name]
 
 
-register_dataset("coco", 17, COCO_FLIP_INDICES, COCO_SKELETON, COCO_SIGMAS)
-register_dataset("aic", 14, AIC_FLIP_INDICES, AIC_SKELETON)
-register_dataset("mpii", 16, MPII_FLIP_INDICES, MPII_SKELETON)
-register_dataset("ap10k", 17, ANIMAL_FLIP_INDICES, ANIMAL_SKELETON)
-register_dataset("apt36k", 17, ANIMAL_FLIP_INDICES, ANIMAL_SKELETON)
+register_dataset("coco", 17, COCO_FLIP_INDICES, COCO_SKELETON, COCO_SIGMAS, upper_body_ids=range(11))
+# Sigmas and upper-body ids (keypoint_info types) from mmpose 0.x configs/_base_/datasets/*_info.py.
+register_dataset("aic", 14, AIC_FLIP_INDICES, AIC_SKELETON,
+                 (.01388152, .01515228, .01057665, .01417709, .01497891, .01402144, .03909642, .03686941,
+                  .01981803, .03843971, .03412318, .02415081, .01291456, .01236173), upper_body_ids=(0, 1, 2, 3, 4, 5, 12, 13))
+register_dataset("mpii", 16, MPII_FLIP_INDICES, MPII_SKELETON,
+                 (.089, .083, .107, .107, .083, .089, .026, .026, .026, .026, .062, .072, .179, .179, .072, .062),
+                 upper_body_ids=range(7, 16))
+_ANIMAL_SIGMAS = (.025, .025, .026, .035, .035, .079, .072, .062, .079, .072, .062, .107, .087, .089, .107, .087, .089)
+register_dataset("ap10k", 17, ANIMAL_FLIP_INDICES, ANIMAL_SKELETON, _ANIMAL_SIGMAS, upper_body_ids=(0, 1, 2, 3, 5, 6, 7, 8, 9))
+register_dataset("apt36k", 17, ANIMAL_FLIP_INDICES, ANIMAL_SKELETON, _ANIMAL_SIGMAS, upper_body_ids=(0, 1, 2, 3, 5, 6, 7, 8, 9))
 register_dataset("wholebody", 133, _wholebody_flip(), COCO_SKELETON)
 # PoseTrack18 (TAR-ViTPose): nose, head_bottom, head_top, ears (never annotated), COCO's body; the
 # COCO mirror order and sigmas, PoseTrack18's skeleton (vitpose/data/posetrack.py).

@@ -70,8 +70,9 @@ def postprocess(image_id, poses, *, vis_thr=0.2, nms_thr=0.9, sigmas=COCO_SIGMAS
     return out
 
 
-def coco_keypoint_eval(ann, results, *, quiet: bool = True) -> dict:
-    """pycocotools keypoint AP. ann: annotation path or COCO; results: list of dicts or a JSON path."""
+def coco_keypoint_eval(ann, results, *, quiet: bool = True, sigmas=None) -> dict:
+    """pycocotools keypoint AP. ann: annotation path or COCO; results: list of dicts or a JSON path.
+    sigmas: the OKS sigmas of a keypoint set other than COCO's 17 (pycocotools' default)."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
     sink = io.StringIO() if quiet else sys.stdout
@@ -85,6 +86,8 @@ def coco_keypoint_eval(ann, results, *, quiet: bool = True) -> dict:
         dt = gt.loadRes(list(results))
         ev = COCOeval(gt, dt, iouType="keypoints")
         ev.params.useSegm = None
+        if sigmas is not None:
+            ev.params.kpt_oks_sigmas = np.asarray(sigmas, dtype=np.float64)
         ev.evaluate()
         ev.accumulate()
         ev.summarize()
@@ -107,6 +110,25 @@ def load_detections(dets_file, *, det_thr: float = 0.0, category_id: int = 1) ->
     return {k: np.asarray(v, dtype=np.float64) for k, v in per_image.items()}
 
 
+def predict_results(predictor, items, *, total=None, progress: bool = False, on_error=None,
+                    sigmas=COCO_SIGMAS) -> tuple[list[dict], int]:
+    """items (image_id, image, boxes) through a TopDownPredictor -> (COCO results after rescoring
+    and OKS-NMS, number of failed images). A failed image goes to ``on_error(key, exc)``."""
+    results, failed = [], 0
+    report = on_error or (lambda key, e: print(f"image {key}: {e}", file=sys.stderr))
+    stream = predictor.iter_predict(items, errors="yield")
+    if progress:
+        from tqdm import tqdm
+        stream = tqdm(stream, total=total, desc="evaluate", unit="img")
+    for image_id, poses in stream:
+        if isinstance(poses, Exception):
+            failed += 1
+            report(image_id, poses)
+            continue
+        results += postprocess(image_id, poses, sigmas=sigmas)
+    return results, failed
+
+
 def evaluate(model, ann_file, dets_file, image_dir, *, out_file=None, det_thr: float = 0.0,
              batch_size: int = 32, flip: bool = True, device=None, progress: bool = True,
              max_images: int | None = None, on_error=None) -> dict:
@@ -125,18 +147,8 @@ def evaluate(model, ann_file, dets_file, image_dir, *, out_file=None, det_thr: f
         image_ids = image_ids[:max_images]
     predictor = TopDownPredictor(model, device=device, flip=flip, batch_size=batch_size)
     items = ((i, os.path.join(image_dir, gt.imgs[i]["file_name"]), dets[i]) for i in image_ids)
-    results, failed = [], 0
-    report = on_error or (lambda key, e: print(f"image {key}: {e}", file=sys.stderr))
-    stream = predictor.iter_predict(items, errors="yield")
-    if progress:
-        from tqdm import tqdm
-        stream = tqdm(stream, total=len(image_ids), desc="evaluate", unit="img")
-    for image_id, poses in stream:
-        if isinstance(poses, Exception):
-            failed += 1
-            report(image_id, poses)
-            continue
-        results += postprocess(image_id, poses)
+    results, failed = predict_results(predictor, items, total=len(image_ids), progress=progress,
+                                      on_error=on_error)
     if out_file:
         with open(out_file, "w") as f:
             json.dump(results, f)

@@ -92,19 +92,50 @@ def box_to_center_scale(boxes: torch.Tensor, input_size=(192, 256), padding: flo
     return center, torch.stack([w, h], dim=1) * padding
 
 
-def image_to_crop(points, center, scale, input_size=(192, 256)):
-    """UDP: the box [c - s/2, c + s/2] maps onto [0, W-1] (and [0, H-1]). points (N, ..., 2)."""
+def _rotate(d: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """d (N, ..., 2) rotated per sample by R(theta) = [[cos, -sin], [sin, cos]] (mmpose's sense)."""
+    t = torch.deg2rad(degrees.to(d.dtype)).view((-1,) + (1,) * (d.dim() - 2))
+    cos, sin = torch.cos(t), torch.sin(t)
+    x, y = d[..., 0], d[..., 1]
+    return torch.stack([cos * x - sin * y, sin * x + cos * y], dim=-1)
+
+
+def _mirror(d: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """d (N, ..., 2) with x negated where flip (N,) is set."""
+    sign = 1 - 2 * flip.to(d.dtype).view((-1,) + (1,) * (d.dim() - 1))
+    return torch.cat([d[..., :1] * sign, d[..., 1:]], dim=-1)
+
+
+def image_to_crop(points, center, scale, input_size=(192, 256), rotation=None, flip=None):
+    """UDP: the box [c - s/2, c + s/2] maps onto [0, W-1] (and [0, H-1]). points (N, ..., 2).
+
+    Training adds, per sample, a horizontal flip of the image (N,) bool and a rotation (N,) in
+    degrees about the box center: crop = S (R(rot) F (p - c) + s/2), S = (W-1, H-1) / s, which is
+    mmpose's TopDownRandomFlip + TopDownAffine(use_udp=True) (get_warp_matrix) in one map."""
     size1 = torch.as_tensor([input_size[0] - 1, input_size[1] - 1], dtype=points.dtype, device=points.device)
     shape = (-1,) + (1,) * (points.dim() - 2) + (2,)
     c, s = center.view(shape), scale.view(shape)
-    return (points - c + s * 0.5) * size1 / s
+    d = points - c
+    if flip is not None:
+        d = _mirror(d, flip)
+    if rotation is not None:
+        d = _rotate(d, rotation)
+    return (d + s * 0.5) * size1 / s
 
 
-def crop_to_image(points, center, scale, input_size=(192, 256)):
+def crop_to_image(points, center, scale, input_size=(192, 256), rotation=None, flip=None):
+    """The inverse of image_to_crop: p = c + F R(-rot) (q / S - s/2)."""
     size1 = torch.as_tensor([input_size[0] - 1, input_size[1] - 1], dtype=points.dtype, device=points.device)
     shape = (-1,) + (1,) * (points.dim() - 2) + (2,)
     c, s = center.view(shape), scale.view(shape)
-    return points * s / size1 + c - s * 0.5
+    if rotation is None and flip is None:  # inference: the expression (and rounding) it always had
+        return points * s / size1 + c - s * 0.5
+    d = points * s / size1 - s * 0.5
+    if rotation is not None:
+        d = _rotate(d, -rotation)
+    if flip is not None:
+        d = _mirror(d, flip)
+    return d + c
 
 
 def _mosaic(images: list[torch.Tensor]):
@@ -126,30 +157,53 @@ def _mosaic(images: list[torch.Tensor]):
 
 
 def crop_batch(images: list[torch.Tensor], image_index: torch.Tensor, centers, scales,
-               input_size=(192, 256)) -> torch.Tensor:
+               input_size=(192, 256), rotation=None, flip=None, canvas_size=None) -> torch.Tensor:
     """All boxes' UDP crops (N, 3, H, W) float32 (pixel values as given), with one grid_sample.
 
     Bilinear sampling with pixel centers on integers and zeros outside the image, as OpenCV's
     warpAffine(INTER_LINEAR, BORDER_CONSTANT) in mmpose. The images sit in a mosaic with a zero
-    border each, so the sampling never mixes two images; samples beyond a border are masked."""
+    border each, so the sampling never mixes two images; samples beyond a border are masked.
+    Training passes per-sample ``rotation`` (degrees) and ``flip`` (bool), see image_to_crop, and
+    ``canvas_size=(Hc, Wc)``: each crop then samples its own image, zero-padded to that fixed
+    size, so that a crop's pixels do not depend on which other images share the batch (in the
+    mosaic, the image's place changes the float rounding of the sampling positions)."""
     W, H = input_size
     dev = centers.device
-    canvas, origins = _mosaic(images)
     v, u = torch.meshgrid(torch.arange(H, device=dev, dtype=torch.float32),
                           torch.arange(W, device=dev, dtype=torch.float32), indexing="ij")
     pts = crop_to_image(torch.stack([u, v], -1).reshape(1, -1, 2).expand(len(centers), -1, -1),
-                        centers.float(), scales.float(), input_size)            # (N, H*W, 2)
-    org = torch.tensor(origins, dtype=torch.float32, device=dev)[image_index]      # (N, 2)
+                        centers.float(), scales.float(), input_size, rotation, flip)  # (N, H*W, 2)
     sizes = torch.tensor([[im.shape[2], im.shape[1]] for im in images], dtype=torch.float32,
                          device=dev)[image_index]
     inside = ((pts > -1) & (pts < sizes[:, None])).all(-1)                          # (N, H*W)
-    pix = pts + org[:, None]
-    Hc, Wc = canvas.shape[1:]
-    grid = torch.stack([pix[..., 0] * (2 / (Wc - 1)) - 1, pix[..., 1] * (2 / (Hc - 1)) - 1], -1)
-    out = F.grid_sample(canvas[None], grid.reshape(1, -1, W, 2), mode="bilinear", padding_mode="zeros",
-                        align_corners=True)                                         # (1, 3, N*H, W)
-    out = out.view(3, len(centers), H, W).permute(1, 0, 2, 3)
+    if canvas_size is None:
+        canvas, origins = _mosaic(images)
+        org = torch.tensor(origins, dtype=torch.float32, device=dev)[image_index]  # (N, 2)
+        pix = pts + org[:, None]
+        Hc, Wc = canvas.shape[1:]
+        grid = torch.stack([pix[..., 0] * (2 / (Wc - 1)) - 1, pix[..., 1] * (2 / (Hc - 1)) - 1], -1)
+        out = F.grid_sample(canvas[None], grid.reshape(1, -1, W, 2), mode="bilinear", padding_mode="zeros",
+                            align_corners=True)                                     # (1, 3, N*H, W)
+        out = out.view(3, len(centers), H, W).permute(1, 0, 2, 3)
+    else:
+        stack = _stack(images, canvas_size)[image_index]                            # (N, 3, Hc, Wc)
+        Hc, Wc = stack.shape[2:]
+        grid = torch.stack([pts[..., 0] * (2 / (Wc - 1)) - 1, pts[..., 1] * (2 / (Hc - 1)) - 1], -1)
+        out = F.grid_sample(stack, grid.view(-1, H, W, 2), mode="bilinear", padding_mode="zeros",
+                            align_corners=True)                                     # (N, 3, H, W)
     return out * inside.view(-1, 1, H, W)
+
+
+def _stack(images: list[torch.Tensor], canvas_size) -> torch.Tensor:
+    """Images (3, h, w) zero-padded at the bottom/right to (3, Hc, Wc), stacked."""
+    Hc, Wc = canvas_size
+    big = [tuple(im.shape[1:]) for im in images if im.shape[1] > Hc or im.shape[2] > Wc]
+    if big:
+        raise ValueError(f"canvas_size={tuple(canvas_size)} is smaller than image(s) of (h, w) {big[:3]}")
+    out = images[0].new_zeros(len(images), 3, Hc, Wc, dtype=torch.float32)
+    for n, im in enumerate(images):
+        out[n, :, : im.shape[1], : im.shape[2]] = im
+    return out
 
 
 def normalize(crops: torch.Tensor) -> torch.Tensor:
