@@ -102,7 +102,7 @@ register_dataset("wholebody", 133, _wholebody_flip(), COCO_SKELETON)
 # COCO mirror order and sigmas, PoseTrack18's skeleton (vitpose/data/posetrack.py).
 POSETRACK_SKELETON = ((15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7),
                       (6, 8), (7, 9), (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6))
-register_dataset("posetrack", 17, COCO_FLIP_INDICES, POSETRACK_SKELETON, COCO_SIGMAS)
+register_dataset("posetrack", 17, COCO_FLIP_INDICES, POSETRACK_SKELETON, COCO_SIGMAS, upper_body_ids=range(11))
 
 VITPOSE_PLUS_DATASETS = ("coco", "aic", "mpii", "ap10k", "apt36k", "wholebody")
 

@@ -225,3 +225,82 @@ def pred_frames(predictions: dict) -> dict:
         sc = np.stack([np.asarray(s, dtype=np.float64) for _, s in poses])
         out[key] = PredFrame(to_15(kp), to_15(sc[..., None])[..., 0])
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Clips for training TAR-ViTPose
+# ------------------------------------------------------------------------------------------------
+def find_posetrack_split(root, split: str) -> str | None:
+    """ROOT/annotations/{split}/ (a folder of per-video files, as PoseTrack18 and ``vitpose synth
+    --video`` lay it out) or ROOT/annotations/{split}.json; image paths are relative to ROOT."""
+    for p in (os.path.join(root, "annotations", split), os.path.join(root, "annotations", f"{split}.json")):
+        if os.path.exists(p):
+            return p
+    return None
+
+
+class PoseTrackClips:
+    """People of the labelled frames as training samples: ``clips[(epoch, i)]`` -> dict with the
+    T decoded frames around the person's frame (``clip_indices``: the video's ends repeated), the
+    person's keypoints (17, 2), visibility (17,) and box in that frame, and the augmentation draws
+    (seeded by (seed, epoch, i)). A torch map-style dataset; ``collate_clips`` batches it."""
+
+    def __init__(self, videos: list[Video], root: str, frames: int = 5, seed: int = 0):
+        from ..infer.clips import clip_indices  # noqa: F401  (checked importable early)
+        self.videos, self.root, self.frames, self.seed = videos, os.fspath(root), int(frames), int(seed)
+        self.samples = []
+        for v, video in enumerate(videos):
+            for f in video.frames:
+                if not f.labeled:
+                    continue
+                for p in f.people:
+                    ann = p.annotated
+                    if not ann.any():
+                        continue
+                    box = p.box(grow=1.2)
+                    if box[2] <= 1 or box[3] <= 1:
+                        continue
+                    self.samples.append((v, f.index, p.keypoints[:, :2].astype(np.float32),
+                                         ann.astype(np.float32), box.astype(np.float32)))
+        if not self.samples:
+            raise ValueError("no annotated person in the labelled frames of these videos")
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, key) -> dict:
+        import torch
+
+        from ..infer.clips import clip_indices
+        from ..infer.pipeline import load_image
+        from .augment import draw
+        epoch, i = key if isinstance(key, tuple) else (0, key)
+        v, t, kp, vis, box = self.samples[i]
+        video = self.videos[v]
+        idx = clip_indices(t, self.frames, len(video.frames) - 1)
+        frames = [load_image(os.path.join(self.root, video.frames[j].file_name)) for j in idx]
+        draws = draw(np.random.default_rng([self.seed, 0, int(epoch), int(i)]))
+        return {"frames": frames, "keypoints": torch.from_numpy(kp), "visible": torch.from_numpy(vis),
+                "box": torch.from_numpy(box), "draws": torch.from_numpy(draws), "dataset_index": 0, "index": i}
+
+    @property
+    def max_image_size(self) -> tuple[int, int]:
+        """(H, W) of the largest frame (read from the first frame of each video)."""
+        from PIL import Image
+        sizes = []
+        for video in self.videos:
+            with Image.open(os.path.join(self.root, video.frames[0].file_name)) as im:
+                sizes.append((im.height, im.width))
+        return max(s[0] for s in sizes), max(s[1] for s in sizes)
+
+
+def collate_clips(items: list[dict]) -> dict:
+    """Samples -> a batch: ``images`` the B*T frames (sizes may differ), ``clip_index`` (B, T)."""
+    import torch
+    T = len(items[0]["frames"])
+    images = [f for it in items for f in it["frames"]]
+    stack = {k: torch.stack([it[k] for it in items]) for k in ("keypoints", "visible", "box", "draws")}
+    return {"images": images, "clip_index": torch.arange(len(images)).view(len(items), T),
+            "image_index": torch.arange(len(items)) * T + T // 2, **stack,
+            "dataset_index": torch.tensor([it["dataset_index"] for it in items]),
+            "index": torch.tensor([it["index"] for it in items])}

@@ -97,13 +97,13 @@ class TARViTPoseConfig:
     def num_keypoints(self) -> int:
         return self.vit.num_keypoints
 
-    @property
-    def depth(self) -> int:
-        return self.vit.depth
-
-    @property
-    def head(self) -> str:
-        return self.vit.head
+    def __getattr__(self, name):
+        # The encoder / decoder's fields and properties (depth, grid, experts, datasets, ...) read
+        # through, so code written for a ViTPoseConfig (checkpoint loading, --init) works as it is.
+        if not name.startswith("__") and name != "vit" and (
+                name in ViTPoseConfig.__dataclass_fields__ or isinstance(getattr(ViTPoseConfig, name, None), property)):
+            return getattr(self.vit, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
     def centre(self) -> int:

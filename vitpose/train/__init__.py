@@ -16,6 +16,8 @@ from .topdown import TopDownTask, _is_vitpose_spec
 from .trainer import TrainConfig, Trainer, train
 
 register_family("vitpose", matches=_is_vitpose_spec, recipe=vitpose_recipe, task=TopDownTask)
+from .tar import TARTask, is_tar_spec, tar_recipe  # noqa: E402  (TAR-ViTPose on PoseTrack-format videos)
+register_family("tar-vitpose", matches=is_tar_spec, recipe=tar_recipe, task=TARTask)
 
 __all__ = ["train", "Trainer", "TrainConfig", "Recipe", "Task", "TopDownTask", "register_family", "families",
            "family_for", "vitpose_recipe"]
