@@ -456,3 +456,19 @@ def test_tar_vitpose_b_on_gpu_fused_matches_reference():
     # bf16: heatmaps near the mask threshold may flip keys, so only a loose agreement is owed
     assert torch.isfinite(got).all()
     assert torch.corrcoef(torch.stack([got.flatten(), expected.flatten()]))[0, 1] > 0.95
+
+
+def test_init_from_a_vitpose_checkpoint():
+    """``vitpose train --init vitpose.pth`` on a TAR-ViTPose: encoder and decoder from the file, the
+    temporal modules left as initialised (the paper's starting point)."""
+    from vitpose.models.pretrained import load_pretrained
+    vit = randomize(vitpose.ViTPose(vitpose.vitpose_config("S", embed_dim=C, depth=DEPTH, num_heads=HEADS,
+                                                           img_size=(64, 48), deconv_channels=8)), 18)
+    tar = vitpose.build_model("tar-vitpose-s", embed_dim=C, depth=DEPTH, num_heads=HEADS, img_size=(64, 48),
+                              deconv_channels=8, frames=T, jta_layers=1)
+    report = load_pretrained(tar, vit.state_dict())
+    assert report["loaded"] == len(vit.state_dict()) and not report["unused"]
+    assert report["missing"] and all(k.startswith(("query_", "masked_", "self_", "ffn_", "cross_"))
+                                     for k in report["missing"])
+    assert torch.equal(tar.backbone.blocks[1].attn.qkv.weight, vit.backbone.blocks[1].attn.qkv.weight)
+    assert tar.config.depth == DEPTH and tar.config.grid == (4, 3)   # the encoder's fields read through

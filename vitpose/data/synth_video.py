@@ -91,7 +91,7 @@ def render_video(rng: np.random.Generator, frames: int, width: int, height: int,
     if rng.random() < 0.5:  # a box or blob crossing the picture
         w, h = rng.uniform(0.12, 0.3) * width, rng.uniform(0.2, 0.5) * height
         occluder = (w, h, rng.uniform(-w, width), rng.uniform(0, height - h), rng.normal(0, 3),
-                    synth._color(rng, 0, 255), rng.random() < 0.5)
+                    tuple(int(c) for c in rng.integers(0, 255, 3)), rng.random() < 0.5)
     out = []
     for f in range(frames):
         # motion blur: a frame is the mean of renders over its exposure (sub-frame times)
