@@ -17,6 +17,10 @@ Rows, images per second (median of CUDA-event timings), in one run:
   TokenPose-S / -L     (the paper's abbreviations: S-v2 and L/D24) fused, with and without the CUDA
                        graph, against the same model with plain PyTorch attention (the reference
                        ops: dense QK^T, softmax, PV), bf16, batch 64; --tokenpose "" skips them
+  video                TAR-ViTPose (video, clips of T frames at 384x288, batch 16 as the paper's
+                       Table 3): clips/s (= person-frames/s) with the fused masked attention and
+                       with the reference ops, T = 5 (the default) and T = 3 (Table 3's setting;
+                       the paper also reuses each frame's features across clips, we do not)
 Beside each: the paper's fps (A100, batch 64, precision not stated) and the fraction of the bf16
 roofline = forward FLOPs per image (torch.utils.flop_counter) x images/s / measured matmul peak.
 """
@@ -33,6 +37,7 @@ import common  # noqa: E402
 
 PAPER_FPS = {"S": None, "B": 944, "L": 411, "H": 241}  # Table 9, A100, batch 64
 TOKENPOSE = {"S": "tokenpose-s-v2", "L": "tokenpose-l-d24"}  # TokenPose Sec. 4.1: "S" and "L"
+TAR_PAPER_FPS = {"S": 413, "B": 186, "L": None, "H": 28}  # TAR-ViTPose Table 3, A6000, batch 16, T = 3
 HF_SIZES = {"S": (384, 12, 12), "B": (768, 12, 12), "L": (1024, 24, 16), "H": (1280, 32, 16)}
 
 
@@ -73,6 +78,13 @@ def hf_model(size: str, dtype, device, smoke: bool):
     except Exception as e:
         note = f"eager attention (SDPA refused: {e})"
     return model.eval().to(device, dtype), note
+
+
+def tar(vp, size: str, frames: int, backend, dtype, device, smoke: bool):
+    tiny = dict(embed_dim=64, depth=2, num_heads=2, jta_layers=2, input_size=(64, 48)) if smoke else {}
+    with torch.device(device):
+        model = vp.build_model(f"tar-vitpose-{size.lower()}", frames=frames, backend=backend, **tiny)
+    return model.eval().to(device, dtype).fold_batchnorm()
 
 
 def forward_flops(model, x) -> float:
@@ -255,6 +267,22 @@ def run(args, vp, device, dtype, rows, notes, peaks):
         measure(rows, budget, base(size, "ours fused + CUDA graph", "batch-1 latency"),
                 lambda: graphed(m["fused"], x1), *a)
 
+    def video_rows(size):
+        if args.no_video or not budget.allows():
+            return
+        batch = 2 if args.smoke else 16
+        for frames in (5, 3):
+            for variant, backend in (("fused", None), ("reference ops", "reference")):
+                row = base(size, f"TAR-ViTPose T={frames}, {variant}", "video")
+                row["paper_fps"] = None if args.smoke or frames != 3 else TAR_PAPER_FPS.get(size)
+
+                def factory(frames=frames, backend=backend):
+                    model = tar(vp, size, frames, backend, dtype, device, args.smoke)
+                    H, W = model.config.input_size
+                    x = torch.randn(batch, frames, 3, H, W, device=device, dtype=dtype)
+                    return lambda: _infer(model, x)
+                measure(rows, budget, row, factory, batch, device, None, None, args.rep)
+
     first, rest = args.batches[0], args.batches[1:]
     lead = "B" if "B" in args.sizes else args.sizes[0]
     for size in args.sizes:
@@ -263,6 +291,7 @@ def run(args, vp, device, dtype, rows, notes, peaks):
         tokenpose_rows(which, first)
     e2e_rows(lead)
     latency_rows(lead)
+    video_rows(lead)
     compiled_rows(lead, first)
     for batch in rest:
         for size in args.sizes:
@@ -290,7 +319,7 @@ def render(results) -> str:
              f"# roofline = forward FLOPs/image x img/s / measured matmul peak "
              f"({peaks['matmul_tflops']:.3g} TFLOP/s {peaks['matmul_dtype']}); paper fps: A100, batch 64, "
              "precision not stated (x paper compares different GPUs: context, not a target)"]
-    for kind in ("model", "end-to-end", "batch-1 latency"):
+    for kind in ("model", "end-to-end", "batch-1 latency", "video"):
         rows = [r for r in results["rows"] if r["kind"] == kind]
         if not rows:
             continue
@@ -307,7 +336,8 @@ def render(results) -> str:
                          common.fmt(r.get("paper_fps") and r["img_s"] / r["paper_fps"], ".2f"),
                          common.fmt(hf and r["img_s"] / hf, ".2f"),
                          common.fmt(r.get("roofline_frac") and 100 * r["roofline_frac"], ".0f")])
-        lines += ["", kind, common.format_table(["model", "variant", "batch", "img/s", "ms", "paper fps",
+        unit = "clips/s" if kind == "video" else "img/s"
+        lines += ["", kind, common.format_table(["model", "variant", "batch", unit, "ms", "paper fps",
                                                  "x paper", "x hf eager", "% roofline"], body)] + skipped
     lines += [""] + [f"# {n}" for n in results["notes"]]
     return "\n".join(lines)
@@ -346,6 +376,7 @@ def main(argv=None) -> int:
     p.add_argument("--no-compile", action="store_true", help="skip the torch.compile'd transformers row")
     p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end rows")
     p.add_argument("--tokenpose", default="S,L", help='TokenPose rows: S (S-v2), L (L/D24); "" for none')
+    p.add_argument("--no-video", action="store_true", help="skip the TAR-ViTPose (video) rows")
     common.add_run_args(p, rep=20)
     args = p.parse_args(argv)
     common.stop_on_sigterm()

@@ -12,6 +12,13 @@ image, bad boxes) is recorded and the others go on; the exit status is 1 when an
 --resume goes on after a killed run with the same arguments and ends with the same files an
 uninterrupted run writes. Under torchrun the inputs are shared out across the processes and
 merged at the end into the same files (DIR must be on a filesystem every node sees).
+
+Videos (and, with --frames, folders of frames) are tracked: each person keeps a ``track_id``
+across frames (OKS assignment with motion prediction; --no-track turns it off), drawn in a colour
+per track with its id. --smooth applies One-Euro smoothing per track; --detect-every N asks the
+boxes file / detector every N frames and follows people from their keypoints in between. A
+TAR-ViTPose checkpoint (e.g. ``tar_vitpose_b.pt``, official or ours) estimates each frame from the
+clip of T frames around it.
 """
 from __future__ import annotations
 
@@ -25,15 +32,20 @@ from .common import add_common_arguments
 
 def build_hooks(args) -> list:
     """Per-item stages after the pose model (``vitpose.infer.job.JobHook``), e.g. a tracker."""
-    return []
+    if args.no_track:
+        return []
+    from ..infer.tracking import TrackingHook
+    return [TrackingHook(dict(metric=args.track_metric), smooth=args.smooth)]
 
 
 def cmd_predict(args) -> int:
     from ..models.checkpoints import load_model
     from ..infer.job import DetectorBoxes, FileBoxes, PredictJob, Renderer, ranks_from_env
+    from ..infer.clips import ClipPredictor
     from ..infer.pipeline import TopDownPredictor
+    from ..models.tar_vitpose import TARViTPose
 
-    inputs = expand_inputs(args.inputs)
+    inputs = expand_inputs(args.inputs, folders_as_videos=args.frames)
     if not inputs:
         print("vitpose predict: no images or videos found in the inputs", file=sys.stderr)
         return 1
@@ -42,9 +54,20 @@ def cmd_predict(args) -> int:
     if device is None and ranks.world > 1:
         import torch
         device = f"cuda:{ranks.local_rank}" if torch.cuda.is_available() else "cpu"
+    if args.detect_every < 1:
+        print(f"vitpose predict: --detect-every must be >= 1 frame, got {args.detect_every}", file=sys.stderr)
+        return 2
+    if args.no_track and (args.smooth or args.detect_every > 1):
+        print("vitpose predict: --smooth and --detect-every need tracking (drop --no-track)", file=sys.stderr)
+        return 2
     model = load_model(args.checkpoint)
-    predictor = TopDownPredictor(model, device=device, flip=not args.no_flip, batch_size=args.batch_size,
-                                 dataset_index=args.dataset_index, mode=args.mode)
+    if isinstance(model, TARViTPose):  # clips of T frames around each frame
+        if args.mode != "eager":
+            raise SystemExit(f"--mode {args.mode}: TAR-ViTPose clips run eagerly only")
+        predictor = ClipPredictor(model, device=device, flip=not args.no_flip, batch_size=args.batch_size)
+    else:
+        predictor = TopDownPredictor(model, device=device, flip=not args.no_flip, batch_size=args.batch_size,
+                                     dataset_index=args.dataset_index, mode=args.mode)
     det_thr = args.det_thr if args.det_thr is not None else (0.5 if args.detector else 0.0)
     boxes = BoxIndex(args.boxes, det_thr=det_thr) if args.boxes else None
     provider = FileBoxes(boxes) if boxes else None
@@ -57,10 +80,18 @@ def cmd_predict(args) -> int:
                 "detector": args.detector and os.path.abspath(args.detector), "det_thr": det_thr,
                 "det_nms": args.det_nms, "max_people": args.max_people, "batch_size": args.batch_size,
                 "flip": not args.no_flip, "dataset_index": args.dataset_index, "mode": args.mode}
+    hooks = build_hooks(args)
+    group = None
+    settings.update(track=not args.no_track, track_metric=args.track_metric, smooth=args.smooth,
+                    detect_every=args.detect_every, frames=args.frames)
+    if args.detect_every > 1:  # frame t's boxes come from the tracks at t - 1: one frame per group
+        from ..infer.job import WholeImageBoxes
+        from ..infer.tracking import PropagatedBoxes
+        provider, group = PropagatedBoxes(provider or WholeImageBoxes(), hooks[0], args.detect_every), 1
     renderer = Renderer(args.out, enabled=not args.no_draw, kpt_thr=args.kpt_thr, heatmaps_of=args.heatmaps,
                         predictor=predictor)
-    job = PredictJob(predictor, args.out, boxes=provider, renderer=renderer,
-                     hooks=build_hooks(args), progress=not args.quiet, settings=settings, ranks=ranks)
+    job = PredictJob(predictor, args.out, boxes=provider, renderer=renderer, group=group,
+                     hooks=hooks, progress=not args.quiet, settings=settings, ranks=ranks)
     status = job.run(inputs, resume=args.resume)
     if boxes is not None and boxes.matched == 0 and job.processed:
         print("warning: no entry of the boxes file matched an input (see `vitpose predict --help`)",
@@ -95,4 +126,14 @@ def add_parser(sub) -> None:
     p.add_argument("--heatmaps", type=int, default=None, metavar="I",
                    help="also draw person I of each image (0: the first box) beside their heatmaps "
                         "(DIR/vis/<name>_heatmaps.jpg)")
+    track = p.add_argument_group("video: tracking (on for videos unless --no-track)")
+    track.add_argument("--no-track", action="store_true", help="no identities across video frames")
+    track.add_argument("--track-metric", choices=("oks", "iou"), default="oks",
+                       help="similarity of a track and a pose: keypoints (OKS) or boxes (IoU)")
+    track.add_argument("--smooth", action="store_true", help="One-Euro smoothing of each track's keypoints")
+    track.add_argument("--detect-every", type=int, default=1, metavar="N",
+                       help="boxes from --boxes/--detector every N frames (and when no one is tracked); "
+                            "between them from each track's previous keypoints")
+    track.add_argument("--frames", action="store_true",
+                       help="each input folder is one video, its images (sorted by name) the frames")
     p.set_defaults(func=cmd_predict, det_thr=None)  # None: 0 for boxes files, 0.5 for a detector

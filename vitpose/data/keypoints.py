@@ -98,6 +98,11 @@ _ANIMAL_SIGMAS = (.025, .025, .026, .035, .035, .079, .072, .062, .079, .072, .0
 register_dataset("ap10k", 17, ANIMAL_FLIP_INDICES, ANIMAL_SKELETON, _ANIMAL_SIGMAS, upper_body_ids=(0, 1, 2, 3, 5, 6, 7, 8, 9))
 register_dataset("apt36k", 17, ANIMAL_FLIP_INDICES, ANIMAL_SKELETON, _ANIMAL_SIGMAS, upper_body_ids=(0, 1, 2, 3, 5, 6, 7, 8, 9))
 register_dataset("wholebody", 133, _wholebody_flip(), COCO_SKELETON)
+# PoseTrack18 (TAR-ViTPose): nose, head_bottom, head_top, ears (never annotated), COCO's body; the
+# COCO mirror order and sigmas, PoseTrack18's skeleton (vitpose/data/posetrack.py).
+POSETRACK_SKELETON = ((15, 13), (13, 11), (16, 14), (14, 12), (11, 12), (5, 11), (6, 12), (5, 6), (5, 7),
+                      (6, 8), (7, 9), (8, 10), (1, 2), (0, 1), (0, 2), (1, 3), (2, 4), (3, 5), (4, 6))
+register_dataset("posetrack", 17, COCO_FLIP_INDICES, POSETRACK_SKELETON, COCO_SIGMAS, upper_body_ids=range(11))
 
 VITPOSE_PLUS_DATASETS = ("coco", "aic", "mpii", "ap10k", "apt36k", "wholebody")
 

@@ -105,12 +105,15 @@ def _show(value, limit: int = 80) -> str:
 # ------------------------------------------------------------------------------------------------
 # Inputs
 # ------------------------------------------------------------------------------------------------
-def expand_inputs(paths) -> list[tuple[str, str]]:
-    """[(kind, path)], kind in image/video; directories expand to their images and videos (sorted);
+def expand_inputs(paths, folders_as_videos: bool = False) -> list[tuple[str, str]]:
+    """[(kind, path)], kind in image/video; directories expand to their images and videos (sorted),
+    or with ``folders_as_videos`` are videos whose frames are their images (sorted by name);
     paths that do not exist stay as images and fail later as items."""
     out = []
     for p in paths:
-        if os.path.isdir(p):
+        if os.path.isdir(p) and folders_as_videos:
+            out.append(("video", p.rstrip(os.sep) or p))
+        elif os.path.isdir(p):
             for name in sorted(os.listdir(p)):
                 ext = os.path.splitext(name)[1].lower()
                 if ext in IMAGE_EXTS:

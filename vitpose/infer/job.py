@@ -266,6 +266,10 @@ class PredictJob:
         self.log = log or (lambda msg: print(msg, file=sys.stderr))
         self.dataset = predictor.keypoints.name
         self.processed = 0  # items this run computed (not replayed or skipped)
+        # A clip model (TAR-ViTPose, ``clips.ClipPredictor``) sees frames t - half .. t + half: a
+        # video's group waits for the ``half`` frames after it, and gets each item's clip.
+        self.clip_frames = getattr(predictor, "clip_frames", 1)
+        self.clip_half = self.clip_frames // 2
 
     # ---------------------------------------------------------------- files
     def shard(self) -> JsonlShard:
@@ -373,6 +377,10 @@ class PredictJob:
         for h in self.hooks:
             for item in items:
                 h.begin_source(item.source)
+        if self.clip_frames > 1:  # a still image is a clip of one frame, repeated
+            for item in items:
+                if item.error is None:
+                    item.extra["clip"] = [item.image] * self.clip_frames
         self._group(shard, items)
         for h in self.hooks:
             for item in items:
@@ -389,22 +397,37 @@ class PredictJob:
             self._end_video(source)
             return
         self.renderer.begin_video(source, fps)
-        group, seen = [], 0
+        queue, seen, images, half = [], 0, {}, self.clip_half
         for i, frame in frames:
             seen = i + 1
             item = Item(source, i, load_image(frame))
+            if half:
+                images[i] = item.image
             if i < frames_done:
                 self._replay(item, replay[i])
-                continue
-            group.append(item)
-            if len(group) == self.group:
-                self._group(shard, group)
-                group = []
-        if group:
-            self._group(shard, group)
+            else:
+                queue.append(item)
+            # a full group goes once the frames its clips need are read (at once without clips)
+            while len(queue) >= self.group and queue[self.group - 1].frame + half <= i:
+                self._clip_group(shard, queue[:self.group], images, None)
+                queue = queue[self.group:]
+            for k in [k for k in images if k < (queue[0].frame if queue else i + 1) - half]:
+                del images[k]
+        while queue:
+            self._clip_group(shard, queue[:self.group], images, seen - 1)
+            queue = queue[self.group:]
         if seen == 0:
             self._write(shard, [Item(source, None, error=ValueError(f"no frames could be read from {source.path}"))], [[]])
         self._end_video(source)
+
+    def _clip_group(self, shard, group, images, last):
+        """A video group, each item with its clip (frames t - half .. t + half, clamped to
+        [0, last]: the official evaluation repeats the end frames) when the model takes clips."""
+        if self.clip_frames > 1:
+            from .clips import clip_indices
+            for item in group:
+                item.extra["clip"] = [images[j] for j in clip_indices(item.frame, self.clip_frames, last)]
+        self._group(shard, group)
 
     def _end_video(self, source):
         self.renderer.end_video(source)
@@ -436,7 +459,8 @@ class PredictJob:
                 except Exception as e:
                     it.error = e
         ok = [it for it in items if it.error is None]
-        results = self.predictor.predict_batch([it.image for it in ok], [it.extra.pop("boxes") for it in ok],
+        results = self.predictor.predict_batch([it.extra.pop("clip", it.image) for it in ok],
+                                               [it.extra.pop("boxes") for it in ok],
                                                errors="yield")
         by_item = {id(it): r for it, r in zip(ok, results)}
         poses_per_item = []

@@ -89,7 +89,7 @@ def unwrap(obj, source="state dict") -> tuple[dict, dict | None]:
     config = None
     if obj.get("format") == FORMAT:
         config = obj.get("config")
-    for key in ("state_dict", "model", "module"):
+    for key in ("state_dict", "model", "module", "model_state_dict"):  # last: TAR-ViTPose training files
         if key in obj and isinstance(obj[key], dict):
             obj = obj[key]
             break
@@ -380,16 +380,19 @@ def _hf_config_hints(weights: str) -> dict:
 
 
 def load_model(path_or_state_dict, arch: str | None = None, *, device=None, **overrides):
-    """A ViTPose or TokenPose in eval mode from a file (.pth/.pt/.bin/.safetensors) or a state dict
-    in any of the supported formats. ``arch`` (a ``vitpose.architectures()`` name) says which model
-    it is when the tensors cannot tell (TokenPose variants beyond Table 1), or checks that they
-    agree. ``overrides`` set config fields the tensors cannot tell (ViTPose: attention windows,
-    shift/pool, ``patch_stride`` of a simple decoder, ``img_size`` (position embedding resized
-    bicubically), ``backend``, ``num_heads`` of a non-standard width; TokenPose: see
-    tokenpose_checkpoints)."""
+    """A ViTPose, TokenPose or TAR-ViTPose in eval mode from a file (.pth/.pt/.bin/.safetensors) or
+    a state dict in any of the supported formats. ``arch`` (a ``vitpose.architectures()`` name, or
+    "tar-vitpose" for a TAR-ViTPose of any size) says which model it is when the tensors cannot tell
+    (TokenPose variants beyond Table 1), or checks that they agree. ``overrides`` set config fields
+    the tensors cannot tell (ViTPose: attention windows, shift/pool, ``patch_stride`` of a simple
+    decoder, ``img_size`` (position embedding resized bicubically), ``backend``, ``num_heads`` of a
+    non-standard width; TokenPose: see tokenpose_checkpoints; TAR-ViTPose: see tar_checkpoints,
+    official training files or ours, recognised without ``arch`` too)."""
     from .registry import architectures
-    if arch is not None and (not isinstance(arch, str) or arch.lower() not in architectures()):
-        raise ValueError(f"arch must be one of {', '.join(architectures())}, got arch={arch!r}")
+    if arch is not None and not isinstance(arch, str):
+        raise TypeError(f"arch must be a string such as 'vitpose-b' or 'tar-vitpose-b', got {type(arch).__name__}")
+    if arch is not None and arch.lower() not in (*architectures(), "tar-vitpose"):
+        raise ValueError(f"arch must be one of {', '.join(architectures())} or tar-vitpose, got arch={arch!r}")
     hints_from = None
     if isinstance(path_or_state_dict, (str, os.PathLike)):
         source = _weights_file(os.fspath(path_or_state_dict))
@@ -400,6 +403,11 @@ def load_model(path_or_state_dict, arch: str | None = None, *, device=None, **ov
         sd, config = unwrap(path_or_state_dict)
     if not sd:
         raise CheckpointError(f"{source} holds no tensors")
+    from . import tar_checkpoints
+    tar = (config or {}).get("arch") == "tar-vitpose" or tar_checkpoints.is_tar_state_dict(sd)
+    if tar or (arch is not None and arch.lower().startswith("tar-")):
+        return tar_checkpoints.load_tar_model(sd, config, arch=arch or "tar-vitpose", source=source,
+                                              device=device, **overrides)
     from .tokenpose_checkpoints import is_tokenpose, load_tokenpose
     family = "tokenpose" if is_tokenpose(sd, config) else "vitpose"
     if arch is not None and not arch.lower().startswith(family):

@@ -62,3 +62,14 @@ def _register_tokenpose() -> None:
 
 
 _register_tokenpose()
+
+
+def _tar_vitpose_builder(size: str):
+    def build(**overrides):
+        from .tar_vitpose import TARViTPose, tar_vitpose_config
+        return TARViTPose(tar_vitpose_config(size, **overrides))
+    return build
+
+
+for _size in ("S", "B", "L", "H"):  # build_model("tar-vitpose-b", frames=5)
+    register_architecture(f"tar-vitpose-{_size.lower()}", _tar_vitpose_builder(_size))

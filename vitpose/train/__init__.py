@@ -18,6 +18,8 @@ from .trainer import TrainConfig, Trainer, train
 register_family("vitpose", matches=_is_vitpose_spec, recipe=vitpose_recipe, task=TopDownTask)
 from .tokenpose import TokenPoseTask, is_tokenpose_spec, tokenpose_recipe  # noqa: E402
 register_family("tokenpose", matches=is_tokenpose_spec, recipe=tokenpose_recipe, task=TokenPoseTask)
+from .tar import TARTask, is_tar_spec, tar_recipe  # noqa: E402  (TAR-ViTPose on PoseTrack-format videos)
+register_family("tar-vitpose", matches=is_tar_spec, recipe=tar_recipe, task=TARTask)
 
 __all__ = ["train", "Trainer", "TrainConfig", "Recipe", "Task", "TopDownTask", "register_family", "families",
            "family_for", "vitpose_recipe"]

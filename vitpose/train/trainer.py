@@ -371,7 +371,8 @@ class Trainer:
                 save_model(unwrap(self.net), os.path.join(self.cfg.out, "best.safetensors"))
             plot_curves(self.cfg.out, self._title())
             self._write_metrics("running", epoch, global_step, None)
-        self.say(f"eval epoch {epoch}: COCO AP {ap:.4f} (best {self.best['coco_ap']:.4f} at epoch "
+        label = getattr(self.task, "metric_label", "COCO AP")  # what a family's "coco_ap" holds
+        self.say(f"eval epoch {epoch}: {label} {ap:.4f} (best {self.best['coco_ap']:.4f} at epoch "
                  f"{self.best['epoch']}), {record['eval_s']} s")
         return metrics
 
