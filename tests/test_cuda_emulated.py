@@ -84,27 +84,17 @@ RESIDENT = [
 # loosen. Listed (strict xfail) so that CI stays green meanwhile and a fix shows up as XPASS.
 # (v1's entries for dk of g4x6-w4x6-s23-pool-G3 fp16 and of g6x5-w4x4-s22-pool-G1-rel D80, dq of
 # g4x6-w4x6-s23-pool-G1-rel and dk of g5x5-w6x3-s32-G2-rel, blamed on gradients rounded twice, are
-# gone from here: the v2 kernels round every gradient once. Three of those cases still miss the
-# row-bucketed bound, below, for another reason.)
-KNOWN_DEFECTS: dict[str, str] = {}
-
-# Cases that miss the harness's row-bucketed bound (parity.element_bounds) by up to 1.14x although the
-# kernel's error is the yardstick's or smaller overall (same max error, lower RMS): bf16 gradients with
-# relative position, where dS = P (dP - delta) cancels and its bf16 rounding flips on a few rows whose
-# yardstick error happens to be small. The Triton v2 kernels miss the same bound on these bf16 cases
-# (4.12x, 1.24x, 1.30x, measured with their seed-0 inputs): the bound's calibration, for the harness
-# (tests/parity.py) to settle, not a CUDA defect. Strict xfail: a change of the bound shows as XPASS.
-_BOUND = ("row-bucketed bound too tight for bf16 rel-pos gradients (dP - delta cancellation); the kernel's "
-          "max error equals the yardstick's, its RMS is lower; Triton misses it on the same bf16 case too")
-BOUND_CALIBRATION = {
-    "g4x6-w4x6-s23-pool-G1-rel-B1H2D16-bfloat16-packed": "dq 1.14x the bound; " + _BOUND,
-    "g6x5-w4x4-s22-pool-G1-rel-B1H1D80-bfloat16-packed": "dk 1.02x the bound; " + _BOUND,
-    "g5x5-w6x3-s32-G2-rel-B2H2D32-bfloat16-packed": "dk 1.07x the bound; " + _BOUND,
+# gone: the v2 kernels round every gradient once, and the harness ranks rows by the yardstick's
+# noise scale. One case still misses the element bound:)
+KNOWN_DEFECTS: dict[str, str] = {
+    "g4x6-w4x6-s23-pool-G1-rel-B1H2D16-bfloat16-packed":
+        "dq 1.14x the row-bucketed element bound (max error equal to the yardstick's, RMS error lower): "
+        "a few bf16 rows where dS = P (dP - delta) cancels; the Triton kernels pass this case; to fix",
 }
 
 
 def _with_known_defects(cases):
-    known = {**KNOWN_DEFECTS, **BOUND_CALIBRATION}
+    known = KNOWN_DEFECTS
     return [pytest.param(c, marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=known[str(c)]))
             if str(c) in known else c for c in cases]
 

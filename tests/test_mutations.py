@@ -356,6 +356,29 @@ def _mutant_opt(plant: Plant) -> tuple:
     return ((Path(plant.file).name, "-O0"),)
 
 
+class _MutantTrees(dict):
+    """Each csrc/ plant's mutant tree, built when a test first asks for it (under pytest-xdist a
+    worker builds only its own plants' trees: one compile of the file that differs, the rest of
+    the objects shared and cached by content)."""
+
+    def __init__(self, root: Path):
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, plant: Plant) -> Path:
+        tree = self.root / _tag(plant) / "csrc"
+        shutil.copytree(REPO / "csrc", tree)
+        (tree / Path(plant.file).name).write_text(mutated_source(plant))
+        cuda_emulator.build(csrc=tree, file_opt=dict(_mutant_opt(plant)))
+        self[plant] = tree
+        return tree
+
+
+@pytest.fixture(scope="module")
+def mutant_trees(tmp_path_factory):
+    return _MutantTrees(tmp_path_factory.mktemp("mutants"))
+
+
 def _tag(plant: Plant) -> str:
     return f"{PLANTS.index(plant)}"
 
