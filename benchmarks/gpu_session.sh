@@ -25,7 +25,7 @@
 # a full GPU run). Nothing here needs the network.
 #
 # Environment: PYTHON (default python3), STEPS (default "install parity kernels throughput memory";
-# also: tests = the whole GPU suite, patched, serving), TOTAL_S, MAX_JOBS (16), VITPOSE_CUDA_ARCHS (90a-real:
+# also: tests = the whole GPU suite, patched, serving, train, masked), TOTAL_S, MAX_JOBS (16), VITPOSE_CUDA_ARCHS (90a-real:
 # H100/H200 only, the fastest compile), PYTEST_WORKERS (8 with pytest-xdist, 0 = off).
 # Python wheels in .whl/ (carried to the device machine) are installed into /tmp/site first.
 set -uo pipefail
@@ -46,8 +46,8 @@ STATUS="$WORK/steps.tsv"
 export PYTHONUNBUFFERED=1 MPLBACKEND=Agg VITPOSE_AUTOTUNE=0
 export VITPOSE_RANDOM_CASES=${VITPOSE_RANDOM_CASES:-40}
 
-declare -A WEIGHT=([parity]=30 [tests]=30 [kernels]=30 [throughput]=20 [memory]=12 [patched]=10 [serving]=12)
-declare -A CAP=([parity]=200 [tests]=400 [kernels]=200 [throughput]=150 [memory]=100 [patched]=120 [serving]=180)
+declare -A WEIGHT=([parity]=30 [tests]=30 [kernels]=30 [throughput]=20 [memory]=12 [patched]=10 [serving]=12 [train]=12 [masked]=10)
+declare -A CAP=([parity]=200 [tests]=400 [kernels]=200 [throughput]=150 [memory]=100 [patched]=120 [serving]=180 [train]=180 [masked]=120)
 DONE=" "
 
 has() { [[ " $STEPS " == *" $1 "* ]]; }
@@ -65,7 +65,7 @@ pack() {  # OUTDIR/summary.txt + OUTDIR/gpu_session.tar.gz, replaced atomically
 limit() {
     local name=$1 left total=0 s
     left=$(( DEADLINE - $(now) - RESERVE ))
-    for s in parity tests kernels throughput memory patched serving; do
+    for s in parity tests kernels throughput memory patched serving train masked; do
         has "$s" && [[ "$DONE" != *" $s "* ]] && total=$(( total + WEIGHT[$s] ))
     done
     (( total > 0 )) || total=1
@@ -221,6 +221,19 @@ if has serving; then  # CUDA-graph serving latency per bucket, then a TensorRT e
     l=$(limit serving); DONE+="serving "
     step serving "$(( l * 2 / 3 ))" TERM $PY benchmarks/serving.py --out "$WORK" --budget-s "$(budget "$(( l * 2 / 3 ))")"
     step tensorrt "$(( l / 3 ))" TERM $PY benchmarks/tensorrt_engine.py --out "$WORK" --budget-s "$(budget "$(( l / 3 ))")"
+fi
+
+if has train; then  # the trainer on the GPU (bf16, fused kernels vs the reference) and Table 5 through its step
+    l=$(limit train); DONE+="train "
+    pytest_args train_gpu
+    step train_gpu "$(( l / 3 ))" INT $PY -m pytest "${args[@]}" tests/test_train_gpu.py
+    step train_memory "$(( l * 2 / 3 ))" TERM $PY benchmarks/attention_memory.py --measure --tables 5 --precision bf16 \
+        --out "$WORK/train_memory" --budget-s "$(budget "$(( l * 2 / 3 ))")"
+fi
+if has masked; then  # TAR-ViTPose's masked attention against SDPA (bool mask) and nn.MultiheadAttention
+    l=$(limit masked); DONE+="masked "
+    step masked "$l" TERM $PY benchmarks/kernels.py --ops masked --out "$WORK/masked" --rep 10 --max-seconds 1 \
+        --budget-s "$(budget "$l")"
 fi
 
 # ----------------------------------------------------------------------------- summary
