@@ -160,11 +160,23 @@ def test_fp32_on_cpu():
     assert predictor.model.keypoint_head.final_layer.weight.dtype == torch.float32
 
 
+def test_the_callers_model_keeps_its_dtype():
+    """A low-precision predictor (bf16 is the default on GPUs) casts a copy: a model in training,
+    evaluated on the way, stays float32; its BatchNorm stays unfolded."""
+    for model in (vitpose.ViTPose(vitpose.vitpose_config("S", embed_dim=32, depth=1, num_heads=2)),
+                  vitpose.build_model("tokenpose-t", depth=1)):
+        before = {k: (v.dtype, v.clone()) for k, v in model.state_dict().items()}
+        predictor = TopDownPredictor(model, device="cpu", dtype=torch.bfloat16)
+        assert next(predictor.model.parameters()).dtype == torch.bfloat16
+        for k, v in model.state_dict().items():
+            assert v.dtype == before[k][0] and torch.equal(v, before[k][1]), k
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_bf16_on_gpu_matches_fp32_on_cpu(small_model):
     images, boxes = synthetic_images(), [[[10, 10, 50, 80, 0.9]], [[-10, -10, 200, 200]], [[5, 5, 60, 60]]]
-    model = copy.deepcopy(small_model)  # the predictor moves and casts the model it is given
+    model = copy.deepcopy(small_model)  # the predictor moves the model it is given
     cpu = vitpose.predict(model, images, boxes, device="cpu")
     gpu_predictor = TopDownPredictor(model, device="cuda")
     assert gpu_predictor.dtype == torch.bfloat16

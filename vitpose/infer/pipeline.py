@@ -322,7 +322,8 @@ class TopDownPredictor:
                  dataset_index: int = 0, fold_batchnorm: bool = True, detector=None, mode: str = "eager"):
         from ..models.checkpoints import load_model
         from ..models.vitpose import ViTPose
-        if isinstance(model, (str, os.PathLike, dict)):
+        owned = isinstance(model, (str, os.PathLike, dict))  # a model made here: cast in place
+        if owned:
             model = load_model(model)
         missing = [a for a in ("input_size", "decode_method", "datasets", "num_datasets") if not hasattr(model, a)]
         if not isinstance(model, torch.nn.Module) or missing:
@@ -333,6 +334,12 @@ class TopDownPredictor:
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
         model = model.eval().to(self.device)  # moves the caller's model, as HF pipelines do
+        if not owned and any(t.is_floating_point() and t.dtype != self.dtype
+                             for t in (*model.parameters(), *model.buffers())):
+            # The cast below must not change the caller's model (e.g. a model in training that
+            # is evaluated in bf16): the predictor casts a copy of it.
+            import copy
+            model = copy.deepcopy(model)
         # BatchNorm is folded before the cast to bf16, so that the folded weights are rounded once.
         folded = fold_batchnorm and isinstance(model, ViTPose)
         self.model = (_with_folded_heads(model) if folded else model).to(self.dtype)
