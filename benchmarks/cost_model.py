@@ -521,6 +521,20 @@ def versions() -> dict:
     return dict(torch=torch.__version__, triton=triton.__version__, python=sys.version.split()[0])
 
 
+def commit() -> dict:
+    """The commit the counted kernels come from, and whether the tree had changes on top of it
+    (a result is only reproducible from a clean tree)."""
+    import subprocess
+
+    def git(*a):
+        try:
+            return subprocess.run(["git", *a], cwd=REPO, capture_output=True, text=True, timeout=30).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    return dict(sha=git("rev-parse", "HEAD") or None, dirty=bool(git("status", "--porcelain", "--untracked-files=no")))
+
+
 # ============================================================================ main
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
@@ -562,7 +576,7 @@ def main(argv=None) -> int:
         tool="benchmarks/cost_model.py",
         kind="cpu-measured executed work (Triton interpreter / CUDA emulator counters, sm_90a cubins); "
              "times are roofline predictions, not measurements",
-        date=datetime.date.today().isoformat(), versions=versions(), target=TARGET,
+        date=datetime.date.today().isoformat(), versions=versions(), commit=commit(), target=TARGET,
         peaks=PEAKS, cases=entries, skipped=skipped, table5_rows=table5_rows(entries))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=1))
