@@ -183,6 +183,8 @@ class TritonBackend:
         from vitpose_kernels.triton_backend.window_attention import host
 
         g = case.geom
+        if isinstance(g, masked.MaskedGeometry):  # masked_attention: one launch plan
+            return None
         geom = [*g.grid, *g.win, *(g.shift if g.window is not None else (0, 0)), g.num_global]
         return host.plan_of(g.B, g.H, g.N, g.D, DTYPES[case.dtype], geom, g.pool, g.rel_pos, g.rel_pos).kind
 

@@ -23,7 +23,7 @@ import triton.language as tl
 from .. import _alloc, dispatch
 from ..reference.heatmap_key_mask import EPS
 from ..reference.masked_attention import mask_words
-from .window_attention import _pow2
+from .window_attention.host import _pow2
 
 MAP_BLOCK = 1024  # heatmap pixels per step of the min/max pass
 KEY_BLOCK = 512  # keys per step of the sampling pass (a multiple of 32: whole mask words)
