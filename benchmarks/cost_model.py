@@ -182,9 +182,9 @@ class TritonBackend:
         is forced to it: the Triton host picks per-head programs only when B*H fills the GPU)."""
         from vitpose_kernels.triton_backend.window_attention import host
 
-        if case.op != "window_attention":
-            return None  # masked_attention has one launch plan
         g = case.geom
+        if isinstance(g, masked.MaskedGeometry):  # masked_attention: one launch plan
+            return None
         geom = [*g.grid, *g.win, *(g.shift if g.window is not None else (0, 0)), g.num_global]
         return host.plan_of(g.B, g.H, g.N, g.D, DTYPES[case.dtype], geom, g.pool, g.rel_pos, g.rel_pos).kind
 

@@ -53,7 +53,8 @@ def test_info_without_triton_says_why():
     assert out.returncode == 0, out.stderr[-2000:]
     triton_lines = [ln for ln in out.stdout.splitlines() if ln.strip().startswith("triton ")]
     assert "triton: not installed" in out.stdout
-    assert len(triton_lines) == 4 and all("triton is not importable" in ln for ln in triton_lines), out.stdout
+    from vitpose_kernels.dispatch import OPS  # every op has a Triton backend
+    assert len(triton_lines) == len(OPS) and all("triton is not importable" in ln for ln in triton_lines), out.stdout
     assert "no triton implementation" not in out.stdout
 
 

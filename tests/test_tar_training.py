@@ -17,14 +17,14 @@ from vitpose.data.posetrack import PoseTrackClips, collate_clips, load_posetrack
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory):
     out = tmp_path_factory.mktemp("synthvid")
-    assert cli.main(["synth", str(out), "--video", "--videos", "5", "--val-videos", "2", "--frames", "12",
+    assert cli.main(["synth", str(out), "--video", "--videos", "8", "--val-videos", "2", "--frames", "12",
                      "--quiet"]) == 0
     return str(out)
 
 
 def test_synth_video_is_posetrack_and_deterministic(videos, tmp_path):
     train = load_posetrack(os.path.join(videos, "annotations", "train"))
-    assert len(train) == 5 and all(len(v.frames) == 12 for v in train)
+    assert len(train) == 8 and all(len(v.frames) == 12 for v in train)
     people = [p for v in train for f in v.frames for p in f.people]
     assert people and all(p.head is not None and p.bbox is not None for p in people)
     assert not any(p.annotated[3:5].any() for p in people)       # ears: never annotated, as PoseTrack

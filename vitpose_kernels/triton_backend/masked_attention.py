@@ -22,8 +22,7 @@ import triton.language as tl
 from .. import _alloc, dispatch
 from .._masked_attention_ops import define_ops
 from .window_attention.host import _pow2, _prec
-from .window_attention.tiles import head as _head
-from .window_attention.tiles import mm as _mm
+from .window_attention.tiles import head as _head, mm as _mm
 
 LOG2E = 1.4426950408889634
 _LOG2E = tl.constexpr(LOG2E)  # what a @triton.jit function may read of a module global
@@ -34,14 +33,14 @@ MAX_HEAD_DIM = 512
 @triton.jit
 def _delta_kernel(O, DO, DELTA, sdb, sdh, sdn, sdd, H, N,
                   D: tl.constexpr, D_PAD: tl.constexpr, BLOCK: tl.constexpr):
-    """delta = rowsum(dO * O) in fp32, for BLOCK rows of head bh; O and DELTA contiguous (B*H, N, .),
-    dO strided. (window_attention v2 computes delta inside its kernels, so this op keeps its own.)"""
+    """delta = rowsum(dO * O) in fp32 for one block of rows of head bh; O and DELTA contiguous
+    (B * H, N, D) and (B * H, N), dO strided."""
     bh = tl.program_id(1)
     n = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     d = tl.arange(0, D_PAD)
-    ok = (n < N)[:, None] & (d < D)[None, :]
-    o = tl.load(O + bh.to(tl.int64) * N * D + n[:, None] * D + d[None, :], mask=ok, other=0.0)
-    do = tl.load(_head(DO, bh, H, sdb, sdh) + n[:, None] * sdn + d[None, :] * sdd, mask=ok, other=0.0)
+    m = (n < N)[:, None] & (d < D)[None, :]
+    o = tl.load(O + bh.to(tl.int64) * N * D + n[:, None] * D + d[None, :], mask=m, other=0.0)
+    do = tl.load(_head(DO, bh, H, sdb, sdh) + n[:, None] * sdn + d[None, :] * sdd, mask=m, other=0.0)
     tl.store(DELTA + bh.to(tl.int64) * N + n, tl.sum(o.to(tl.float32) * do.to(tl.float32), 1), mask=n < N)
 
 
