@@ -252,7 +252,8 @@ def _backward(do, q, k, v, key_mask, out, lse, scale):
     d_pad = _pow2(D)
     dev = q.device
     delta = _alloc.empty(B, H, Lq, dtype=torch.float32, device=dev)
-    _delta_kernel[(triton.cdiv(Lq, 64), B * H)](out, do, delta, *do.stride(), H, Lq, D=D, D_PAD=d_pad, BLOCK=64)
+    rows = 64 if d_pad <= 128 else 16  # two (rows, D_PAD) fp32 tiles in 4 warps' registers: no spill at D 192+
+    _delta_kernel[(triton.cdiv(Lq, rows), B * H)](out, do, delta, *do.stride(), H, Lq, D=D, D_PAD=d_pad, BLOCK=rows)
     dq = _alloc.empty(B, H, Lq, D, dtype=q.dtype, device=dev)
     dk = _alloc.empty(B, H, Lk, D, dtype=k.dtype, device=dev)
     dv = _alloc.empty(B, H, Lk, D, dtype=v.dtype, device=dev)
