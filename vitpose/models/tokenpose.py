@@ -38,6 +38,7 @@ import vitpose_kernels
 from ..data.keypoints import keypoint_set
 from .configs import BACKENDS, check_positive_ints, config_from_dict, int_pair
 from .hrnet import HRNetSpec, HRNetStage3, add_stem, run_stem
+from .vitpose import init_weights
 
 POS_EMBEDDINGS = ("learnable", "sine", "sine-full")
 BACKBONES = ("none", "stem", "hrnet")
@@ -442,18 +443,7 @@ class TokenPose(nn.Module):
         """The official initialization (INIT: true): Linear trunc_normal(0.02), LayerNorm 1/0,
         convolutions normal(0.001), BatchNorm 1/0, keypoint tokens (and a learnable embedding)
         trunc_normal(0.02). B/L then load ImageNet HRNet weights officially; none are shipped here."""
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, (nn.LayerNorm, nn.BatchNorm2d)):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Conv2d):
-                nn.init.normal_(m.weight, std=0.001)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        init_weights(self, convs=(nn.Conv2d,))
         nn.init.trunc_normal_(self.tokens.keypoint_token, std=0.02)
         if self.config.pos_embedding == "learnable":
             nn.init.trunc_normal_(self.tokens.pos_embedding, std=0.02)
