@@ -9,15 +9,19 @@ clips in place of images, so the batch job (``job.PredictJob``) runs it like a f
 """
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import torch
 
-import vitpose_kernels
-
 from ..data.keypoints import keypoint_set
-from .pipeline import Pose, box_to_center_scale, crop_batch, normalize
+from .pipeline import (
+    box_to_center_scale,
+    crop_batch,
+    forward_and_decode,
+    inference_device,
+    normalize,
+    predict_in_batches,
+    with_folded_heads,
+)
 
 
 def clip_indices(t: int, frames: int, last: int | None = None) -> list[int]:
@@ -45,14 +49,10 @@ class ClipPredictor:
                 raise TypeError(f"ClipPredictor needs a TAR-ViTPose model or checkpoint, got {type(model).__name__}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        self.device, self.dtype = inference_device(device, dtype)
         model = model.eval().to(self.device)
         if fold_batchnorm:  # on a copy of the (small) decoder: the caller's model stays as it is
-            twin = copy.copy(model)
-            twin._modules = dict(model._modules)
-            twin.keypoint_head = copy.deepcopy(model.keypoint_head)
-            model = twin.fold_batchnorm()
+            model = with_folded_heads(model)
         self.model = model.to(self.dtype)
         cfg = model.config
         self.clip_frames = cfg.frames
@@ -73,51 +73,31 @@ class ClipPredictor:
         index = torch.as_tensor(clip_index, device=dev, dtype=torch.long).reshape(-1)
         crops = crop_batch(images, index, centers.repeat_interleave(T, 0), scales.repeat_interleave(T, 0),
                            self.input_size)
-        n = len(boxes)
-        x = normalize(crops).to(self.dtype).unflatten(0, (n, T))
-        if self.flip:
-            x = torch.cat([x, x.flip(-1)])
-        heatmaps = self.model(x).float()
-        flipped = None
-        if self.flip:
-            heatmaps, flipped = heatmaps[:n], heatmaps[n:]
-        kp, sc = vitpose_kernels.decode_heatmaps(
-            heatmaps, flip_heatmaps=flipped, flip_indices=self.keypoints.flip_indices if self.flip else None,
-            input_size=self.input_size, bbox_centers=centers, bbox_scales=scales, backend=self.backend)
+        x = normalize(crops).to(self.dtype).unflatten(0, (len(boxes), T))
+        kp, sc = forward_and_decode(self.model, x, centers, scales, self.input_size,
+                                    flip_indices=self.keypoints.flip_indices if self.flip else None,
+                                    backend=self.backend)
         return kp, sc, centers, scales
 
     def predict_batch(self, clips: list, boxes: list, errors: str = "raise") -> list:
         """``TopDownPredictor.predict_batch`` with a clip (a list of T (3, H, W) tensors, centre
         frame at T // 2) per item; an entry None in boxes marks a failed item (its clip slot is
         passed through). Frames shared by several clips are cropped from one copy."""
-        ok = [(j, clip, arr) for j, (clip, arr) in enumerate(zip(clips, boxes)) if arr is not None]
-        for _, clip, _ in ok:
-            if len(clip) != self.clip_frames:
+        for clip, arr in zip(clips, boxes):
+            if arr is not None and len(clip) != self.clip_frames:
                 raise ValueError(f"each clip must hold T={self.clip_frames} frames, got {len(clip)}")
-        flat = [(slot, b) for slot, (_, _, arr) in enumerate(ok) for b in range(len(arr))]
-        results = {j: [] for j, _, _ in ok}
-        failure = None
-        try:
-            for start in range(0, len(flat), self.batch_size):
-                chunk = flat[start:start + self.batch_size]
-                frames, where, index = [], {}, []
-                for slot, _ in chunk:
-                    for im in ok[slot][1]:
-                        if id(im) not in where:
-                            where[id(im)] = len(frames)
-                            frames.append(im)
-                    index.append([where[id(im)] for im in ok[slot][1]])
-                boxes_ = np.stack([ok[slot][2][b] for slot, b in chunk])
-                kp, sc, c, s = (t.cpu().numpy() for t in self.run_clips(frames, index, boxes_))
-                for n, ((slot, _), box) in enumerate(zip(chunk, boxes_)):
-                    results[ok[slot][0]].append(Pose(kp[n], sc[n], box[:4].copy(), float(box[4]),
-                                                     self.keypoints.name, c[n], s[n]))
-        except Exception as e:
-            if errors == "raise":
-                raise
-            failure = e
-        return [clip if arr is None else (failure if failure is not None else results[j])
-                for j, (clip, arr) in enumerate(zip(clips, boxes))]
+        return predict_in_batches(clips, boxes, self.batch_size, self._run_chunk, self.keypoints.name, errors)
+
+    def _run_chunk(self, chunk, boxes):
+        """run_clips for a chunk of (slot, clip) per box: each frame cropped from once."""
+        frames, where, index = [], {}, []
+        for _, clip in chunk:
+            for im in clip:
+                if id(im) not in where:
+                    where[id(im)] = len(frames)
+                    frames.append(im)
+            index.append([where[id(im)] for im in clip])
+        return self.run_clips(frames, index, boxes)
 
 
 def make_predictor(model, **kwargs):

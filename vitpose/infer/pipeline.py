@@ -331,8 +331,7 @@ class TopDownPredictor:
                             f"{type(model).__name__}" + (f" without {', '.join(missing)}" if missing else ""))
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        self.device, self.dtype = inference_device(device, dtype)
         model = model.eval().to(self.device)  # moves the caller's model, as HF pipelines do
         if not owned and any(t.is_floating_point() and t.dtype != self.dtype
                              for t in (*model.parameters(), *model.buffers())):
@@ -342,7 +341,7 @@ class TopDownPredictor:
             model = copy.deepcopy(model)
         # BatchNorm is folded before the cast to bf16, so that the folded weights are rounded once.
         folded = fold_batchnorm and isinstance(model, ViTPose)
-        self.model = (_with_folded_heads(model) if folded else model).to(self.dtype)
+        self.model = (with_folded_heads(model) if folded else model).to(self.dtype)
         if not 0 <= dataset_index < model.num_datasets:
             raise ValueError(f"dataset_index must be in [0, {model.num_datasets}), got {dataset_index}")
         self.dataset_index = dataset_index
@@ -393,17 +392,9 @@ class TopDownPredictor:
         crops = crop_from_canvas(canvas, origins, sizes, centers, scales, self.input_size, c["lattice"], c["size1"],
                                  method=self.decode_method)
         x = normalize(crops, c["mean"], c["std"]).to(self.dtype)
-        n = len(boxes)
-        if self.flip:
-            x = torch.cat([x, x.flip(-1)])
-        heatmaps = self.model(x, self.dataset_index).float()
-        flipped = None
-        if self.flip:
-            heatmaps, flipped = heatmaps[:n], heatmaps[n:]
-        kp, sc = vitpose_kernels.decode_heatmaps(
-            heatmaps, flip_heatmaps=flipped, flip_indices=c["flip_indices"] if self.flip else None,
-            input_size=self.input_size, bbox_centers=centers, bbox_scales=scales, method=self.decode_method,
-            backend=self.backend)
+        kp, sc = forward_and_decode(self.model, x, centers, scales, self.input_size, model_args=(self.dataset_index,),
+                                    flip_indices=c["flip_indices"] if self.flip else None,
+                                    method=self.decode_method, backend=self.backend)
         return kp, sc, centers, scales
 
     @torch.inference_mode()
@@ -508,39 +499,80 @@ class TopDownPredictor:
 
         A group's results depend only on the group (the batches it forms), so a resumed or
         sharded batch job that forms the same groups computes bit-identical poses."""
-        ok = [(j, img, arr) for j, (img, arr) in enumerate(zip(images, boxes)) if arr is not None]
-        flat = [(slot, b) for slot, (_, _, arr) in enumerate(ok) for b in range(len(arr))]
-        results = {j: [] for j, _, _ in ok}
-        failure = None
-        try:
-            for start in range(0, len(flat), self.batch_size):
-                chunk = flat[start:start + self.batch_size]
-                used = sorted({slot for slot, _ in chunk})
-                local = {slot: i for i, slot in enumerate(used)}
-                boxes_ = np.stack([ok[slot][2][b] for slot, b in chunk])
-                kp, sc, c, s = self.run_boxes([ok[slot][1] for slot in used],
-                                              [local[slot] for slot, _ in chunk], boxes_)
-                kp, sc, c, s = (t.cpu().numpy() for t in (kp, sc, c, s))
-                for n, ((slot, _), box) in enumerate(zip(chunk, boxes_)):
-                    results[ok[slot][0]].append(Pose(kp[n], sc[n], box[:4].copy(), float(box[4]),
-                                                     self.keypoints.name, c[n], s[n]))
-        except Exception as e:
-            if errors == "raise":
-                raise
-            failure = e
-        return [img if arr is None else (failure if failure is not None else results[j])
-                for j, (img, arr) in enumerate(zip(images, boxes))]
+        return predict_in_batches(images, boxes, self.batch_size, self._run_chunk, self.keypoints.name, errors)
+
+    def _run_chunk(self, chunk, boxes):
+        """run_boxes for a chunk of (slot, image) per box: each image in the mosaic once, by slot."""
+        place, images = {}, []
+        for slot, img in chunk:
+            if slot not in place:
+                place[slot] = len(images)
+                images.append(img)
+        return self.run_boxes(images, [place[slot] for slot, _ in chunk], boxes)
 
 
-def _with_folded_heads(model):
-    """The model with BatchNorm folded into copies of its (small) decoders; the caller's model and
-    its backbone are left as they are (shared)."""
+# ------------------------------------------------------------------------------------------------
+# What every predictor does alike (this one and clips.ClipPredictor)
+# ------------------------------------------------------------------------------------------------
+def inference_device(device=None, dtype=None) -> tuple[torch.device, torch.dtype]:
+    """The device (default CUDA when available) and compute dtype (default bf16 on CUDA, fp32 else)."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return device, dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+
+
+def with_folded_heads(model):
+    """The model with BatchNorm folded into copies of its (small) decoders (``keypoint_head`` and,
+    where it has them, ``associate_keypoint_heads``); the caller's model and its backbone are left
+    as they are (shared)."""
     import copy
     twin = copy.copy(model)
     twin._modules = dict(model._modules)
-    twin.keypoint_head = copy.deepcopy(model.keypoint_head)
-    twin.associate_keypoint_heads = copy.deepcopy(model.associate_keypoint_heads)
+    for name in ("keypoint_head", "associate_keypoint_heads"):
+        if name in model._modules:
+            setattr(twin, name, copy.deepcopy(model._modules[name]))
     return twin.fold_batchnorm()
+
+
+def forward_and_decode(model, x, centers, scales, input_size, model_args=(), flip_indices=None,
+                       method: str = "udp", backend=None):
+    """model(x, *model_args) -> heatmaps -> ``decode_heatmaps`` keypoints (N, K, 2) in image pixels
+    and scores (N, K). With flip_indices (a tensor or list) the mirrored inputs run in the same
+    batch and their heatmaps are merged (the flip test). Host-synchronisation free (see device_path)."""
+    n = len(x)
+    if flip_indices is not None:
+        x = torch.cat([x, x.flip(-1)])
+    heatmaps = model(x, *model_args).float()
+    flipped = None
+    if flip_indices is not None:
+        heatmaps, flipped = heatmaps[:n], heatmaps[n:]
+    return vitpose_kernels.decode_heatmaps(
+        heatmaps, flip_heatmaps=flipped, flip_indices=flip_indices, input_size=input_size, bbox_centers=centers,
+        bbox_scales=scales, method=method, backend=backend)
+
+
+def predict_in_batches(items: list, boxes: list, batch_size: int, run, dataset: str, errors: str = "raise") -> list:
+    """The predictors' ``predict_batch``: the boxes of every item whose boxes are not None, in chunks
+    of batch_size boxes -> [[Pose] per item]; an item with boxes None is passed through as it is.
+    ``run(chunk, boxes)``: chunk [(slot, item)] one per box (slot: the item's place among those with
+    boxes), boxes (n, 5) -> keypoints, scores, centers, scales (tensors). With errors="yield" a
+    failing chunk fails every item that has boxes with its exception."""
+    ok = [(j, item, arr) for j, (item, arr) in enumerate(zip(items, boxes)) if arr is not None]
+    flat = [(slot, b) for slot, (_, _, arr) in enumerate(ok) for b in range(len(arr))]
+    results = {j: [] for j, _, _ in ok}
+    failure = None
+    try:
+        for start in range(0, len(flat), batch_size):
+            chunk = flat[start:start + batch_size]
+            boxes_ = np.stack([ok[slot][2][b] for slot, b in chunk])
+            kp, sc, c, s = (t.cpu().numpy() for t in run([(slot, ok[slot][1]) for slot, _ in chunk], boxes_))
+            for n, ((slot, _), box) in enumerate(zip(chunk, boxes_)):
+                results[ok[slot][0]].append(Pose(kp[n], sc[n], box[:4].copy(), float(box[4]), dataset, c[n], s[n]))
+    except Exception as e:
+        if errors == "raise":
+            raise
+        failure = e
+    return [item if arr is None else (failure if failure is not None else results[j])
+            for j, (item, arr) in enumerate(zip(items, boxes))]
 
 
 def predict(model, images, boxes=None, **kwargs) -> list[list[Pose]]:

@@ -213,14 +213,22 @@ def hf_state_dict(model: ViTPose) -> dict:
 # ------------------------------------------------------------------------------------------------
 # Config from tensor shapes
 # ------------------------------------------------------------------------------------------------
-def _grid_from_tokens(n: int) -> tuple[int, int]:
-    """The token grid of a position embedding: 4:3 (the usual 256x192) or square."""
+def grid_4x3_or_square(n: int) -> tuple[int, int] | None:
+    """(H, W) of n cells laid out 4:3 (the grids of 256x192 crops) or else square; None if neither."""
     k = math.isqrt(n // 12)
     if 12 * k * k == n:
         return 4 * k, 3 * k
     s = math.isqrt(n)
     if s * s == n:
         return s, s
+    return None
+
+
+def _grid_from_tokens(n: int) -> tuple[int, int]:
+    """The token grid of a position embedding: 4:3 (the usual 256x192) or square."""
+    grid = grid_4x3_or_square(n)
+    if grid is not None:
+        return grid
     raise CheckpointError(f"cannot tell the token grid from a position embedding of {n} tokens; "
                           "pass img_size=(H, W) and patch_stride to load_model")
 

@@ -24,8 +24,10 @@ HEADS = ("classic", "simple")
 BACKENDS = (None, "reference", "triton", "cuda")
 
 
-def _pair(name, value):
-    if value is None:
+# ---- helpers of every model config here (ViTPose, TokenPose, TAR-ViTPose) --------------------------
+def int_pair(name, value, optional: bool = False):
+    """An int n -> (n, n), a pair -> a pair of ints; None stays None where ``optional``."""
+    if value is None and optional:
         return None
     if isinstance(value, int) and not isinstance(value, bool):
         value = (value, value)
@@ -34,6 +36,23 @@ def _pair(name, value):
     except (TypeError, ValueError):
         raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}") from None
     return a, b
+
+
+def check_positive_ints(config, names, bad) -> None:
+    """``bad(message)`` (which raises) for the first of these fields that is not an int >= 1."""
+    for name in names:
+        v = getattr(config, name)
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            bad(f"{name} must be a positive int, got {name}={v!r}")
+
+
+def config_from_dict(cls, d: dict):
+    """``cls(**d)`` for a dataclass config, with keys that are not its fields refused by name."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - names)
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields {unknown}; known: {sorted(names)}")
+    return cls(**d)
 
 
 @dataclass
@@ -73,8 +92,8 @@ class ViTPoseConfig:
     name: str = field(default="custom", compare=False)
 
     def __post_init__(self):
-        self.img_size = _pair("img_size", self.img_size)
-        self.window = _pair("window", self.window)
+        self.img_size = int_pair("img_size", self.img_size)
+        self.window = int_pair("window", self.window, optional=True)
         self.datasets = tuple(self.datasets) if self.datasets else ("coco",)
         for d in self.datasets:
             keypoint_set(d)  # raises for unknown names
@@ -137,11 +156,8 @@ class ViTPoseConfig:
         def bad(msg):
             raise ValueError(f"ViTPoseConfig: {msg}")
 
-        for name in ("embed_dim", "depth", "num_heads", "patch_size", "patch_stride", "num_keypoints",
-                     "deconv_channels", "experts"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                bad(f"{name} must be a positive int, got {name}={v!r}")
+        check_positive_ints(self, ("embed_dim", "depth", "num_heads", "patch_size", "patch_stride",
+                                   "num_keypoints", "deconv_channels", "experts"), bad)
         if self.embed_dim % self.num_heads:
             bad(f"embed_dim={self.embed_dim} is not a multiple of num_heads={self.num_heads}")
         if self.head not in HEADS:
@@ -178,11 +194,7 @@ class ViTPoseConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ViTPoseConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown ViTPoseConfig fields {unknown}; known: {sorted(names)}")
-        return cls(**d)
+        return config_from_dict(cls, d)
 
     def replace(self, **overrides) -> "ViTPoseConfig":
         d = self.to_dict()

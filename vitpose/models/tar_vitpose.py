@@ -50,7 +50,12 @@ import torch.nn.functional as F
 
 import vitpose_kernels
 
-from .configs import ViTPoseConfig, vitpose_config
+from .configs import (
+    ViTPoseConfig,
+    check_positive_ints,
+    config_from_dict,
+    vitpose_config,
+)
 from .vitpose import ViTPose
 
 # Table 1 of the paper and the official configs: the encoder's position embedding is sized for
@@ -113,10 +118,7 @@ class TARViTPoseConfig:
         def bad(msg):
             raise ValueError(f"TARViTPoseConfig: {msg}")
 
-        for name in ("frames", "temporal_heads", "jta_layers"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                bad(f"{name} must be a positive int, got {name}={v!r}")
+        check_positive_ints(self, ("frames", "temporal_heads", "jta_layers"), bad)
         if self.embed_dim % self.temporal_heads:
             bad(f"embed_dim={self.embed_dim} is not a multiple of temporal_heads={self.temporal_heads}")
         if not 0.0 <= float(self.mask_threshold) <= 1.0:
@@ -140,12 +142,7 @@ class TARViTPoseConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TARViTPoseConfig":
-        d = {k: v for k, v in d.items() if k != "arch"}
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown TARViTPoseConfig fields {unknown}; known: {sorted(names)}")
-        return cls(**d)
+        return config_from_dict(cls, {k: v for k, v in d.items() if k != "arch"})
 
 
 _OWN_FIELDS = {f.name for f in dataclasses.fields(TARViTPoseConfig)} - {"vit", "name"}

@@ -36,7 +36,9 @@ import torch.nn as nn
 import vitpose_kernels
 
 from ..data.keypoints import keypoint_set
+from .configs import BACKENDS, check_positive_ints, config_from_dict, int_pair
 from .hrnet import HRNetSpec, HRNetStage3, add_stem, run_stem
+from .vitpose import init_weights
 
 POS_EMBEDDINGS = ("learnable", "sine", "sine-full")
 BACKBONES = ("none", "stem", "hrnet")
@@ -65,16 +67,6 @@ ARCHITECTURES = {"tokenpose-t": "T", "tokenpose-s-v1": "S-v1", "tokenpose-s-v2":
                  "tokenpose-l-d6": "L/D6", "tokenpose-l-d24": "L/D24"}
 
 
-def _pair(name, value):
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = (value, value)
-    try:
-        a, b = (int(v) for v in value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}") from None
-    return a, b
-
-
 @dataclass
 class TokenPoseConfig:
     """One TokenPose model. Sizes are (H, W). ``patch_size=None`` takes the variant's patch for
@@ -100,9 +92,9 @@ class TokenPoseConfig:
     name: str = field(default="TokenPose-custom", compare=False)
 
     def __post_init__(self):
-        self.img_size = _pair("img_size", self.img_size)
+        self.img_size = int_pair("img_size", self.img_size)
         if self.patch_size is not None:
-            self.patch_size = _pair("patch_size", self.patch_size)
+            self.patch_size = int_pair("patch_size", self.patch_size)
         if self.num_keypoints is not None and keypoint_set(self.dataset).num_keypoints != self.num_keypoints:
             from .configs import _custom_dataset
             self.dataset = _custom_dataset(self.num_keypoints)
@@ -161,13 +153,10 @@ class TokenPoseConfig:
         def bad(msg):
             raise ValueError(f"TokenPoseConfig: {msg}")
 
-        from .configs import BACKENDS
         if self.backbone not in BACKBONES:
             bad(f"backbone must be one of {BACKBONES}, got backbone={self.backbone!r}")
-        for name in ("dim", "depth", "stacks", "heads", "mlp_ratio", "hrnet_width", "hidden_heatmap_dim"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                bad(f"{name} must be a positive int, got {name}={v!r}")
+        check_positive_ints(self, ("dim", "depth", "stacks", "heads", "mlp_ratio", "hrnet_width",
+                                   "hidden_heatmap_dim"), bad)
         if self.dim % self.heads:
             bad(f"dim={self.dim} is not a multiple of heads={self.heads}")
         if self.pos_embedding not in POS_EMBEDDINGS:
@@ -198,11 +187,7 @@ class TokenPoseConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TokenPoseConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise ValueError(f"unknown TokenPoseConfig fields {unknown}; known: {sorted(names)}")
-        return cls(**d)
+        return config_from_dict(cls, d)
 
     def replace(self, **overrides) -> "TokenPoseConfig":
         """The same config with fields changed as given (nothing re-derived: use tokenpose_config for
@@ -229,7 +214,7 @@ def tokenpose_config(variant: str = "T", **overrides) -> TokenPoseConfig:
     key = variant_key(variant)
     base = {k: v for k, v in VARIANTS[key].items() if k != "patch"}
     base.update(overrides)
-    img = _pair("img_size", base.get("img_size", (256, 192)))
+    img = int_pair("img_size", base.get("img_size", (256, 192)))
     if base.get("patch_size") is None:
         patches = VARIANTS[key]["patch"]
         base["patch_size"] = patches.get(img, patches[(256, 192)])
@@ -458,18 +443,7 @@ class TokenPose(nn.Module):
         """The official initialization (INIT: true): Linear trunc_normal(0.02), LayerNorm 1/0,
         convolutions normal(0.001), BatchNorm 1/0, keypoint tokens (and a learnable embedding)
         trunc_normal(0.02). B/L then load ImageNet HRNet weights officially; none are shipped here."""
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, (nn.LayerNorm, nn.BatchNorm2d)):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Conv2d):
-                nn.init.normal_(m.weight, std=0.001)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        init_weights(self, convs=(nn.Conv2d,))
         nn.init.trunc_normal_(self.tokens.keypoint_token, std=0.02)
         if self.config.pos_embedding == "learnable":
             nn.init.trunc_normal_(self.tokens.pos_embedding, std=0.02)

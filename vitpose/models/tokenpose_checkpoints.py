@@ -13,7 +13,6 @@ area is in the tensors). ``arch="tokenpose-l-d24"`` names the variant when the t
 """
 from __future__ import annotations
 
-import math
 import re
 
 import torch
@@ -45,12 +44,10 @@ def _heatmap_size(out: int, hints) -> tuple[int, int]:
     for h, w in hints:
         if (h // 4) * (w // 4) == out:
             return h // 4, w // 4
-    k = math.isqrt(out // 12)
-    if 12 * k * k == out:
-        return 4 * k, 3 * k
-    s = math.isqrt(out)
-    if s * s == out:
-        return s, s
+    from .checkpoints import grid_4x3_or_square
+    size = grid_4x3_or_square(out)
+    if size is not None:
+        return size
     raise _error(f"cannot tell the heatmap size from the head's {out} outputs; pass img_size=(H, W)")
 
 

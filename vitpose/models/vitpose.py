@@ -314,18 +314,8 @@ class ViTPose(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self):
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, (nn.LayerNorm, nn.BatchNorm2d)):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, (nn.ConvTranspose2d, nn.Conv2d)) and m is not self.backbone.patch_embed.proj:
-                nn.init.normal_(m.weight, std=0.001)  # mmpose's head init
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
+        # The patch embedding keeps PyTorch's init; the decoders' convolutions get mmpose's head init.
+        init_weights(self, convs=(nn.ConvTranspose2d, nn.Conv2d), skip=self.backbone.patch_embed.proj)
         nn.init.trunc_normal_(self.backbone.pos_embed, std=0.02)
         if self.backbone.knowledge_token is not None:
             nn.init.trunc_normal_(self.backbone.knowledge_token, std=0.02)
@@ -374,6 +364,25 @@ class ViTPose(nn.Module):
         c = self.config
         return (f"{c.name}: C={c.embed_dim}, depth={c.depth}, heads={c.num_heads}, grid={c.grid}, "
                 f"decoder={c.head}, datasets={list(c.datasets)}, experts={c.experts}")
+
+
+@torch.no_grad()
+def init_weights(model: nn.Module, convs=(nn.Conv2d,), skip: nn.Module | None = None) -> None:
+    """The initialization the official ViTPose (mmpose) and TokenPose (HRNet code) share, module by
+    module in ``model.modules()`` order: Linear trunc_normal(0.02), LayerNorm and BatchNorm 1/0,
+    convolutions of the types ``convs`` (but ``skip``) normal(0.001), every bias zero."""
+    for m in model.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.LayerNorm, nn.BatchNorm2d)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, convs) and m is not skip:
+            nn.init.normal_(m.weight, std=0.001)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
 
 
 def freeze(model: ViTPose, part: str) -> list[str]:

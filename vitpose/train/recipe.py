@@ -26,6 +26,7 @@ Other families register theirs: ``register_family(name, matches=..., recipe=...,
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -141,6 +142,23 @@ def register_family(name: str, *, matches, recipe, task) -> None:
     if name in _FAMILIES:
         raise ValueError(f"training family {name!r} is registered already")
     _FAMILIES[name] = Family(name, matches, recipe, task)
+
+
+def spec_arch(spec, keys=("arch", "family"), default: str = "") -> str | None:
+    """What a ``--model`` argument names, lowercased, for a family's ``matches``: a registered name
+    as it is, or a JSON config's first non-empty ``keys`` entry (else ``default``); None for a JSON
+    file that cannot be read as an object (each family decides whether that is its problem)."""
+    spec = str(spec)
+    if not spec.endswith(".json"):
+        return spec.lower()
+    try:
+        with open(spec) as f:
+            d = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(d, dict):
+        return None
+    return str(next((d[k] for k in keys if d.get(k)), default)).lower()
 
 
 def families() -> list[str]:

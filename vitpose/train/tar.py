@@ -19,7 +19,7 @@ import torch
 from ..data.posetrack import collate_clips
 from .distributed import all_gather_objects, broadcast_object
 from .losses import joints_mse
-from .recipe import Recipe
+from .recipe import Recipe, spec_arch
 from .task import Task
 
 SOURCE = "github.com/zgspose/TARViTPose configs/posetrack17/configTARViTPoseVitB.yaml, core/optimizer.py"
@@ -33,16 +33,8 @@ def tar_recipe(model) -> Recipe:
 
 
 def is_tar_spec(spec) -> bool:
-    spec = str(spec)
-    if spec.endswith(".json"):
-        import json
-        try:
-            with open(spec) as f:
-                arch = str(json.load(f).get("arch", ""))
-        except (OSError, ValueError, AttributeError):
-            return False
-        return arch.lower().startswith("tar-vitpose")
-    return spec.lower().startswith("tar-vitpose")
+    arch = spec_arch(spec, keys=("arch",))
+    return arch is not None and arch.startswith("tar-vitpose")
 
 
 class ClipAugment:

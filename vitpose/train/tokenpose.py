@@ -25,7 +25,6 @@ center jitter. Test: flip test with shifted-free flip_back and get_final_preds w
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 import torch
@@ -33,7 +32,7 @@ import torch
 from ..data import augment as aug
 from ..models.tokenpose import TokenPose
 from .losses import joints_mse
-from .recipe import Recipe
+from .recipe import Recipe, spec_arch
 from .topdown import TopDownTask, _model_from_spec
 
 REPO = "github.com/leeyegy/TokenPose experiments/coco/tokenpose/"
@@ -151,12 +150,5 @@ class TokenPoseTask(TopDownTask):
 
 
 def is_tokenpose_spec(spec) -> bool:
-    spec = str(spec)
-    if spec.endswith(".json"):
-        try:
-            with open(spec) as f:
-                d = json.load(f)
-        except (OSError, ValueError):
-            return False
-        return str(d.get("arch") or d.get("family") or "").lower().startswith("tokenpose")
-    return os.path.basename(spec).lower().startswith("tokenpose")
+    arch = spec_arch(spec)
+    return arch is not None and os.path.basename(arch).startswith("tokenpose")

@@ -19,6 +19,7 @@ from ..models.registry import build_model
 from . import distill
 from .distributed import all_gather_objects, broadcast_object
 from .losses import joints_mse
+from .recipe import spec_arch
 from .task import Task
 
 
@@ -207,13 +208,5 @@ def _pad_keypoints(heatmaps, K: int):
 
 
 def _is_vitpose_spec(spec) -> bool:
-    spec = str(spec)
-    if spec.endswith(".json"):
-        try:
-            with open(spec) as f:
-                d = json.load(f)
-        except (OSError, ValueError):
-            return True  # let the task report the problem with the file
-        arch = str(d.get("arch") or d.get("family") or "vitpose")
-        return arch.lower().startswith("vitpose")
-    return spec.lower().startswith("vitpose")
+    arch = spec_arch(spec, default="vitpose")
+    return arch is None or arch.startswith("vitpose")  # None: the task reports the unreadable file
