@@ -170,6 +170,14 @@ def test_the_callers_model_keeps_its_dtype():
         assert next(predictor.model.parameters()).dtype == torch.bfloat16
         for k, v in model.state_dict().items():
             assert v.dtype == before[k][0] and torch.equal(v, before[k][1]), k
+    from vitpose.infer.clips import ClipPredictor
+    tar = vitpose.build_model("tar-vitpose-s", embed_dim=48, depth=1, num_heads=3, frames=3, jta_layers=1,
+                              deconv_channels=16)
+    before = {k: (v.dtype, v.clone()) for k, v in tar.state_dict().items()}
+    predictor = ClipPredictor(tar, device="cpu", dtype=torch.bfloat16)
+    assert next(predictor.model.parameters()).dtype == torch.bfloat16
+    for k, v in tar.state_dict().items():
+        assert v.dtype == before[k][0] and torch.equal(v, before[k][1]), k
 
 
 @pytest.mark.gpu

@@ -15,6 +15,7 @@ import torch
 from ..data.keypoints import keypoint_set
 from .pipeline import (
     box_to_center_scale,
+    castable,
     crop_batch,
     forward_and_decode,
     inference_device,
@@ -43,14 +44,15 @@ class ClipPredictor:
                  fold_batchnorm: bool = True):
         from ..models.checkpoints import load_model
         from ..models.tar_vitpose import TARViTPose
-        if not isinstance(model, TARViTPose):
+        owned = not isinstance(model, TARViTPose)  # a model made here: cast in place
+        if owned:
             model = load_model(model)
             if not isinstance(model, TARViTPose):
                 raise TypeError(f"ClipPredictor needs a TAR-ViTPose model or checkpoint, got {type(model).__name__}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.device, self.dtype = inference_device(device, dtype)
-        model = model.eval().to(self.device)
+        model = castable(model.eval().to(self.device), self.dtype, owned)  # the caller's model keeps its dtype
         if fold_batchnorm:  # on a copy of the (small) decoder: the caller's model stays as it is
             model = with_folded_heads(model)
         self.model = model.to(self.dtype)

@@ -332,13 +332,7 @@ class TopDownPredictor:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.device, self.dtype = inference_device(device, dtype)
-        model = model.eval().to(self.device)  # moves the caller's model, as HF pipelines do
-        if not owned and any(t.is_floating_point() and t.dtype != self.dtype
-                             for t in (*model.parameters(), *model.buffers())):
-            # The cast below must not change the caller's model (e.g. a model in training that
-            # is evaluated in bf16): the predictor casts a copy of it.
-            import copy
-            model = copy.deepcopy(model)
+        model = castable(model.eval().to(self.device), self.dtype, owned)  # moves the caller's model, as HF pipelines do
         # BatchNorm is folded before the cast to bf16, so that the folded weights are rounded once.
         folded = fold_batchnorm and isinstance(model, ViTPose)
         self.model = (with_folded_heads(model) if folded else model).to(self.dtype)
@@ -518,6 +512,15 @@ def inference_device(device=None, dtype=None) -> tuple[torch.device, torch.dtype
     """The device (default CUDA when available) and compute dtype (default bf16 on CUDA, fp32 else)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     return device, dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
+
+
+def castable(model, dtype, owned: bool = False):
+    """The model itself, or a copy when casting it to ``dtype`` would change the caller's model
+    (e.g. a model in training evaluated in bf16 on the way). owned: the predictor made it."""
+    if owned or not any(t.is_floating_point() and t.dtype != dtype for t in (*model.parameters(), *model.buffers())):
+        return model
+    import copy
+    return copy.deepcopy(model)
 
 
 def with_folded_heads(model):
