@@ -185,12 +185,16 @@ __device__ __forceinline__ int next_key_tile(const uint32_t* bits, int t, int nt
   return t;
 }
 
-// The `rows` rows' mask words of key tile t into dst[row][WPT], with the tile's K/V copies (plain
-// stores: visible to the CTA after the barrier that makes the copies visible).
+// The `rows` (<= kMaxBM) rows' mask words of key tile t into dst[row][WPT], with the tile's K/V
+// copies (plain stores: visible to the CTA after the barrier that makes the copies visible). At
+// most one word per thread, so no loop: a strided loop here had its unrolled iterations' indices
+// hoisted out of the key-tile loop by ptxas and spilled (fwd<32> on sm_80, dq<128>).
 template <int TILE>
 __device__ __forceinline__ void stage_tile_words(uint32_t* dst, const MaskRef& m, int r0, int rows, int t) {
   constexpr int WPT = words_per_tile(TILE);
-  for (int i = threadIdx.x; i < rows * WPT; i += kThreads) dst[i] = tile_word<TILE>(m, r0 + i / WPT, t, i % WPT);
+  static_assert(kMaxBM * WPT <= kThreads, "one mask word per thread");
+  const int i = threadIdx.x;
+  if (i < rows * WPT) dst[i] = tile_word<TILE>(m, r0 + i / WPT, t, i % WPT);
 }
 
 // The 16 bits of 16-key sub-tile `sub` for row `row` of the staged tile words.
@@ -220,13 +224,18 @@ struct AllRows {
 
 // Rows r0..r0+rows-1 of a (n, D) operand (row stride sn) into a padded smem tile [rows][DP + kPad],
 // 16 bytes per cp.async; rows past n, rows r with !need(r) and columns past D are zero-filled and
-// never read from global memory (a masked key nobody attends to costs no bandwidth).
+// never read from global memory (a masked key nobody attends to costs no bandwidth). A thread keeps
+// one 16-byte column and steps over rows: the flat (row, column) loop this replaces had every
+// unrolled step's division by DP / 8 hoisted out of the callers' tile loops, registers held for
+// the whole kernel. Where DP / 8 does not divide 128 (DP 96, 192, 320) the last threads idle.
 template <typename T, int DP, typename Need = AllRows>
 __device__ __forceinline__ void load_rows(T* s, const T* base, int64_t sn, int r0, int rows, int n, int D,
                                           const Need& need = Need()) {
-  constexpr int kChunks = DP / 8;
-  for (int c = threadIdx.x; c < rows * kChunks; c += kThreads) {
-    const int r = c / kChunks, ch = c - r * kChunks;
+  constexpr int kChunks = DP / 8, kRowsPerPass = kThreads / kChunks;
+  static_assert(kRowsPerPass >= 1, "a row's chunks fit in one pass of the CTA");
+  if (static_cast<int>(threadIdx.x) >= kRowsPerPass * kChunks) return;
+  const int ch = threadIdx.x % kChunks;
+  for (int r = threadIdx.x / kChunks; r < rows; r += kRowsPerPass) {
     const bool ok = r0 + r < n && ch * 8 < D && need(r);
     cp_async16(s + r * (DP + kPad) + ch * 8, ok ? base + static_cast<int64_t>(r0 + r) * sn + ch * 8 : base, ok);
   }
@@ -400,8 +409,14 @@ __device__ __forceinline__ void prefetch_and_wait(int tn, int nt, int next_buf, 
 }
 
 // ============================================================================ forward
+// The forward and dq kernels are __launch_bounds__(kThreads, 1), as window_attention's: with the
+// thread count alone ptxas picked a register target of its own (128 on sm_90a, 72 or 80 on sm_80)
+// and spilled a few words to meet it (fwd<32>, dq<128>; fwd<64>, dq<64>, dq<96> once load_rows
+// freed registers). Their shared memory, not registers, caps their CTAs per SM (RESOURCES.md).
+// The dk/dv kernel keeps the plain bound: spill-free with it, and with the hint its DP 32 instance
+// took 105 registers (4 CTAs per SM on sm_90a where its shared memory allows 6).
 template <typename T, int DP>
-__global__ void __launch_bounds__(kThreads) ma_fwd_kernel(const Params p, const int WN) {
+__global__ void __launch_bounds__(kThreads, 1) ma_fwd_kernel(const Params p, const int WN) {
   using C = Cfg<DP>;
   constexpr int LD = C::LD, BN = C::BN_FWD;
   const int WM = kWarps / WN, BM = 16 * WM, nt = cdiv(p.Lk, BN);
@@ -521,7 +536,7 @@ __global__ void __launch_bounds__(kThreads) ma_delta_kernel(const Params p) {
 
 // ============================================================================ backward: dq
 template <typename T, int DP>
-__global__ void __launch_bounds__(kThreads) ma_dq_kernel(const Params p, const int WN) {
+__global__ void __launch_bounds__(kThreads, 1) ma_dq_kernel(const Params p, const int WN) {
   using C = Cfg<DP>;
   constexpr int LD = C::LD, BN = C::BN_DQ;
   const int WM = kWarps / WN, BM = 16 * WM, nt = cdiv(p.Lk, BN);
