@@ -202,7 +202,8 @@ def _low(case: parity.MaskedCase, i: int) -> parity.MaskedCase:
 
 # The CI sweep in fp16/bf16, plus what it does not reach: the wide-head tiles (192, 256, 320: dq
 # with 32- and 16-key tiles, dk and dv in two passes), 4 warp columns (Lq <= 16), one warp column
-# with several query blocks (Lq 70), TAR-like 17 x 5*7*9 at ViT-S's head dim 96.
+# with several query blocks (Lq 70), TAR-like 17 x 5*7*9 at ViT-S's head dim 96, head dim 120 (the
+# padded-128 class, whose dq kernel had spilled).
 EMULATED = [_low(c, i) for i, c in enumerate(parity.masked_sweep("ci"))] + [
     parity.MaskedCase(B=1, H=1, Lq=17, Lk=150, D=192, mask="blobs", dtype=torch.float16),
     parity.MaskedCase(B=1, H=1, Lq=40, Lk=100, D=256, mask="random", form="packed", dtype=torch.bfloat16),
@@ -210,6 +211,7 @@ EMULATED = [_low(c, i) for i, c in enumerate(parity.masked_sweep("ci"))] + [
     parity.MaskedCase(B=1, H=2, Lq=9, Lk=150, D=64, mask="random", form="mha", dtype=torch.float16),
     parity.MaskedCase(B=1, H=1, Lq=70, Lk=200, D=32, mask="random", dtype=torch.bfloat16),
     parity.MaskedCase(B=1, H=1, Lq=17, Lk=5 * 7 * 9, D=96, mask="blobs", form="packed", dtype=torch.bfloat16),
+    parity.MaskedCase(B=1, H=1, Lq=24, Lk=96, D=120, mask="random", dtype=torch.bfloat16),  # the 128-class tiles
 ]
 needs_emulator = pytest.mark.skipif(cuda_emulator.skip_reason() is not None,
                                     reason=f"CUDA emulator unavailable: {cuda_emulator.skip_reason()}")
