@@ -8,11 +8,12 @@ How close is close enough (tests/README.md has the numbers):
   - float32: |a - e| <= tol * max(max|e|, 1) per tensor, tol declared once per dtype (TOL), and a
     relative RMS error <= TOL[...]["rms"].
   - float16 / bfloat16: against a *yardstick*, the same computation done with the kernels'
-    precision model (tests/yardstick.py for window_attention: low-dtype operands, float32 logits,
-    softmax and accumulation; PyTorch's own low-precision ops for simple_decoder):
-    max |a - e| <= 2 * max |yardstick - e| (the FlashAttention criterion), for attention separately
-    for the global and the grid tokens' rows and, within each, for buckets of rows ranked by their
-    noise scale (see element_bounds); and per tensor RMS(a - e) <= 2 * RMS(yardstick - e).
+    precision model (tests/yardstick.py for window_attention and masked_attention: low-dtype
+    operands, float32 logits, softmax and accumulation; PyTorch's own low-precision ops for
+    simple_decoder): max |a - e| <= 2 * max |yardstick - e| (the FlashAttention criterion), for
+    attention per bucket of rows ranked by their noise scale (separately for window_attention's
+    global and grid tokens), in units of each row's noise scale (see element_bounds); and per
+    tensor RMS(a - e) <= 2 * RMS(yardstick - e).
 Set PARITY_VERBOSE=1 (and pytest -s) to print, per tensor, the effective bound / RMS ratio;
 `python tests/parity.py --table ci|gpu` prints it for the sweeps without running any kernel.
 """
@@ -79,10 +80,9 @@ class Comparison:
                 f"rel RMS err {self.rms_err:.2e} <= {self.rms_bound:.2e}")
 
 
-# Rows of one group are split into buckets of like rows for the element bound (see element_bounds):
-# at least SIZE_BUCKETS, more for large tensors (a bucket keeps >= BUCKET_ELEMENTS elements, and at
-# most 64 buckets): its max over that many elements is a stable measure.
-SIZE_BUCKETS = 4
+# Rows of one group are split into buckets of like rows for the element bound (see element_bounds),
+# each of >= BUCKET_ELEMENTS elements (at most 64 buckets): its max over that many elements is a
+# stable measure of the yardstick's error.
 BUCKET_ELEMENTS = 16384
 
 
@@ -91,13 +91,14 @@ def element_bounds(expected: torch.Tensor, tol: float | None, yardstick: torch.T
     """The allowed |a - e| per element, as float64 on the CPU.
 
     Without a yardstick: tol * max(max|e|, 1). With one: FlashAttention's 2 * max |y - e| (and at
-    least one ulp of max |e|), over the whole tensor; or, with groups (a group id per index of dim
-    -2, e.g. global vs grid tokens), separately for each group and, within it, for each bucket of
-    its rows ranked by their noise scale (row_noise, one per row: the yardstick's estimate of how
-    large the rounding errors of that row's terms are; else the row's RMS size). Rows differ by
-    10x in how noisy they are (a global token's or a heavily attended key's gradient, a small
-    gradient summed from large terms), and one bound for all would be loose for most of them. A
-    bucket holds enough elements that its max is a stable measure of the yardstick's error."""
+    least one ulp of max |e|) over the whole tensor; or, given row_noise (one per index of the
+    leading dims: the yardstick's estimate of how large the rounding errors of that row's terms
+    are), per row: 2 x the worst |y - e| per unit of noise scale among like rows, times the row's
+    own noise scale (and at least one ulp of its own max |e|). Like rows: the same group (groups,
+    an id per index of dim -2, e.g. global vs grid tokens; default one group) and the same bucket
+    of rows ranked by noise scale. Rows differ by 10-100x in how noisy they are (a global token's
+    or a heavily attended key's gradient, a small gradient summed from large terms that cancel),
+    and one bound for all, or rows ranked by their size, would be loose for most of them."""
     e = expected.detach().double().cpu()
     if not e.numel():
         return e.clone()
@@ -105,19 +106,23 @@ def element_bounds(expected: torch.Tensor, tol: float | None, yardstick: torch.T
         return torch.full_like(e, tol * max(float(e.abs().max()), 1.0))
     dy = (yardstick.detach().double().cpu() - e).abs()
     unit = UNIT[yardstick.dtype]
-    if groups is None or e.dim() < 2:
+    if row_noise is None or e.dim() < 2:
         return torch.full_like(e, max(YARDSTICK_FACTOR * float(dy.max()), 2 * unit * float(e.abs().max())) + ABS_FLOOR)
     rows_e, rows_dy = e.reshape(-1, e.shape[-1]), dy.reshape(-1, e.shape[-1])
-    row_group = groups.cpu().repeat(rows_e.shape[0] // e.shape[-2])
-    rank_by = rows_e.square().mean(-1) if row_noise is None else row_noise.detach().double().cpu().reshape(-1)
+    groups = torch.zeros(e.shape[-2], dtype=torch.long) if groups is None else groups.cpu()
+    row_group = groups.repeat(rows_e.shape[0] // e.shape[-2])
+    noise = row_noise.detach().double().cpu().reshape(-1)
+    worst = rows_dy.amax(-1)
     bound = torch.empty(rows_e.shape[0], dtype=torch.float64)
     for g in row_group.unique():
         members = (row_group == g).nonzero()[:, 0]
-        ranked = members[rank_by[members].argsort()]
-        n = min(64, max(SIZE_BUCKETS, len(ranked) * e.shape[-1] // BUCKET_ELEMENTS), len(ranked) // 8)
+        ranked = members[noise[members].argsort()]
+        n = min(64, len(ranked) * e.shape[-1] // BUCKET_ELEMENTS, len(ranked) // 8)
         for bucket in torch.tensor_split(ranked, max(1, n)):
-            bound[bucket] = max(YARDSTICK_FACTOR * float(rows_dy[bucket].max()),
-                                2 * unit * float(rows_e[bucket].abs().max())) + ABS_FLOOR
+            some = bucket[noise[bucket] > 0]  # 0 only where the yardstick sums nothing: the floor holds it
+            per_noise = float((worst[some] / noise[some]).max()) if len(some) else 0.0
+            bound[bucket] = YARDSTICK_FACTOR * per_noise * noise[bucket]
+    bound = torch.maximum(bound, 2 * unit * rows_e.abs().amax(-1)) + ABS_FLOOR
     return bound[:, None].expand(rows_e.shape).reshape(e.shape).clone()
 
 
@@ -674,10 +679,12 @@ def _run_masked(backend, case, inputs, key_mask, grad, poisoned=False, implement
 
 
 def masked_truth_and_yardstick(case: MaskedCase, inputs, key_mask, full, grad):
-    """The float64 reference's [out, dq, dk, dv], and the yardstick's (None for float32)."""
+    """The float64 reference's [out, dq, dk, dv], and the yardstick's [out, dq, dk, dv] and their row
+    noise scales (None for float32)."""
     want = [t.detach() for t in _run_masked("reference", case, [t.double() for t in inputs], key_mask,
                                             grad.double())]
-    ys = None if case.dtype == torch.float32 else yardstick.masked_attention(*inputs, full, grad, scale=case.scale)
+    ys = None if case.dtype == torch.float32 else yardstick.masked_attention(*inputs, full, grad, scale=case.scale,
+                                                                             row_noise=True)
     return want, ys
 
 
@@ -695,10 +702,12 @@ def check_masked_attention(backend: str, case: MaskedCase, dev=None, *, grads: b
     tol = TOL[case.dtype]
     if VERBOSE:
         print(f"{backend} {case}")
-    # One element bound per tensor, not per size-ranked rows (element_bounds' groups): a small dq
-    # row's error comes from rounding dS terms that cancel in its sum, so it does not shrink with
-    # the row (measured: a row 50x smaller than the largest carries a third of its error).
-    results = [compare(f"{case} {name}", a, want[i], tol["fwd" if i == 0 else "bwd"], None if ys is None else ys[i],
+    # Element bounds per bucket of rows ranked by the yardstick's noise scale, as for
+    # window_attention, not by size: a small dq row's error comes from rounding dS terms that
+    # cancel in its sum (a row 50x smaller than the largest carries a third of its error), and
+    # its noise scale, the norm of those terms, ranks it with the rows its error is like.
+    results = [compare(f"{case} {name}", a, want[i], tol["fwd" if i == 0 else "bwd"],
+                       None if ys is None else ys[0][i], row_noise=None if ys is None else ys[1][i],
                        rms_tol=tol["rms"]) for i, (name, a) in enumerate(zip(MASKED_TENSORS, got))]
     if full is not None:
         empty = ~full.any(-1)  # (B, H, Lq) queries without keys
@@ -714,7 +723,8 @@ def masked_bound_ratios(case: MaskedCase, dev=None) -> dict[str, float]:
     q, k, v, key_mask, full, grad = masked_inputs(case, dev)
     want, ys = masked_truth_and_yardstick(case, (q, k, v), key_mask, full, grad)
     tol = TOL[case.dtype]
-    return {name: _ratio(e, tol["fwd" if i == 0 else "bwd"], None if ys is None else ys[i])
+    return {name: _ratio(e, tol["fwd" if i == 0 else "bwd"], None if ys is None else ys[0][i],
+                         row_noise=None if ys is None else ys[1][i])
             for i, (name, e) in enumerate(zip(MASKED_TENSORS, want))}
 
 

@@ -60,6 +60,15 @@ def test_udp_targets(backend, case):
     parity.check_udp_targets(backend, case)
 
 
+def test_effective_bounds_within_the_limit():
+    """Every tensor of every case of the CI sweeps is held to an effective bound <= BOUND_LIMIT x
+    RMS(truth) (issue 12), so a harness change or a new case that loosens it fails here; the same
+    table as `python tests/parity.py --table ci` (a few seconds: no kernel runs)."""
+    lines = []
+    worst = parity.bound_table("ci", limit=parity.BOUND_LIMIT, out=lines.append)
+    assert worst <= parity.BOUND_LIMIT, "\n".join(line for line in lines[1:] if "*" in line or line.startswith("worst"))
+
+
 @pytest.mark.parametrize("case", parity.attention_sweep("ci")[:6], ids=str)
 def test_harness_accepts_the_reference(case):
     """The harness itself, run on the reference: a failure here is a harness bug."""

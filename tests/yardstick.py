@@ -17,8 +17,12 @@ from __future__ import annotations
 import torch
 
 def rounding(dtype):
-    """float32 -> dtype (round to nearest even, as GPUs convert) -> float32."""
-    return lambda t: t.to(dtype).float()
+    """float32 -> dtype (round to nearest even, as GPUs convert) -> float32; .smallest_normal: the
+    dtype's (below it rounding errors are absolute)."""
+    def rnd(t):
+        return t.to(dtype).float()
+    rnd.smallest_normal = torch.finfo(dtype).smallest_normal
+    return rnd
 
 
 def _layout(grid, window, shift, num_global, pool, device):
@@ -49,6 +53,34 @@ def _layout(grid, window, shift, num_global, pool, device):
     rel_h = torch.where(same_cell, y[:, None] - y[None, :] + wh - 1, 0)
     rel_w = torch.where(same_cell, x[:, None] - x[None, :] + ww - 1, 0)
     return dict(G=G, N=N, P=P, allowed=allowed, same_cell=same_cell, avg=avg, rel_h=rel_h, rel_w=rel_w)
+
+
+def _norm2(t):
+    """Squared norm of each row (the last dimension)."""
+    return t.square().sum(-1)
+
+
+def _product_noise(p, ds, q, keys, values, dout, out, scale, rnd, allowed):
+    """The squared noise scales of one attention's products, per row (batched over leading dims):
+    "out" (of P.V), "dq" (of dS.K, without delta's term), "keys" (of dS^T.Q, with delta's term),
+    "values" (of P^T.dO); and delta's pieces, "n_delta" and "grad_of_delta", which the caller
+    combines into dq's delta term once it has added what else dq sums (rel-pos). allowed: where P
+    may be nonzero (bool, broadcasts to P)."""
+    mT = lambda t: t.transpose(-1, -2)
+    rowdot = lambda a, n: (a @ n[..., None])[..., 0]  # a @ a column of squared norms
+    # Rounding x to the low dtype is off by up to u * max(|x|, its smallest normal): below it the
+    # error is absolute (float16 P underflows to subnormals or 0 where the float64 truth is not).
+    low = lambda t: torch.where(allowed, rnd(t).abs().clamp_min(rnd.smallest_normal), 0.0).square()
+    p2, ds2 = low(p), low(ds)
+    # delta = rowsum(dO * out) carries out's rounding into every dS of its row (dS = P (dP - delta)):
+    # where P is peaked dP - delta cancels, and this is the largest error of dq and dk.
+    n_delta = _norm2(dout * out)
+    return {"out": rowdot(p2, _norm2(values)),
+            "dq": rowdot(ds2, _norm2(keys)) * scale ** 2,
+            "n_delta": n_delta,
+            "grad_of_delta": (p @ keys) * scale,  # d dq / d delta, per row
+            "keys": rowdot(mT(ds2 + p.square() * n_delta[..., None]), _norm2(q)) * scale ** 2,
+            "values": rowdot(mT(p2), _norm2(dout))}
 
 
 def _head(q, k, v, rh, rw, dout, L, scale, rnd):
@@ -87,29 +119,22 @@ def _head(q, k, v, rh, rw, dout, L, scale, rnd):
     dk[G:] += L["avg"].T @ dkeys[N:]  # a pooled key's gradient, spread over its tile
     dv[G:] += L["avg"].T @ dvals[N:]
 
-    norm2 = lambda t: t.square().sum(-1)  # noqa: E731  (squared norm of each row)
-    p2, ds2 = rnd(p).square(), rnd(ds).square()
-    # delta = rowsum(dO * out) carries out's rounding into every dS of its row (dS = P (dP - delta)):
-    # where P is peaked dP - delta cancels, and this is the largest error of dq and dk.
-    n_delta = norm2(dout * out)
-    grad_of_delta = (p @ keys) * scale  # d dq / d delta, per row (rel-pos part added below)
-    n_dq = ds2 @ norm2(keys) * scale ** 2
+    terms = _product_noise(p, ds, q, keys, values, dout, out, scale, rnd, L["allowed"])
+    n_dq, grad_of_delta = terms["dq"], terms["grad_of_delta"]
     for r, idx in rel:
         same = L["same_cell"]
         cell_ds = torch.where(same, ds[G:, G:N], 0.0)
         rows = torch.zeros(N - G, r.shape[0], device=q.device).scatter_add_(1, idx, cell_ds)
-        n_dq[G:] += rows.square() @ norm2(r)
+        n_dq[G:] += rows.square() @ _norm2(r)
         cell_p = torch.where(same, p[G:, G:N], 0.0)
         grad_of_delta[G:] += torch.zeros(N - G, r.shape[0], device=q.device).scatter_add_(1, idx, cell_p) @ r
-    n_dq += n_delta * norm2(grad_of_delta)
-    n_keys = (ds2 + p.square() * n_delta[:, None]).T @ norm2(q) * scale ** 2
-    n_vals = p2.T @ norm2(dout)
+    n_dq += terms["n_delta"] * _norm2(grad_of_delta)
     spread = L["avg"].T.square()
-    n_dk, n_dv = n_keys[:N].clone(), n_vals[:N].clone()
-    n_dk[G:] += spread @ n_keys[N:]
-    n_dv[G:] += spread @ n_vals[N:]
+    n_dk, n_dv = terms["keys"][:N].clone(), terms["values"][:N].clone()
+    n_dk[G:] += spread @ terms["keys"][N:]
+    n_dv[G:] += spread @ terms["values"][N:]
     results = [out, rnd(dq), rnd(dk), rnd(dv)]
-    noise = [(n + norm2(x)).sqrt() for n, x in zip((p2 @ norm2(values), n_dq, n_dk, n_dv), results)]
+    noise = [(n + _norm2(x)).sqrt() for n, x in zip((terms["out"], n_dq, n_dk, n_dv), results)]
     return results, noise, drel
 
 
@@ -139,10 +164,12 @@ def window_attention(q, k, v, rel_pos_h, rel_pos_w, dout, *, grid, window=None, 
     return (values, noise) if row_noise else values
 
 
-def masked_attention(q, k, v, allowed, dout, *, scale=None):
+def masked_attention(q, k, v, allowed, dout, *, scale=None, row_noise=False):
     """The yardstick of a low-precision masked_attention call and its backward for `dout`, with the
     same precision model: [out, dq, dk, dv] in q's dtype. allowed: (B, H, Lq, Lk) bool or None. A
-    query without keys gets zeros, as in the spec."""
+    query without keys gets zeros, as in the spec. With row_noise, also [the row noise scales of
+    out, dq (B, H, Lq), dk, dv (B, H, Lk)], as _head's: a small dq row summed from large dS terms
+    that cancel ranks with the noisy rows, not with the small ones."""
     dtype = q.dtype
     rnd = rounding(dtype)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
@@ -158,4 +185,12 @@ def masked_attention(q, k, v, allowed, dout, *, scale=None):
     dv = rnd(rnd(p).transpose(-1, -2) @ dout)
     dk = rnd((rnd(ds).transpose(-1, -2) @ q) * scale)
     dq = rnd((rnd(ds) @ k) * scale)
-    return [t.to(dtype) for t in (out, dq, dk, dv)]
+    results = [t.to(dtype) for t in (out, dq, dk, dv)]
+    if not row_noise:
+        return results
+    terms = _product_noise(p, ds, q, k, v, dout, out, scale, rnd,
+                           has_key if allowed is None else allowed & has_key)
+    n_dq = terms["dq"] + terms["n_delta"] * _norm2(terms["grad_of_delta"])
+    noise = [(n + _norm2(x)).sqrt() for n, x in zip((terms["out"], n_dq, terms["keys"], terms["values"]),
+                                                    (out, dq, dk, dv))]
+    return results, noise
