@@ -1,5 +1,4 @@
 """The install: what was built, the backend report, and dispatch's choices and errors."""
-import json
 import subprocess
 import sys
 

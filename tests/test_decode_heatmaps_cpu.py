@@ -2,7 +2,6 @@
 exact shortcut (blur only around the maximum) against the full blur, the fallback taken exactly
 on the maps that need it, first-index ties, border maxima, dtypes, strides, empty batches. The
 parity harness (tests/test_parity.py) checks it against the reference as well."""
-import pytest
 import torch
 
 import vitpose_kernels as vk

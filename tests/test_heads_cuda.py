@@ -21,7 +21,6 @@ import parity
 import sanitizer
 import vitpose_kernels as vk
 from vitpose_kernels import _alloc, _ext, dispatch
-from vitpose_kernels import reference as R
 
 OPS = ("simple_decoder", "decode_heatmaps", "udp_targets")
 BINDINGS = ("simple_decoder_forward", "simple_decoder_backward", "decode_heatmaps", "decode_heatmaps_smem_bytes",

@@ -2,7 +2,6 @@
 TAR-ViTPose clips at the video's ends, and the video round trip through ``vitpose predict`` (frames
 in = frames out, ids stable) for a video file and a folder of frames, with propagated boxes."""
 import json
-import os
 
 import numpy as np
 import pytest

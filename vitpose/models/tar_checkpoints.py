@@ -23,7 +23,7 @@ import torch
 
 from .checkpoints import CheckpointError, _grid_from_tokens, _listing, load_state_dict_strict
 from .configs import SIZES, num_heads_for
-from .tar_vitpose import POS_EMBED_IMG_SIZE, TARViTPose, TARViTPoseConfig, tar_vitpose_config
+from .tar_vitpose import TARViTPose, TARViTPoseConfig, tar_vitpose_config
 
 ARCHS = ("tar-vitpose", "tar-vitpose-s", "tar-vitpose-b", "tar-vitpose-l", "tar-vitpose-h")
 TEMPORAL_PREFIXES = ("query_feat.", "query_pe.", "masked_attention_layers.", "self_attention_layers.",
